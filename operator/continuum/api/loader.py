@@ -35,8 +35,12 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]
     """One line per error: ``<prefix>spec.requirements.latencyBudgetMs: Input should be ...``."""
     lines = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"]) or "(object)"
+        parts = [str(part) for part in err["loc"]]
         message = err["msg"]
+        if len(parts) >= 2 and parts[-1] == "[key]":  # an invalid map key, e.g. inferenceMs: {edge: 3}
+            message = f"key {parts[-2]!r}: {message}"
+            parts = parts[:-2]
+        loc = ".".join(parts) or "(object)"
         if err["type"] == "extra_forbidden":
             message = "unknown field (typo?)"
         lines.append(f"{prefix}{loc}: {message}")

@@ -1,0 +1,185 @@
+"""`continuum plan`: the GitOps pre-merge check. Runs the real console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from continuum.cli import main, plan_result
+from tests.conftest import EXAMPLES
+
+CLUSTER = str(EXAMPLES / "cluster")
+WORKLOADS = str(EXAMPLES / "workloads")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "continuum", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_examples_json_contract():
+    proc = run_cli("plan", "-f", CLUSTER, "-f", WORKLOADS, "-o", "json")
+    assert proc.returncode == 2, proc.stderr  # quality-assistant cannot fit
+    doc = json.loads(proc.stdout)
+    assert set(doc) >= {"placements", "summary"}
+    assert doc["summary"] == {
+        "workloads": 8,
+        "placed": 7,
+        "unschedulable": 1,
+        "hourlyCost": pytest.approx(sum(p["hourlyCost"] for p in doc["placements"] if p["phase"] == "Placed")),
+    }
+    by_name = {p["name"]: p for p in doc["placements"]}
+    for row in doc["placements"]:
+        assert set(row) >= {
+            "namespace", "name", "phase", "pool", "tier", "site", "estimatedLatencyMs",
+            "wanMbps", "hourlyCost", "candidates", "hint",
+        }
+        assert len(row["candidates"]) == 8  # every pool, with a verdict
+        for cand in row["candidates"]:
+            assert set(cand) >= {"pool", "feasible", "reasons"}
+            assert cand["feasible"] == (not cand["reasons"])
+            for reason in cand["reasons"]:
+                assert set(reason) == {"code", "message"}
+    expected = {
+        "line-defect-inspection": ("munich-line", "near-edge"),
+        "bedside-vitals": ("vienna-ward", "near-edge"),
+        "agv-planner-mec": ("mec-frankfurt", "regional-mec"),
+        "agv-planner-edge": ("munich-line", "near-edge"),
+        "camera-anomaly": ("munich-cameras", "device"),
+        "fleet-analytics": ("cloud-virginia", "cloud"),
+        "store-footfall": ("mec-frankfurt", "regional-mec"),
+    }
+    for name, (pool, tier) in expected.items():
+        assert (by_name[name]["pool"], by_name[name]["tier"]) == (pool, tier), name
+    stuck = by_name["quality-assistant"]
+    assert stuck["phase"] == "Unschedulable" and stuck["pool"] is None
+    assert "raise requirements.latencyBudgetMs to 21 ms" in stuck["hint"]
+    mec = next(c for c in stuck["candidates"] if c["pool"] == "mec-frankfurt")
+    assert mec["reasons"] == [{"code": "Latency", "message": "latency 21.0 ms > budget 10 ms (rtt 9 + inference 12)"}]
+    footfall = {c["pool"]: {r["code"] for r in c["reasons"]} for c in by_name["store-footfall"]["candidates"]}
+    assert {"Residency", "Privacy"} <= footfall["cloud-virginia"]
+    vitals = {c["pool"]: {r["code"] for r in c["reasons"]} for c in by_name["bedside-vitals"]["candidates"]}
+    assert "Privacy" in vitals["mec-frankfurt"]
+
+
+def test_all_placed_exits_zero(tmp_path):
+    for src in Path(WORKLOADS).glob("*.yaml"):
+        if src.name != "quality-llm.yaml":
+            (tmp_path / src.name).write_text(src.read_text())
+    proc = run_cli("plan", "-f", CLUSTER, "-f", str(tmp_path), "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["summary"]["unschedulable"] == 0
+
+
+def test_invalid_input_names_file_document_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: continuum.dev/v1alpha1
+            kind: EdgeWorkload
+            metadata: {name: ok, namespace: ns}
+            spec:
+              source: {site: plant-munich}
+              requirements: {latencyBudgetMs: 5}
+              model: {name: m, uri: file:///m.onnx}
+            ---
+            apiVersion: continuum.dev/v1alpha1
+            kind: EdgeWorkload
+            metadata: {name: broken, namespace: ns}
+            spec:
+              source: {site: plant-munich}
+              requirements: {latencyBudgetMs: -3, privacy: top-secret}
+              model: {name: m, uri: file:///m.onnx}
+            """
+        )
+    )
+    proc = run_cli("plan", "-f", CLUSTER, "-f", str(bad))
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert f"{bad}: document 2 (EdgeWorkload ns/broken): spec.requirements.latencyBudgetMs" in proc.stderr
+    assert "spec.requirements.privacy" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("kind: Deployment\napiVersion: apps/v1\nmetadata: {name: x}\n", "kind 'Deployment' is not one of"),
+        ("a: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
+def test_other_invalid_documents(tmp_path, capsys, content, needle):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    assert main(["plan", "-f", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and str(bad) in err
+
+
+def test_missing_path_is_an_error(capsys):
+    assert main(["plan", "-f", "/nonexistent/path.yaml"]) == 1
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_duplicate_objects_are_rejected(tmp_path, capsys):
+    text = (EXAMPLES / "workloads" / "bedside-vitals.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text)
+    assert main(["plan", "-f", CLUSTER, "-f", str(tmp_path)]) == 1
+    assert "duplicate" in capsys.readouterr().err
+
+
+def test_yaml_and_table_outputs(capsys):
+    assert main(["plan", "-f", CLUSTER, "-f", WORKLOADS, "-o", "yaml"]) == 2
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert doc["summary"]["placed"] == 7
+    assert main(["plan", "-f", CLUSTER, "-f", WORKLOADS, "--explain"]) == 2
+    out = capsys.readouterr().out
+    assert "manufacturing/quality-assistant" in out and "hint:" in out and "7/8 placed" in out
+
+
+def test_plan_is_deterministic_and_order_independent(tmp_path):
+    first = plan_result([CLUSTER, WORKLOADS])
+    docs = []
+    for path in sorted(Path(WORKLOADS).glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    (tmp_path / "reversed.yaml").write_text(yaml.safe_dump_all(list(reversed(docs))))
+    second = plan_result([CLUSTER, str(tmp_path)])
+    key = lambda p: (p["namespace"], p["name"])  # noqa: E731
+    assert sorted(first["placements"], key=key) == sorted(second["placements"], key=key)
+
+
+def test_node_list_and_single_nodes_are_both_read(tmp_path):
+    nodes = yaml.safe_load((EXAMPLES / "cluster" / "nodes.yaml").read_text())["items"]
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump_all(nodes))
+    (tmp_path / "pools.yaml").write_text((EXAMPLES / "cluster" / "pools.yaml").read_text())
+    assert plan_result([str(tmp_path), WORKLOADS])["summary"] == plan_result([CLUSTER, WORKLOADS])["summary"]
+
+
+def test_node_in_two_pools_is_reported(tmp_path):
+    (tmp_path / "nodes.yaml").write_text((EXAMPLES / "cluster" / "nodes.yaml").read_text())
+    pools = (EXAMPLES / "cluster" / "pools.yaml").read_text()
+    extra = textwrap.dedent(
+        """\
+        ---
+        apiVersion: continuum.dev/v1alpha1
+        kind: EdgeNodePool
+        metadata: {name: all-munich}
+        spec:
+          tier: near-edge
+          site: plant-munich
+          nodeSelector: {matchLabels: {edge.example.com/site: plant-munich}}
+        """
+    )
+    (tmp_path / "pools.yaml").write_text(pools + extra)
+    result = plan_result([str(tmp_path), WORKLOADS])
+    assert "munich-ipc-1" in result["conflicts"]
+    assert set(result["conflicts"]["munich-ipc-1"]) == {"all-munich", "munich-line"}
