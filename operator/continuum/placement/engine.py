@@ -172,21 +172,20 @@ def decide_batch(
     problem = build_problem(batch, snapshot, fixed_usage)
     assignment = (solver or solve)(problem)
     ledger = UsageLedger()
-    for pool, usage in (fixed_usage or {}).items():
-        ledger.by_pool[pool] = usage
+    ledger.by_pool.update(fixed_usage or {})
     for w, p in enumerate(assignment):
         if p >= 0:
-            pool = snapshot.pools[int(p)]
-            ledger.add(batch[w].key, pool.name, filters.usage_of(batch[w].spec, pool))
+            view = snapshot.pools[int(p)]
+            ledger.add(batch[w].key, view.name, filters.usage_of(batch[w].spec, view))
     decisions: dict[str, PlacementDecision] = {}
     for w, req in enumerate(batch):
-        usage = ledger.without(req.key)
-        candidates = explain(req.spec, snapshot, usage)
+        others = ledger.without(req.key)
+        candidates = explain(req.spec, snapshot, others)
         chosen: str | None = snapshot.pools[int(assignment[w])].name if assignment[w] >= 0 else None
         if chosen is not None and not next(c for c in candidates if c.pool == chosen).feasible:
             ledger.remove(req.key)
             chosen = None
-        decisions[req.key] = _finish(req.key, req.spec, snapshot, candidates, chosen, usage)
+        decisions[req.key] = _finish(req.key, req.spec, snapshot, candidates, chosen, others)
     return [decisions[w.key] for w in workloads]
 
 
@@ -242,9 +241,9 @@ def _fix_size(spec: EdgeWorkloadSpec, pool: PoolView, reason: Reason, used: Pool
         return 1.0 if total is None else total / spec.requirements.latency_budget_ms - 1
     if reason.code is ReasonCode.BANDWIDTH:
         limit = pool.pool.spec.network.wan_ingress_mbps or 0.0
-        free = max(limit - used.wan_mbps, 0.0)
-        need = filters.wan_mbps(spec, pool)
-        return need / free - 1 if free > 0 else 1.0 + need / max(need, 1.0)
+        wan_free = max(limit - used.wan_mbps, 0.0)
+        wan_need = filters.wan_mbps(spec, pool)
+        return wan_need / wan_free - 1 if wan_free > 0 else 1.0 + wan_need / max(wan_need, 1.0)
     if reason.code is ReasonCode.CAPACITY:
         one = filters.replica_request(spec)
         nodes = filters.eligible_nodes(spec, pool)
