@@ -1,0 +1,1 @@
+"""The operator: kopf handlers around the pure core (placement, render)."""

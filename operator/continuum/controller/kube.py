@@ -1,0 +1,209 @@
+"""A thin async Kubernetes client over aiohttp, authenticated with kopf's own login.
+
+Why not the ``kubernetes`` package: it is synchronous (a thread per call inside an asyncio operator),
+and it deserializes into typed models that reject objects it does not expect. kopf already resolves
+credentials (kubeconfig, in-cluster service account, the kubernetes client's exec plugins); this client
+reuses the ``ConnectionInfo`` its login handler returns and speaks plain JSON over one pooled session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+MERGE = "application/merge-patch+json"
+
+# apiVersion/kind → (path prefix, plural, namespaced)
+KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("v1", "Node"): ("/api/v1", "nodes", False),
+    ("v1", "Pod"): ("/api/v1", "pods", True),
+    ("v1", "Service"): ("/api/v1", "services", True),
+    ("v1", "Secret"): ("/api/v1", "secrets", True),
+    ("v1", "Event"): ("/api/v1", "events", True),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments", True),
+    ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets", True),
+    ("continuum.dev/v1alpha1", "EdgeNodePool"): ("/apis/continuum.dev/v1alpha1", "edgenodepools", False),
+    ("continuum.dev/v1alpha1", "EdgeWorkload"): ("/apis/continuum.dev/v1alpha1", "edgeworkloads", True),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def path_for(
+    api_version: str,
+    kind: str,
+    name: str | None = None,
+    namespace: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    prefix, plural, namespaced = KINDS[(api_version, kind)]
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced and namespace else f"{prefix}/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def _materialize(data: str | bytes | None, path: Any, suffix: str) -> str | None:
+    if path:
+        return os.fspath(path) if not isinstance(path, bytes) else path.decode()
+    if not data:
+        return None
+    raw = data if isinstance(data, bytes) else data.encode()
+    try:
+        raw = base64.b64decode(raw, validate=True)
+    except ValueError:
+        pass
+    handle = tempfile.NamedTemporaryFile(prefix="continuum-", suffix=suffix, delete=False)  # noqa: SIM115
+    handle.write(raw)
+    handle.close()
+    return handle.name
+
+
+class KubeApi:
+    """JSON requests against one API server; one session per event loop."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | bool | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self._headers = {"Accept": "application/json", **(headers or {})}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_connection_info(cls, info: Any) -> KubeApi:
+        """Build from kopf's ``ConnectionInfo`` (what a ``@kopf.on.login`` handler returns)."""
+        ctx: ssl.SSLContext | bool | None = None
+        if info.server.startswith("https"):
+            if info.insecure:
+                ctx = False
+            else:
+                ctx = ssl.create_default_context(cafile=_materialize(info.ca_data, info.ca_path, ".crt"))
+                cert = _materialize(info.certificate_data, info.certificate_path, ".crt")
+                key = _materialize(info.private_key_data, info.private_key_path, ".key")
+                if cert:
+                    ctx.load_cert_chain(cert, key)
+        headers = {}
+        if info.username and info.password:
+            basic = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        return cls(info.server, token=info.token, ssl_context=ctx, headers=headers)
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(limit=64, ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(
+                self.server,
+                headers=self._headers,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=30, connect=10),
+            )
+            self._loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with self._client().request(method, path, json=body, params=params, headers=headers) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except (aiohttp.ContentTypeError, ValueError):
+                data = {"message": await resp.text()}
+            if resp.status >= 400:
+                data = data if isinstance(data, dict) else {}
+                raise ApiError(
+                    resp.status, str(data.get("reason", resp.reason)), str(data.get("message", ""))
+                )
+            return data if isinstance(data, dict) else {}
+
+    # -- conveniences --
+    async def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", path_for(api_version, kind, name, namespace))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        data = await self.request("GET", path_for(api_version, kind, None, namespace), params=params)
+        return list(data.get("items") or [])
+
+    async def patch(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        subresource: str | None = None,
+        content_type: str = MERGE,
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH",
+            path_for(api_version, kind, name, namespace, subresource),
+            patch,
+            content_type=content_type,
+        )
+
+    async def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
+        try:
+            await self.request(
+                "DELETE", path_for(api_version, kind, name, namespace), {"propagationPolicy": "Background"}
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    async def apply(self, obj: dict[str, Any], create_only: bool = False) -> dict[str, Any]:
+        """Create the object, or merge-patch its metadata labels/annotations/ownerReferences and spec."""
+        meta = obj["metadata"]
+        api_version, kind, ns = obj["apiVersion"], obj["kind"], meta.get("namespace")
+        try:
+            return await self.request("POST", path_for(api_version, kind, None, ns), obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        if create_only:
+            return await self.get(api_version, kind, meta["name"], ns) or {}
+        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
+        return await self.patch(api_version, kind, meta["name"], body, ns)

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the operator (served at /metrics on --metrics-port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PLACEMENTS = Counter(
+    "continuum_placements_total", "Placement decisions written to status", ["tier", "result"]
+)
+RECONCILE_SECONDS = Histogram(
+    "continuum_reconcile_duration_seconds",
+    "Time to reconcile one object",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+UNSCHEDULABLE = Gauge("continuum_unschedulable_workloads", "EdgeWorkloads no pool can host")
+INVALID = Gauge("continuum_invalid_objects", "EdgeWorkloads and EdgeNodePools with an invalid spec", ["kind"])
+REPLACEMENTS = Counter("continuum_replacements_total", "Workloads moved to another pool", ["reason"])
+POOL_UTILIZATION = Gauge(
+    "continuum_pool_utilization_ratio",
+    "Requested by Continuum workloads / allocatable",
+    ["pool", "tier", "resource"],
+)
+POOL_NODES = Gauge("continuum_pool_nodes", "Member nodes of a pool", ["pool", "state"])
+API_ERRORS = Counter("continuum_api_errors_total", "Kubernetes API errors seen (retried)", ["status"])

@@ -1,0 +1,251 @@
+"""``continuum demo``: the operator on the examples against an embedded API emulator, no cluster needed.
+
+1. start the emulator on 127.0.0.1 and a stand-in kubelet (marks replicas ready on ready nodes);
+2. load examples/cluster (nodes, pools), start the real operator (kopf) in-process;
+3. apply examples/workloads and show a live table until every workload is settled;
+4. mark munich-ipc-1 (the only GPU node of pool munich-line) NotReady and show line-defect-inspection
+   moving to the Frankfurt MEC after its grace period, with the Kubernetes Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from continuum.controller.runner import RunOptions, operator
+from continuum.emulator import EmulatedCluster
+from continuum.emulator.kubelet import run_fake_kubelet
+
+WORKLOADS = "continuum.dev/v1alpha1/edgeworkloads"
+FAILING_NODE = "munich-ipc-1"
+MOVING = ("manufacturing", "line-defect-inspection")
+
+
+@dataclass
+class DemoOptions:
+    keep_open: bool = False
+    grace_seconds: float = 3.0
+    examples: Path | None = None
+    live: bool = True
+    timeout: float = 45.0
+
+
+def _examples_dir(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / "examples" / "cluster").is_dir():
+            return base / "examples"
+    raise SystemExit("error: examples/ not found; pass --examples PATH")
+
+
+def _docs(folder: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            out.extend(doc["items"] if str(doc.get("kind", "")).endswith("List") else [doc])
+    return out
+
+
+def workload_table(cluster: EmulatedCluster, title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("NAMESPACE", "NAME", "TIER", "POOL", "LATENCY", "PHASE", "READY", "WHY"):
+        table.add_column(col, no_wrap=col != "WHY", overflow="fold", max_width=60 if col == "WHY" else None)
+    for obj in cluster.list(WORKLOADS):
+        meta, status = obj["metadata"], obj.get("status") or {}
+        placement = status.get("placement") or {}
+        ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "-")
+        phase = status.get("phase") or "Pending"
+        color = {"Placed": "green", "Unschedulable": "red", "Invalid": "red"}.get(phase, "yellow")
+        why = status.get("hint") or status.get("message") or ""
+        table.add_row(
+            meta["namespace"],
+            meta["name"],
+            placement.get("tier", "-"),
+            placement.get("pool", "-"),
+            f"{placement['estimatedLatencyMs']:g} ms" if "estimatedLatencyMs" in placement else "-",
+            f"[{color}]{phase}[/]",
+            ready,
+            why,
+        )
+    return table
+
+
+def _settled(cluster: EmulatedCluster) -> bool:
+    items = cluster.list(WORKLOADS)
+    for obj in items:
+        status = obj.get("status") or {}
+        if status.get("phase") not in ("Placed", "Unschedulable", "Invalid"):
+            return False
+        if status.get("phase") == "Placed" and not any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+        ):
+            return False
+    return bool(items)
+
+
+async def _watch(
+    cluster: EmulatedCluster, console: Console, title: str, done: Any, timeout: float, live: bool
+) -> bool:
+    deadline = time.monotonic() + timeout
+    ctx = (
+        Live(workload_table(cluster, title), console=console, refresh_per_second=4)
+        if live
+        else contextlib.nullcontext()
+    )
+    with ctx as view:
+        while time.monotonic() < deadline:
+            if view is not None:
+                view.update(workload_table(cluster, title))
+            if done():
+                break
+            await asyncio.sleep(0.25)
+    if not live:
+        console.print(workload_table(cluster, title))
+    return bool(done())
+
+
+def _events(cluster: EmulatedCluster, since_rv: int = 0) -> list[dict[str, Any]]:
+    events = [e for e in cluster.list("v1/events") if int(e["metadata"]["resourceVersion"]) > since_rv]
+    return sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+
+async def _demo(options: DemoOptions, console: Console) -> int:
+    examples = _examples_dir(options.examples)
+    workdir = Path(tempfile.mkdtemp(prefix="continuum-demo-"))
+    async with EmulatedCluster(workdir=workdir) as cluster:
+        console.print(
+            f"[bold]Kubernetes API emulator[/] on {cluster.url}  (kubeconfig: {cluster.kubeconfig})"
+        )
+        for obj in _docs(examples / "cluster"):
+            cluster.apply(obj)
+        console.print(
+            f"loaded {len(cluster.list('v1/nodes'))} nodes and "
+            f"{len(cluster.list('continuum.dev/v1alpha1/edgenodepools'))} EdgeNodePools from {examples / 'cluster'}"
+        )
+        kubelet = asyncio.create_task(run_fake_kubelet(cluster.store, cluster.emulator._lock))
+        stop = asyncio.Event()
+        run = asyncio.create_task(
+            operator(
+                RunOptions(
+                    kubeconfig=str(cluster.kubeconfig),
+                    metrics_port=0,
+                    liveness_port=0,
+                    grace_seconds=options.grace_seconds,
+                    stabilization_seconds=3600,
+                    resync_seconds=1.0,
+                ),
+                stop_flag=stop,
+            )
+        )
+        try:
+            workloads = _docs(examples / "workloads")
+            for obj in workloads:
+                cluster.apply(obj)
+            console.print(
+                f"applied {len(workloads)} EdgeWorkloads from {examples / 'workloads'}; the operator places them:"
+            )
+            if not await _watch(
+                cluster, console, "EdgeWorkloads", lambda: _settled(cluster), options.timeout, options.live
+            ):
+                console.print("[red]error:[/] the workloads did not settle in time")
+                return 1
+            mark = cluster.store.last_rv
+            node = cluster.get("v1/nodes", FAILING_NODE)
+            assert node is not None
+            conditions = [c for c in node["status"].get("conditions", []) if c["type"] != "Ready"]
+            conditions.append(
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "NodeStatusUnknown",
+                    "message": "Kubelet stopped posting node status (demo)",
+                }
+            )
+            cluster.patch("v1/nodes", FAILING_NODE, {"status": {"conditions": conditions}}, status=True)
+            console.print(
+                f"\n[bold yellow]node {FAILING_NODE} is NotReady[/] (the only GPU node of pool munich-line); "
+                f"grace period {options.grace_seconds:g}s ..."
+            )
+
+            def moved() -> bool:
+                obj = cluster.get(WORKLOADS, MOVING[1], MOVING[0]) or {}
+                status = obj.get("status") or {}
+                placement = status.get("placement") or {}
+                ready = any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+                )
+                return (
+                    placement.get("pool") not in (None, "munich-line")
+                    and ready
+                    and not status.get("previousPlacement")
+                )
+
+            ok = await _watch(
+                cluster, console, "EdgeWorkloads after the node failure", moved, options.timeout, options.live
+            )
+            events = Table(title="Kubernetes Events", header_style="bold")
+            for col in ("TYPE", "REASON", "OBJECT", "MESSAGE"):
+                events.add_column(col, overflow="fold")
+            for event in _events(cluster, mark):
+                involved = event.get("involvedObject") or {}
+                events.add_row(
+                    event.get("type", ""),
+                    event.get("reason", ""),
+                    f"{involved.get('kind', '')}/{involved.get('name', '')}",
+                    event.get("message", ""),
+                )
+            console.print(events)
+            if not ok:
+                console.print("[red]error:[/] line-defect-inspection was not re-placed in time")
+                return 1
+            console.print("[green]line-defect-inspection moved make-before-break and is Ready again.[/]")
+            if options.keep_open:
+                console.print(
+                    f"\nThe emulator stays up. Try:\n  kubectl --kubeconfig {cluster.kubeconfig} get nodes -L continuum.dev/pool\n"
+                    f"  kubectl --kubeconfig {cluster.kubeconfig} get edgeworkloads -A -o custom-columns="
+                    "NAME:.metadata.name,TIER:.status.placement.tier,POOL:.status.placement.pool,PHASE:.status.phase\n"
+                    "Press Ctrl+C to stop."
+                )
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+            return 0
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(run, 10)
+            kubelet.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await kubelet
+
+
+def run_demo(options: DemoOptions) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("kopf", "aiohttp.access", "kmock"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the demo shows status and Events instead
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    started = time.monotonic()
+    try:
+        code = asyncio.run(_demo(options, console))
+    except KeyboardInterrupt:
+        return 0
+    console.print(f"demo finished in {time.monotonic() - started:.1f}s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run_demo(DemoOptions()))
