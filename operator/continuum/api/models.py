@@ -337,7 +337,9 @@ class EdgeNodePool(BaseModel):
     KIND: ClassVar[str] = "EdgeNodePool"
     PLURAL: ClassVar[str] = "edgenodepools"
 
-    api_version: Literal["continuum.dev/v1alpha1"] = Field(default="continuum.dev/v1alpha1", alias="apiVersion")
+    api_version: Literal["continuum.dev/v1alpha1"] = Field(
+        default="continuum.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["EdgeNodePool"] = "EdgeNodePool"
     metadata: ObjectMeta
     spec: EdgeNodePoolSpec
@@ -554,7 +556,9 @@ class EdgeWorkload(BaseModel):
     KIND: ClassVar[str] = "EdgeWorkload"
     PLURAL: ClassVar[str] = "edgeworkloads"
 
-    api_version: Literal["continuum.dev/v1alpha1"] = Field(default="continuum.dev/v1alpha1", alias="apiVersion")
+    api_version: Literal["continuum.dev/v1alpha1"] = Field(
+        default="continuum.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["EdgeWorkload"] = "EdgeWorkload"
     metadata: ObjectMeta
     spec: EdgeWorkloadSpec

@@ -310,6 +310,13 @@ class EmulatedCluster:
             raise RuntimeError("the API emulator did not start")
         return self
 
+    def start_kubelet(self, interval: float = 0.2) -> None:
+        """Run the stand-in kubelet (replica readiness) on the emulator's loop."""
+        from continuum.emulator.kubelet import run_fake_kubelet
+
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(run_fake_kubelet(self.store, self.emulator._lock, interval)))  # type: ignore[union-attr]
+
     def stop(self) -> None:
         if self.loop is not None and self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
