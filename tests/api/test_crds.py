@@ -9,10 +9,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from continuum.api.crd import CHART_CRD_DIR, render_crd, render_crds, structural_schema
 from continuum.api.loader import load_manifests
 from continuum.api.models import EdgeNodePool, EdgeWorkload
+
 from tests.conftest import EXAMPLES, ROOT
 
 KUBE_VERSION = kubernetes_validate.latest_version()
@@ -80,7 +80,9 @@ def _validator(model) -> jsonschema.Draft4Validator:
 def test_examples_are_valid_under_the_crd_schema():
     manifests = load_manifests([EXAMPLES / "cluster", EXAMPLES / "workloads"])
     assert manifests.pools and manifests.workloads
-    for path in sorted((EXAMPLES / "cluster").glob("*.yaml")) + sorted((EXAMPLES / "workloads").glob("*.yaml")):
+    for path in sorted((EXAMPLES / "cluster").glob("*.yaml")) + sorted(
+        (EXAMPLES / "workloads").glob("*.yaml")
+    ):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") in ("EdgeNodePool", "EdgeWorkload"):
                 model = EdgeNodePool if doc["kind"] == "EdgeNodePool" else EdgeWorkload

@@ -1,6 +1,4 @@
 import pytest
-from pydantic import ValidationError
-
 from continuum.api.loader import format_validation_error
 from continuum.api.models import (
     LABEL_TIER,
@@ -12,6 +10,7 @@ from continuum.api.models import (
     Tier,
     TierPreferences,
 )
+from pydantic import ValidationError
 
 
 def pool(**spec):
@@ -25,7 +24,9 @@ def workload(**spec):
         "requirements": {"latencyBudgetMs": 20},
         "model": {"name": "m", "uri": "file:///m.onnx"},
     }
-    return EdgeWorkload.model_validate({"metadata": {"name": "w", "namespace": "ns"}, "spec": {**base, **spec}})
+    return EdgeWorkload.model_validate(
+        {"metadata": {"name": "w", "namespace": "ns"}, "spec": {**base, **spec}}
+    )
 
 
 def errors(exc: ValidationError) -> list[str]:
@@ -33,7 +34,9 @@ def errors(exc: ValidationError) -> list[str]:
 
 
 def test_default_taints_and_privacy_by_tier():
-    assert pool(tier="device").spec.effective_taints == [Taint(key=LABEL_TIER, value="device", effect="NoSchedule")]
+    assert pool(tier="device").spec.effective_taints == [
+        Taint(key=LABEL_TIER, value="device", effect="NoSchedule")
+    ]
     assert pool(tier="near-edge").spec.effective_max_privacy is Privacy.RESTRICTED
     assert pool(tier="regional-mec").spec.effective_taints == []
     assert pool(tier="regional-mec").spec.effective_max_privacy is Privacy.CONFIDENTIAL
@@ -59,8 +62,14 @@ def test_empty_node_selector_is_rejected_with_field():
     [
         ({"requirements": {"latencyBudgetMs": 0}}, "spec.requirements.latencyBudgetMs"),
         ({"requirements": {"latencyBudgetMs": 5, "privacy": "secret"}}, "spec.requirements.privacy"),
-        ({"requirements": {"latencyBudgetMs": 5, "resources": {"cpu": "lots"}}}, "spec.requirements.resources.cpu"),
-        ({"requirements": {"latencyBudgetMs": 5, "inferenceMs": {"edge": 3}}}, "spec.requirements.inferenceMs"),
+        (
+            {"requirements": {"latencyBudgetMs": 5, "resources": {"cpu": "lots"}}},
+            "spec.requirements.resources.cpu",
+        ),
+        (
+            {"requirements": {"latencyBudgetMs": 5, "inferenceMs": {"edge": 3}}},
+            "spec.requirements.inferenceMs",
+        ),
         ({"replicas": 0}, "spec.replicas"),
         ({"tiers": {"allowed": ["cloud"], "preferred": ["device"]}}, "spec.tiers"),
         ({"tierz": {}}, "spec.tierz"),
@@ -100,7 +109,9 @@ def test_accelerator_matching():
     res = w.spec.requirements.resources
     assert res.accelerator_matches({"continuum.dev/accelerator": "coral-tpu"})
     assert not res.accelerator_matches({"continuum.dev/accelerator": "jetson"})
-    w2 = workload(requirements={"latencyBudgetMs": 5, "resources": {"accelerator": "nvidia.com/gpu.product=Orin"}})
+    w2 = workload(
+        requirements={"latencyBudgetMs": 5, "resources": {"accelerator": "nvidia.com/gpu.product=Orin"}}
+    )
     assert w2.spec.requirements.resources.accelerator_matches({"nvidia.com/gpu.product": "Orin"})
 
 
@@ -123,10 +134,14 @@ def test_label_selector_operator_values_consistency():
     with pytest.raises(ValidationError):
         LabelSelector.model_validate({"matchExpressions": [{"key": "a", "operator": "In"}]})
     with pytest.raises(ValidationError):
-        LabelSelector.model_validate({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})
+        LabelSelector.model_validate(
+            {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}
+        )
 
 
 def test_spec_roundtrips_through_its_yaml_form():
-    w = workload(tiers={"allowed": ["near-edge", "cloud"], "preferred": ["near-edge"]}, offload={"tier": "cloud"})
+    w = workload(
+        tiers={"allowed": ["near-edge", "cloud"], "preferred": ["near-edge"]}, offload={"tier": "cloud"}
+    )
     again = EdgeWorkload.model_validate({"metadata": {"name": "w", "namespace": "ns"}, "spec": w.spec.dump()})
     assert again.spec == w.spec

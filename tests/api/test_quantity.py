@@ -1,9 +1,6 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from continuum.api.quantity import (
     QuantityError,
     cpu_millis,
@@ -12,6 +9,8 @@ from continuum.api.quantity import (
     memory_bytes,
     parse_quantity,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -24,7 +23,14 @@ def test_cpu_millis(text, millis):
 
 @pytest.mark.parametrize(
     ("text", "num"),
-    [("512Mi", 512 * 2**20), ("1Gi", 2**30), ("1G", 10**9), ("1.5Gi", 3 * 2**29), ("1e9", 10**9), ("128974848", 128974848)],
+    [
+        ("512Mi", 512 * 2**20),
+        ("1Gi", 2**30),
+        ("1G", 10**9),
+        ("1.5Gi", 3 * 2**29),
+        ("1e9", 10**9),
+        ("128974848", 128974848),
+    ],
 )
 def test_memory_bytes(text, num):
     assert memory_bytes(text) == num

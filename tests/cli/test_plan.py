@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from continuum.cli import main, plan_result
+
 from tests.conftest import EXAMPLES
 
 CLUSTER = str(EXAMPLES / "cluster")
@@ -33,13 +33,24 @@ def test_examples_json_contract():
         "workloads": 8,
         "placed": 7,
         "unschedulable": 1,
-        "hourlyCost": pytest.approx(sum(p["hourlyCost"] for p in doc["placements"] if p["phase"] == "Placed")),
+        "hourlyCost": pytest.approx(
+            sum(p["hourlyCost"] for p in doc["placements"] if p["phase"] == "Placed")
+        ),
     }
     by_name = {p["name"]: p for p in doc["placements"]}
     for row in doc["placements"]:
         assert set(row) >= {
-            "namespace", "name", "phase", "pool", "tier", "site", "estimatedLatencyMs",
-            "wanMbps", "hourlyCost", "candidates", "hint",
+            "namespace",
+            "name",
+            "phase",
+            "pool",
+            "tier",
+            "site",
+            "estimatedLatencyMs",
+            "wanMbps",
+            "hourlyCost",
+            "candidates",
+            "hint",
         }
         assert len(row["candidates"]) == 8  # every pool, with a verdict
         for cand in row["candidates"]:
@@ -62,7 +73,9 @@ def test_examples_json_contract():
     assert stuck["phase"] == "Unschedulable" and stuck["pool"] is None
     assert "raise requirements.latencyBudgetMs to 21 ms" in stuck["hint"]
     mec = next(c for c in stuck["candidates"] if c["pool"] == "mec-frankfurt")
-    assert mec["reasons"] == [{"code": "Latency", "message": "latency 21.0 ms > budget 10 ms (rtt 9 + inference 12)"}]
+    assert mec["reasons"] == [
+        {"code": "Latency", "message": "latency 21.0 ms > budget 10 ms (rtt 9 + inference 12)"}
+    ]
     footfall = {c["pool"]: {r["code"] for r in c["reasons"]} for c in by_name["store-footfall"]["candidates"]}
     assert {"Residency", "Privacy"} <= footfall["cloud-virginia"]
     vitals = {c["pool"]: {r["code"] for r in c["reasons"]} for c in by_name["bedside-vitals"]["candidates"]}

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-
 from continuum.controller.runner import RunOptions, run_in_thread
 from continuum.emulator import EmulatedCluster
+
 from tests.conftest import EXAMPLES
 
 WORKLOADS = "continuum.dev/v1alpha1/edgeworkloads"
@@ -48,8 +48,12 @@ class Harness:
 
     def start_operator(self, **overrides: Any) -> None:
         options = RunOptions(
-            kubeconfig=str(self.cluster.kubeconfig), metrics_port=0, liveness_port=0,
-            grace_seconds=2.0, stabilization_seconds=3.0, resync_seconds=0.5,
+            kubeconfig=str(self.cluster.kubeconfig),
+            metrics_port=0,
+            liveness_port=0,
+            grace_seconds=2.0,
+            stabilization_seconds=3.0,
+            resync_seconds=0.5,
         )
         for key, value in overrides.items():
             setattr(options, key, value)
@@ -77,11 +81,14 @@ class Harness:
         return self.workload(ns, name).get("status") or {}
 
     def condition(self, ns: str, name: str, ctype: str) -> str | None:
-        return next((c["status"] for c in self.status(ns, name).get("conditions", []) if c["type"] == ctype), None)
+        return next(
+            (c["status"] for c in self.status(ns, name).get("conditions", []) if c["type"] == ctype), None
+        )
 
     def events(self, reason: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
         return [
-            e for e in self.cluster.list("v1/events")
+            e
+            for e in self.cluster.list("v1/events")
             if (reason is None or e.get("reason") == reason)
             and (name is None or (e.get("involvedObject") or {}).get("name") == name)
         ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import kmock
+from continuum.api.models import LABEL_POOL, LABEL_SITE, LABEL_TIER, LABEL_WORKLOAD
 from prometheus_client import REGISTRY
 
-from continuum.api.models import LABEL_POOL, LABEL_SITE, LABEL_TIER, LABEL_WORKLOAD
 from tests.conftest import EXAMPLES
 from tests.operator.conftest import POOLS, WORKLOADS, Harness, docs, wait_for
 
@@ -28,8 +29,14 @@ def test_pools_label_and_taint_nodes_and_clean_up(harness: Harness) -> None:
     h = harness
     h.load_cluster()
     # A label and a taint the operator did not set must survive everything it does.
-    h.cluster.patch("v1/nodes", "munich-cam-1", {"metadata": {"labels": {"owner": "ops"}},
-                                                  "spec": {"taints": [{"key": "ops/maintenance", "effect": "PreferNoSchedule"}]}})
+    h.cluster.patch(
+        "v1/nodes",
+        "munich-cam-1",
+        {
+            "metadata": {"labels": {"owner": "ops"}},
+            "spec": {"taints": [{"key": "ops/maintenance", "effect": "PreferNoSchedule"}]},
+        },
+    )
     h.start_operator()
 
     def labelled() -> bool:
@@ -43,10 +50,19 @@ def test_pools_label_and_taint_nodes_and_clean_up(harness: Harness) -> None:
     assert node["metadata"]["labels"][LABEL_SITE] == "plant-munich"
     assert {"key": LABEL_TIER, "value": "device", "effect": "NoSchedule"} in node["spec"]["taints"]
     mec = h.cluster.get("v1/nodes", "mec-fra-1")
-    wait_for(lambda: (h.cluster.get("v1/nodes", "mec-fra-1") or {})["metadata"]["labels"].get(LABEL_POOL) == "mec-frankfurt")
-    assert not (h.cluster.get("v1/nodes", "mec-fra-1") or mec).get("spec", {}).get("taints")  # taints: [] in the pool
+    wait_for(
+        lambda: (
+            (h.cluster.get("v1/nodes", "mec-fra-1") or {})["metadata"]["labels"].get(LABEL_POOL)
+            == "mec-frankfurt"
+        )
+    )
+    assert (
+        not (h.cluster.get("v1/nodes", "mec-fra-1") or mec).get("spec", {}).get("taints")
+    )  # taints: [] in the pool
 
-    wait_for(lambda: ((h.cluster.get(POOLS, "munich-cameras") or {}).get("status") or {}).get("readyNodes") == 2)
+    wait_for(
+        lambda: ((h.cluster.get(POOLS, "munich-cameras") or {}).get("status") or {}).get("readyNodes") == 2
+    )
     status = h.cluster.get(POOLS, "munich-cameras")["status"]
     assert status["memberNodes"] == ["munich-cam-1", "munich-cam-2"]
     assert status["allocatable"] == {"cpu": "8", "memory": "7600Mi", "gpu": 0}
@@ -69,13 +85,27 @@ def test_pools_label_and_taint_nodes_and_clean_up(harness: Harness) -> None:
 def test_node_in_two_pools_is_a_conflict_in_both(harness: Harness) -> None:
     h = harness
     h.load_cluster()
-    h.apply({"apiVersion": "continuum.dev/v1alpha1", "kind": "EdgeNodePool", "metadata": {"name": "all-munich"},
-             "spec": {"tier": "near-edge", "site": "plant-munich",
-                      "nodeSelector": {"matchLabels": {"edge.example.com/site": "plant-munich"}}}})
+    h.apply(
+        {
+            "apiVersion": "continuum.dev/v1alpha1",
+            "kind": "EdgeNodePool",
+            "metadata": {"name": "all-munich"},
+            "spec": {
+                "tier": "near-edge",
+                "site": "plant-munich",
+                "nodeSelector": {"matchLabels": {"edge.example.com/site": "plant-munich"}},
+            },
+        }
+    )
     h.start_operator()
     for pool in ("all-munich", "munich-line"):
-        wait_for(lambda pool=pool: "munich-ipc-1" in (((h.cluster.get(POOLS, pool) or {}).get("status") or {}).get("conflicts") or []),
-                 what=f"conflict reported in {pool}")
+        wait_for(
+            lambda pool=pool: (
+                "munich-ipc-1"
+                in (((h.cluster.get(POOLS, pool) or {}).get("status") or {}).get("conflicts") or [])
+            ),
+            what=f"conflict reported in {pool}",
+        )
     status = h.cluster.get(POOLS, "munich-line")["status"]
     conflict = next(c for c in status["conditions"] if c["type"] == "Conflict")
     assert conflict["status"] == "True" and "munich-ipc-1" in conflict["message"]
@@ -98,13 +128,19 @@ def test_workloads_get_worker_objects_status_and_events(harness: Harness) -> Non
     # same model placed one tier up) is filled in once that copy is placed.
     def upstream_known() -> dict | None:
         dep = h.cluster.get(DEPLOYMENTS, "agv-planner-edge", "logistics") or {}
-        env = [e["name"] for c in dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []) for e in c["env"]]
+        env = [
+            e["name"]
+            for c in dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+            for e in c["env"]
+        ]
         return dep if "CONTINUUM_UPSTREAM" in env else None
 
     dep = wait_for(upstream_known, what="offload upstream rendered")
     pod = dep["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {LABEL_POOL: "munich-line"}
-    assert pod["tolerations"] == [{"key": LABEL_TIER, "operator": "Equal", "value": "near-edge", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": LABEL_TIER, "operator": "Equal", "value": "near-edge", "effect": "NoSchedule"}
+    ]
     container = pod["containers"][0]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -114,7 +150,10 @@ def test_workloads_get_worker_objects_status_and_events(harness: Harness) -> Non
     assert dep["metadata"]["labels"][LABEL_WORKLOAD] == "agv-planner-edge"
     assert dep["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "continuum-operator"
     owner = dep["metadata"]["ownerReferences"][0]
-    assert owner["kind"] == "EdgeWorkload" and owner["uid"] == h.workload("logistics", "agv-planner-edge")["metadata"]["uid"]
+    assert (
+        owner["kind"] == "EdgeWorkload"
+        and owner["uid"] == h.workload("logistics", "agv-planner-edge")["metadata"]["uid"]
+    )
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "100%"}
 
     # State enabled: a StatefulSet with a volume claim, a token Secret; GPU requested as a resource.
@@ -162,7 +201,12 @@ def test_invalid_spec_names_the_field_and_others_go_on(harness: Harness) -> None
     # Fixing the spec places it.
     bad["spec"]["requirements"]["latencyBudgetMs"] = 50
     del bad["spec"]["replicaz"]
-    h.cluster.patch(WORKLOADS, "broken", {"spec": {"requirements": {"latencyBudgetMs": 50}, "replicaz": None}}, "healthcare")
+    h.cluster.patch(
+        WORKLOADS,
+        "broken",
+        {"spec": {"requirements": {"latencyBudgetMs": 50}, "replicaz": None}},
+        "healthcare",
+    )
     wait_for(lambda: placed(h, "healthcare", "broken"), what="fixed workload placed")
 
 
@@ -178,28 +222,48 @@ def test_replaced_after_grace_and_fails_back_after_stabilization(harness: Harnes
 
     # A blip shorter than the grace period moves nothing.
     h.node_ready("munich-ipc-1", False)
-    wait_for(lambda: h.status("manufacturing", "line-defect-inspection").get("disruption"), what="disruption recorded")
+    wait_for(
+        lambda: h.status("manufacturing", "line-defect-inspection").get("disruption"),
+        what="disruption recorded",
+    )
     h.node_ready("munich-ipc-1", True)
-    wait_for(lambda: not h.status("manufacturing", "line-defect-inspection").get("disruption"), what="disruption cleared")
+    wait_for(
+        lambda: not h.status("manufacturing", "line-defect-inspection").get("disruption"),
+        what="disruption cleared",
+    )
     assert placed(h, "manufacturing", "line-defect-inspection", "munich-line")
     assert not h.events("Replaced", "line-defect-inspection")
 
     # A real failure: moved to the MEC after the grace period, make-before-break.
     h.node_ready("munich-ipc-1", False)
-    wait_for(lambda: placed(h, "manufacturing", "line-defect-inspection", "mec-frankfurt"), timeout=20, what="moved to the MEC")
+    wait_for(
+        lambda: placed(h, "manufacturing", "line-defect-inspection", "mec-frankfurt"),
+        timeout=20,
+        what="moved to the MEC",
+    )
     disrupted = h.events("PoolDegraded", "line-defect-inspection")
     assert disrupted
     dep = h.cluster.get(DEPLOYMENTS, "line-defect-inspection", "manufacturing")
     assert dep["spec"]["template"]["spec"]["nodeSelector"] == {LABEL_POOL: "mec-frankfurt"}
     assert h.events("Replaced", "line-defect-inspection")
-    wait_for(lambda: h.condition("manufacturing", "line-defect-inspection", "Ready") == "True", what="ready on the MEC")
+    wait_for(
+        lambda: h.condition("manufacturing", "line-defect-inspection", "Ready") == "True",
+        what="ready on the MEC",
+    )
     assert not h.status("manufacturing", "line-defect-inspection").get("previousPlacement")
 
     # The preferred pool recovers: fail back only after the stabilization window.
     h.node_ready("munich-ipc-1", True)
-    wait_for(lambda: h.status("manufacturing", "line-defect-inspection").get("betterSince"), what="stabilization started")
+    wait_for(
+        lambda: h.status("manufacturing", "line-defect-inspection").get("betterSince"),
+        what="stabilization started",
+    )
     assert placed(h, "manufacturing", "line-defect-inspection", "mec-frankfurt")
-    wait_for(lambda: placed(h, "manufacturing", "line-defect-inspection", "munich-line"), timeout=20, what="failed back")
+    wait_for(
+        lambda: placed(h, "manufacturing", "line-defect-inspection", "munich-line"),
+        timeout=20,
+        what="failed back",
+    )
 
 
 def test_unschedulable_is_retried_when_capacity_appears(harness: Harness) -> None:
@@ -216,7 +280,9 @@ def test_unschedulable_is_retried_when_capacity_appears(harness: Harness) -> Non
     node["metadata"]["name"] = "vienna-ward-2"
     node["metadata"]["labels"]["kubernetes.io/hostname"] = "vienna-ward-2"
     h.apply(node)
-    wait_for(lambda: placed(h, "healthcare", "bedside-vitals", "vienna-ward"), what="placed once a node was added")
+    wait_for(
+        lambda: placed(h, "healthcare", "bedside-vitals", "vienna-ward"), what="placed once a node was added"
+    )
 
 
 def test_restart_is_idempotent(harness: Harness) -> None:
@@ -225,18 +291,30 @@ def test_restart_is_idempotent(harness: Harness) -> None:
     h.start_operator()
     for obj in docs(EXAMPLES / "workloads"):
         h.apply(obj)
-    wait_for(lambda: all((w.get("status") or {}).get("phase") for w in h.cluster.list(WORKLOADS)), what="all decided")
+    wait_for(
+        lambda: all((w.get("status") or {}).get("phase") for w in h.cluster.list(WORKLOADS)),
+        what="all decided",
+    )
     wait_for(lambda: h.condition("retail", "store-footfall", "Ready") == "True")
-    before = {w["metadata"]["name"]: (w["status"].get("placement") or {}).get("pool") for w in h.cluster.list(WORKLOADS)}
+    before = {
+        w["metadata"]["name"]: (w["status"].get("placement") or {}).get("pool")
+        for w in h.cluster.list(WORKLOADS)
+    }
     objects_before = len(h.cluster.list(DEPLOYMENTS)) + len(h.cluster.list(STATEFULSETS))
     uids = {o["metadata"]["uid"] for o in h.cluster.list(DEPLOYMENTS) + h.cluster.list(STATEFULSETS)}
     h.stop_operator()
     h.start_operator()
-    wait_for(lambda: h.cluster.get("v1/nodes", "munich-ipc-1")["metadata"]["labels"].get(LABEL_POOL), what="new operator active")
+    wait_for(
+        lambda: h.cluster.get("v1/nodes", "munich-ipc-1")["metadata"]["labels"].get(LABEL_POOL),
+        what="new operator active",
+    )
     import time
 
     time.sleep(2.0)  # several resync periods of the new operator
-    after = {w["metadata"]["name"]: (w["status"].get("placement") or {}).get("pool") for w in h.cluster.list(WORKLOADS)}
+    after = {
+        w["metadata"]["name"]: (w["status"].get("placement") or {}).get("pool")
+        for w in h.cluster.list(WORKLOADS)
+    }
     assert after == before
     assert len(h.cluster.list(DEPLOYMENTS)) + len(h.cluster.list(STATEFULSETS)) == objects_before
     assert {o["metadata"]["uid"] for o in h.cluster.list(DEPLOYMENTS) + h.cluster.list(STATEFULSETS)} == uids
@@ -252,11 +330,16 @@ def test_injected_api_errors_are_retried(harness: Harness) -> None:
     before = {code: _api_errors(code) for code in ("500", "409")}
     emulator = h.cluster.emulator
     # As in kmock, the write is stored before the injected error: the retry must not duplicate it.
-    emulator["create apps/v1/deployments"][:1] << kmock.KubernetesError(500, "InternalError", "etcd leader changed")
-    emulator["patch continuum.dev/v1alpha1/edgeworkloads"][:1] << kmock.KubernetesError(409, "Conflict", "try again")
+    emulator["create apps/v1/deployments"][:1] << kmock.KubernetesError(
+        500, "InternalError", "etcd leader changed"
+    )
+    status_writes = emulator[kmock.method.PATCH, re.compile(r".*/edgeworkloads/[^/]+/status$")]
+    status_writes[:1] << kmock.KubernetesError(409, "Conflict", "try again")
     h.start_operator()
     h.apply(docs(EXAMPLES / "workloads" / "fleet-analytics.yaml")[0])
-    wait_for(lambda: placed(h, "analytics", "fleet-analytics", "cloud-virginia"), what="placed despite API errors")
+    wait_for(
+        lambda: placed(h, "analytics", "fleet-analytics", "cloud-virginia"), what="placed despite API errors"
+    )
     wait_for(lambda: h.condition("analytics", "fleet-analytics", "Ready") == "True")
     assert len(h.cluster.list(DEPLOYMENTS, "analytics")) == 1
     assert h.status("analytics", "fleet-analytics")["phase"] == "Placed"  # never a wrong status
@@ -271,6 +354,9 @@ def test_deleting_the_workload_garbage_collects_its_objects(harness: Harness) ->
     h.apply(docs(EXAMPLES / "workloads" / "fleet-analytics.yaml")[0])
     wait_for(lambda: h.cluster.get(DEPLOYMENTS, "fleet-analytics", "analytics"))
     h.cluster.delete(WORKLOADS, "fleet-analytics", "analytics")
-    wait_for(lambda: h.cluster.get(DEPLOYMENTS, "fleet-analytics", "analytics") is None, what="Deployment collected")
+    wait_for(
+        lambda: h.cluster.get(DEPLOYMENTS, "fleet-analytics", "analytics") is None,
+        what="Deployment collected",
+    )
     assert h.cluster.get("v1/services", "fleet-analytics", "analytics") is None
     assert by_name(h.cluster.list(WORKLOADS)).get("fleet-analytics") is None

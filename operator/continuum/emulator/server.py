@@ -25,7 +25,7 @@ from kmock._internal.k8s import KubernetesScaffold
 
 from continuum.emulator.store import ApiError, Key, Store, Watch
 
-REQUEST_HISTORY = 500  # kmock scans every recorded request on each request: keep the list short
+REQUEST_HISTORY = 12  # kmock re-filters every recorded request on each request (O(history)): keep it short
 
 CUSTOM_RESOURCES: dict[str, kmock.ResourceInfo] = {
     "continuum.dev/v1alpha1/edgenodepools": kmock.ResourceInfo(
@@ -78,6 +78,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
             self.resources[name] = info
         self.store = Store(status_resources=self._status_resources())
         self._results: dict[int, dict[str, Any]] = {}  # id(request) -> stored object, for the fallbacks
+        # kmock renders injected KubernetesErrors with their own status only inside `async with emulator`;
+        # outside, they escape to aiohttp as a bare 500. Collect them as that context would.
+        self._errors.append([])
 
     def _status_resources(self) -> set[str]:
         out = set()
@@ -99,6 +102,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         if len(self._requests) > REQUEST_HISTORY:
             del self._requests[: len(self._requests) - REQUEST_HISTORY // 2]
+        if self._errors and len(self._errors[-1]) > REQUEST_HISTORY:
+            del self._errors[-1][: REQUEST_HISTORY // 2]
         if request.resource is not None and request.action in (
             enums.action.CREATE,
             enums.action.UPDATE,
@@ -225,8 +230,12 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_version(request)
-        if isinstance(payload, dict) and payload.get("groupVersion", "").startswith("/"):
-            payload["groupVersion"] = payload["groupVersion"][1:]  # core: "v1", as kubectl expects
+        if isinstance(payload, dict):
+            if payload.get("groupVersion", "").startswith("/"):
+                payload["groupVersion"] = payload["groupVersion"][1:]  # core: "v1", as kubectl expects
+            for entry in payload.get("resources", []):
+                if "/" in entry.get("name", ""):  # subresources have no short names or categories
+                    entry["shortNames"], entry["categories"] = [], []
         return payload
 
 
@@ -315,7 +324,9 @@ class EmulatedCluster:
         from continuum.emulator.kubelet import run_fake_kubelet
 
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(run_fake_kubelet(self.store, self.emulator._lock, interval)))  # type: ignore[union-attr]
+        self.loop.call_soon_threadsafe(
+            lambda: self.loop.create_task(run_fake_kubelet(self.store, self.emulator._lock, interval))
+        )  # type: ignore[union-attr]
 
     def stop(self) -> None:
         if self.loop is not None and self._stop is not None:
