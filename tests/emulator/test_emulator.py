@@ -103,7 +103,7 @@ async def test_failed_json_patch_test_is_422_and_stale_write_is_409(api):
 
 
 async def test_finalizers_delay_deletion_and_owners_collect_dependents(api):
-    cluster, s = api
+    _, s = api
     owner = await (await s.post(EW, json=workload("a", finalizers=["x/y"]))).json()
     dep = {
         "apiVersion": "apps/v1",
