@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from continuum.api.loader import load_manifests
 from continuum.placement import build_snapshot, decide
 from continuum.placement.hysteresis import Action, HysteresisPolicy, judge
+
 from tests.conftest import EXAMPLES
 
 MANIFESTS = load_manifests([EXAMPLES / "cluster", EXAMPLES / "workloads"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-
 from continuum.api.loader import load_manifests
 from continuum.api.models import LABEL_POOL, EdgeWorkload, Placement, Tier
 from continuum.render.worker import RenderSettings, render_worker_manifests
+
 from tests.conftest import EXAMPLES
 
 KUBE_VERSION = kubernetes_validate.latest_version()

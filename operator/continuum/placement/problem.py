@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from continuum.api.models import EdgeWorkloadSpec
+from continuum.api.models import EdgeWorkloadSpec, Privacy, Tier
+from continuum.api.quantity import gib
 from continuum.placement import filters
 from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
 
@@ -117,12 +119,12 @@ def violations(problem: AssignmentProblem, assignment: npt.NDArray[np.int64]) ->
     return out
 
 
-def build_problem(
+def build_problem_reference(
     workloads: Sequence[WorkloadRequest],
     snapshot: ClusterSnapshot,
     fixed_usage: Mapping[str, PoolUsage] | None = None,
 ) -> AssignmentProblem:
-    """Reference builder: runs the static rules of :mod:`filters` on every pair.
+    """Reference builder: runs the static rules of :mod:`filters` on every pair (the oracle for tests).
 
     ``fixed_usage`` is what workloads outside this batch already consume per pool. Capacity per
     workload is the aggregate free capacity of the pool's nodes that can run it; for workloads without
@@ -204,3 +206,154 @@ def greedy_in_order(problem: AssignmentProblem) -> npt.NDArray[np.int64]:
             out[w] = p
             break
     return out
+
+
+def _pool_arrays(snapshot: ClusterSnapshot, fixed_usage: Mapping[str, PoolUsage]) -> dict[str, Any]:
+    pools = list(snapshot.pools)
+    n = len(pools)
+    capacity = np.zeros((n, 3))
+    wan_capacity = np.full(n, np.inf)
+    for i, pool in enumerate(pools):
+        used = fixed_usage.get(pool.name, PoolUsage())
+        free = pool.free - used.resources
+        capacity[i] = (max(free.cpu_millis, 0), max(free.memory_bytes, 0), max(free.gpu, 0))
+        limit = pool.pool.spec.network.wan_ingress_mbps
+        if limit is not None:
+            wan_capacity[i] = max(limit - used.wan_mbps, 0.0)
+    # nodes that can run replicas, flattened, with their pool index
+    node_pool, node_free, node_labels = [], [], []
+    for i, pool in enumerate(pools):
+        for node in pool.usable_nodes:
+            node_pool.append(i)
+            free = node.free
+            node_free.append((free.cpu_millis, free.memory_bytes, free.gpu))
+            node_labels.append(dict(node.labels))
+    return {
+        "pools": pools,
+        "capacity": capacity,
+        "wan_capacity": wan_capacity,
+        "tier": np.array([p.tier.order for p in pools], dtype=np.int64),
+        "privacy": np.array([p.pool.spec.effective_max_privacy.rank for p in pools], dtype=np.int64),
+        "site": [p.pool.spec.site for p in pools],
+        "region": [p.pool.spec.region for p in pools],
+        "has_nodes": np.array([bool(p.usable_nodes) for p in pools]),
+        "cost": np.array([(c.cpu, c.memory_gi_b, c.gpu, c.wan_mbps) for c in (p.pool.spec.cost for p in pools)]).reshape(n, 4),
+        "node_pool": np.asarray(node_pool, dtype=np.int64),
+        "node_free": np.asarray(node_free, dtype=np.float64).reshape(len(node_pool), 3),
+        "node_labels": node_labels,
+    }
+
+
+def build_problem(
+    workloads: Sequence[WorkloadRequest],
+    snapshot: ClusterSnapshot,
+    fixed_usage: Mapping[str, PoolUsage] | None = None,
+) -> AssignmentProblem:
+    """Build the arrays with the static rules vectorized over pools (same result as the reference).
+
+    ``fixed_usage`` is what workloads outside this batch already consume per pool.
+    """
+    fixed_usage = fixed_usage or {}
+    arr = _pool_arrays(snapshot, fixed_usage)
+    pools = arr["pools"]
+    n_pools = len(pools)
+    index = {p.name: i for i, p in enumerate(pools)}
+    sites = sorted({*arr["site"], *(w.spec.source.site for w in workloads)})
+    site_id = {s: i for i, s in enumerate(sites)}
+    pool_site = np.array([site_id[s] for s in arr["site"]], dtype=np.int64)
+    # rtt[site, pool]: NaN where there is no route
+    rtt = np.full((len(sites), n_pools), np.nan)
+    for j, pool in enumerate(pools):
+        table = pool.pool.spec.network.rtt_ms
+        if "*" in table:
+            rtt[:, j] = table["*"]
+        for site, value in table.items():
+            if site in site_id:
+                rtt[site_id[site], j] = value
+    regions = sorted({r for r in arr["region"] if r is not None})
+    region_id = np.array([regions.index(r) if r is not None else -1 for r in arr["region"]], dtype=np.int64)
+    tiers = list(Tier)
+    accel_cache: dict[str | None, tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = {}
+    n_nodes = len(arr["node_pool"])
+
+    def accelerator_masks(spec: EdgeWorkloadSpec) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        key = spec.requirements.resources.accelerator
+        if key not in accel_cache:
+            res = spec.requirements.resources
+            node_ok = np.array([res.accelerator_matches(lbl) for lbl in arr["node_labels"]], dtype=np.bool_)
+            pool_ok = np.zeros(n_pools, dtype=np.bool_)
+            pool_ok[arr["node_pool"][node_ok]] = True
+            accel_cache[key] = (node_ok, pool_ok)
+        return accel_cache[key]
+
+    demand = np.zeros((len(workloads), 3))
+    ingest = np.zeros(len(workloads))
+    current = np.full(len(workloads), -1, dtype=np.int64)
+    ptr = [0]
+    c_pool: list[npt.NDArray[np.int64]] = []
+    c_cost: list[npt.NDArray[np.float64]] = []
+    c_rank: list[npt.NDArray[np.int64]] = []
+    c_off: list[npt.NDArray[np.bool_]] = []
+    tier_of_pool = arr["tier"]
+    for w, req in enumerate(workloads):
+        spec = req.spec
+        reqs = spec.requirements
+        one = filters.replica_request(spec)
+        total = one.scaled(spec.replicas)
+        demand[w] = (total.cpu_millis, total.memory_bytes, total.gpu)
+        ingest[w] = reqs.bandwidth.ingest_mbps
+        if req.current_pool is not None and req.current_pool in index:
+            current[w] = index[req.current_pool]
+        ok = arr["has_nodes"].copy()
+        if spec.tiers.allowed is not None:
+            allowed_tier = np.zeros(len(tiers), dtype=np.bool_)
+            allowed_tier[[t.order for t in spec.tiers.allowed]] = True
+            ok &= allowed_tier[tier_of_pool]
+        offsite = pool_site != site_id[spec.source.site]
+        ok &= arr["privacy"] >= reqs.privacy.rank
+        if reqs.privacy is Privacy.RESTRICTED:
+            ok &= ~offsite
+        if reqs.residency is not None:
+            allowed_region = np.zeros(len(regions) + 1, dtype=np.bool_)  # last slot: pools without a region
+            allowed_region[[regions.index(r) for r in reqs.residency if r in regions]] = True
+            ok &= allowed_region[region_id]
+        inference = np.array([reqs.inference_ms.get(t, 0.0) for t in tiers])[tier_of_pool]
+        latency = rtt[site_id[spec.source.site]] + inference
+        with np.errstate(invalid="ignore"):
+            ok &= ~np.isnan(latency) & (latency <= reqs.latency_budget_ms)
+        node_ok, pool_ok = accelerator_masks(spec)
+        ok &= pool_ok
+        if n_nodes:
+            fits = node_ok & np.all(arr["node_free"] >= np.array([one.cpu_millis, one.memory_bytes, one.gpu]), axis=1)
+            fit_pool = np.zeros(n_pools, dtype=np.bool_)
+            fit_pool[arr["node_pool"][fits]] = True
+            ok &= fit_pool
+        else:
+            ok &= False
+        cand = np.nonzero(ok)[0]
+        costs = arr["cost"][cand]
+        wan = np.where(offsite[cand], reqs.bandwidth.ingest_mbps, 0.0)
+        per_replica = one.cpu_millis / 1000 * costs[:, 0] + gib(one.memory_bytes) * costs[:, 1] + one.gpu * costs[:, 2]
+        c_pool.append(cand.astype(np.int64))
+        c_cost.append(spec.replicas * per_replica + wan * costs[:, 3])
+        c_rank.append(np.array([spec.tiers.rank(t) for t in tiers], dtype=np.int64)[tier_of_pool[cand]])
+        c_off.append(offsite[cand])
+        ptr.append(ptr[-1] + len(cand))
+
+    def cat(parts: list[Any], dtype: Any) -> Any:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+    return AssignmentProblem(
+        pool_names=[p.name for p in pools],
+        workload_keys=[w.key for w in workloads],
+        demand=demand,
+        ingest=ingest,
+        capacity=arr["capacity"],
+        wan_capacity=arr["wan_capacity"],
+        cand_ptr=np.asarray(ptr, dtype=np.int64),
+        cand_pool=cat(c_pool, np.int64),
+        cand_cost=cat(c_cost, np.float64),
+        cand_rank=cat(c_rank, np.int64),
+        cand_offsite=cat(c_off, np.bool_),
+        current=current,
+    )
