@@ -27,12 +27,21 @@ def solve_ilp(problem: AssignmentProblem, time_limit: float = 60.0) -> IlpResult
     rows_w = np.repeat(np.arange(problem.n_workloads), np.diff(problem.cand_ptr))
     cons = []
     # each workload at most once
-    cons.append(LinearConstraint(csr_matrix((np.ones(nnz), (rows_w, np.arange(nnz))), shape=(problem.n_workloads, nnz)), -np.inf, 1))
+    cons.append(
+        LinearConstraint(
+            csr_matrix((np.ones(nnz), (rows_w, np.arange(nnz))), shape=(problem.n_workloads, nnz)), -np.inf, 1
+        )
+    )
     # capacity per pool and resource
     for r in range(3):
         data = problem.demand[rows_w, r]
-        cons.append(LinearConstraint(csr_matrix((data, (problem.cand_pool, np.arange(nnz))), shape=(problem.n_pools, nnz)),
-                                     -np.inf, problem.capacity[:, r]))
+        cons.append(
+            LinearConstraint(
+                csr_matrix((data, (problem.cand_pool, np.arange(nnz))), shape=(problem.n_pools, nnz)),
+                -np.inf,
+                problem.capacity[:, r],
+            )
+        )
     wan_data = np.where(problem.cand_offsite, problem.ingest[rows_w], 0.0)
     finite = np.isfinite(problem.wan_capacity)
     wan = csr_matrix((wan_data, (problem.cand_pool, np.arange(nnz))), shape=(problem.n_pools, nnz))[finite]
@@ -42,12 +51,21 @@ def solve_ilp(problem: AssignmentProblem, time_limit: float = 60.0) -> IlpResult
     bounds = Bounds(0, 1)
     optimal = True
 
-    def run(c: npt.NDArray[np.float64], extra: list[LinearConstraint], share: float,
-            fallback: npt.NDArray[np.float64] | None) -> npt.NDArray[np.float64]:
+    def run(
+        c: npt.NDArray[np.float64],
+        extra: list[LinearConstraint],
+        share: float,
+        fallback: npt.NDArray[np.float64] | None,
+    ) -> npt.NDArray[np.float64]:
         nonlocal optimal
         remaining = max(1.0, (time_limit - (time.perf_counter() - started)) * share)
-        res = milp(c, constraints=cons + extra, integrality=integrality, bounds=bounds,
-                   options={"time_limit": remaining, "disp": False, "mip_rel_gap": 1e-6})
+        res = milp(
+            c,
+            constraints=cons + extra,
+            integrality=integrality,
+            bounds=bounds,
+            options={"time_limit": remaining, "disp": False, "mip_rel_gap": 1e-6},
+        )
         optimal = optimal and res.status == 0
         if res.x is None:  # time limit without an incumbent: keep the previous phase's solution
             if fallback is None:

@@ -25,7 +25,9 @@ PRICES = {  # cpu, memoryGiB, gpu, wanMbps per hour
 }
 
 
-def generate(n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int = 5, load: float = 1.05) -> tuple[ClusterSnapshot, list[WorkloadRequest]]:
+def generate(
+    n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int = 5, load: float = 1.05
+) -> tuple[ClusterSnapshot, list[WorkloadRequest]]:
     """``load`` is total CPU demand / total CPU capacity (above 1: not everything can fit)."""
     rng = random.Random(seed)
     n_sites = max(2, n_pools // 4)
@@ -43,7 +45,10 @@ def generate(n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int 
             wan = 0.0 if tier is Tier.DEVICE else rng.choice([50.0, 100.0, 200.0])
         elif tier is Tier.REGIONAL_MEC:
             site, region = f"mec-{i}", rng.choice(REGIONS[:2])
-            rtt = {s: round(rng.uniform(5, 20), 1) for s in rng.sample(sites, k=min(len(sites), rng.randint(2, 6)))}
+            rtt = {
+                s: round(rng.uniform(5, 20), 1)
+                for s in rng.sample(sites, k=min(len(sites), rng.randint(2, 6)))
+            }
             rtt["*"] = 30.0
             wan = rng.choice([500.0, 1000.0, 2000.0])
         else:
@@ -51,13 +56,26 @@ def generate(n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int 
             rtt = {"*": round(rng.uniform(30, 120), 1)}
             wan = 10000.0
         price = [p * rng.uniform(0.8, 1.25) for p in PRICES[tier]]
-        pools.append(EdgeNodePool.model_validate({
-            "metadata": {"name": name},
-            "spec": {"tier": tier.value, "site": site, "region": region,
-                     "nodeSelector": {"matchLabels": {"pool": name}},
-                     "network": {"rttMs": rtt, "wanIngressMbps": wan},
-                     "cost": {"cpu": price[0], "memoryGiB": price[1], "gpu": price[2], "wanMbps": price[3]}},
-        }))
+        pools.append(
+            EdgeNodePool.model_validate(
+                {
+                    "metadata": {"name": name},
+                    "spec": {
+                        "tier": tier.value,
+                        "site": site,
+                        "region": region,
+                        "nodeSelector": {"matchLabels": {"pool": name}},
+                        "network": {"rttMs": rtt, "wanIngressMbps": wan},
+                        "cost": {
+                            "cpu": price[0],
+                            "memoryGiB": price[1],
+                            "gpu": price[2],
+                            "wanMbps": price[3],
+                        },
+                    },
+                }
+            )
+        )
         cpu, mem, gpu = NODE_SHAPES[tier]
         for k in range(nodes_per_pool):
             alloc = {"cpu": str(cpu), "memory": f"{mem}Gi"}
@@ -66,8 +84,12 @@ def generate(n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int 
             labels = {"pool": name}
             if tier is Tier.DEVICE and k % 2 == 0:
                 labels["continuum.dev/accelerator"] = "coral-tpu"
-            nodes.append({"metadata": {"name": f"{name}-n{k}", "labels": labels},
-                          "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]}})
+            nodes.append(
+                {
+                    "metadata": {"name": f"{name}-n{k}", "labels": labels},
+                    "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]},
+                }
+            )
     capacity_cpu = sum(NODE_SHAPES[t][0] for t in tiers) * nodes_per_pool
     mean_cpu = capacity_cpu * load / n_workloads
     workloads: list[WorkloadRequest] = []
@@ -75,14 +97,20 @@ def generate(n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int 
         replicas = rng.choice([1, 1, 1, 2, 3])
         cpu = max(0.1, min(rng.expovariate(1 / (mean_cpu / (replicas * 1.4))), 12.0))
         gpu = 1 if rng.random() < 0.12 else 0
-        privacy = rng.choices(["public", "internal", "confidential", "restricted"], weights=(20, 45, 25, 10))[0]
+        privacy = rng.choices(["public", "internal", "confidential", "restricted"], weights=(20, 45, 25, 10))[
+            0
+        ]
         spec: dict[str, Any] = {
             "source": {"site": rng.choice(sites)},
             "requirements": {
                 "latencyBudgetMs": rng.choice([3, 8, 15, 25, 40, 100, 300]),
                 "bandwidth": {"ingestMbps": rng.choice([0, 1, 5, 20, 50, 100])},
                 "privacy": privacy,
-                "resources": {"cpu": f"{int(cpu * 1000)}m", "memory": f"{int(cpu * rng.uniform(1, 4) * 1024)}Mi", "gpu": gpu},
+                "resources": {
+                    "cpu": f"{int(cpu * 1000)}m",
+                    "memory": f"{int(cpu * rng.uniform(1, 4) * 1024)}Mi",
+                    "gpu": gpu,
+                },
                 "inferenceMs": {"device": 4.0, "near-edge": 2.5, "regional-mec": 1.5, "cloud": 1.0},
             },
             "replicas": replicas,

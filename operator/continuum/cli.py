@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "[CONTINUUM_STABILIZATION_SECONDS]",
     )
     run.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(_env("CONTINUUM_RESYNC_SECONDS", "10") or 10),
+        help="how often every workload and pool is re-evaluated (grace, fail-back, readiness) [CONTINUUM_RESYNC_SECONDS]",
+    )
+    run.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, then $KUBECONFIG)"
     )
     run.add_argument("--verbose", "-v", action="store_true")
@@ -317,6 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stabilization_seconds=args.stabilization_seconds,
         kubeconfig=args.kubeconfig,
         verbose=args.verbose,
+        resync_seconds=args.resync_seconds,
     )
     return run_operator(options)
 

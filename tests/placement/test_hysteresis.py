@@ -20,7 +20,10 @@ def nodes(gpu_node_ready: bool = True):
     out = []
     for node in MANIFESTS.nodes:
         if node["metadata"]["name"] == "munich-ipc-1" and not gpu_node_ready:
-            node = {**node, "status": {**node["status"], "conditions": [{"type": "Ready", "status": "False"}]}}
+            node = {
+                **node,
+                "status": {**node["status"], "conditions": [{"type": "Ready", "status": "False"}]},
+            }
         out.append(node)
     return out
 
@@ -48,10 +51,18 @@ def test_grace_period_then_move():
     current = decision().placement
     broken = decision(gpu_node_ready=False)
     first = judge(WORKLOAD, current, broken, T0, POLICY)
-    assert first.action is Action.WAIT_GRACE and first.target.pool == "munich-line" and first.disruption_since == T0
-    later = judge(WORKLOAD, current, broken, T0 + timedelta(seconds=59), POLICY, disruption_since=first.disruption_since)
+    assert (
+        first.action is Action.WAIT_GRACE
+        and first.target.pool == "munich-line"
+        and first.disruption_since == T0
+    )
+    later = judge(
+        WORKLOAD, current, broken, T0 + timedelta(seconds=59), POLICY, disruption_since=first.disruption_since
+    )
     assert later.action is Action.WAIT_GRACE
-    moved = judge(WORKLOAD, current, broken, T0 + timedelta(seconds=60), POLICY, disruption_since=first.disruption_since)
+    moved = judge(
+        WORKLOAD, current, broken, T0 + timedelta(seconds=60), POLICY, disruption_since=first.disruption_since
+    )
     assert moved.action is Action.MOVE and moved.target.pool == "mec-frankfurt" and moved.moves
 
 
@@ -65,7 +76,9 @@ def test_fail_back_only_after_the_stabilization_window():
     on_mec = decision(gpu_node_ready=False).candidates
     mec = next(c for c in on_mec if c.pool == "mec-frankfurt")
     assert mec.feasible
-    current = decision().placement.model_copy(update={"pool": "mec-frankfurt", "tier": "regional-mec", "site": "mec-frankfurt"})
+    current = decision().placement.model_copy(
+        update={"pool": "mec-frankfurt", "tier": "regional-mec", "site": "mec-frankfurt"}
+    )
     healthy = decision()
     start = judge(WORKLOAD, current, healthy, T0, POLICY)
     assert start.action is Action.WAIT_STABILIZATION and start.better_since == T0

@@ -53,8 +53,11 @@ def check_decisions(snapshot: ClusterSnapshot, requests, decisions) -> None:
         # one replica fits on a ready node
         res = req.resources
         assert any(
-            n.usable and res.accelerator_matches(dict(n.labels))
-            and n.free.cpu_millis >= res.cpu_millis and n.free.memory_bytes >= res.memory_bytes and n.free.gpu >= res.gpu
+            n.usable
+            and res.accelerator_matches(dict(n.labels))
+            and n.free.cpu_millis >= res.cpu_millis
+            and n.free.memory_bytes >= res.memory_bytes
+            and n.free.gpu >= res.gpu
             for n in pool.nodes
         )
         total = used.setdefault(pool.name, [0.0, 0.0, 0.0, 0.0])
@@ -142,7 +145,9 @@ def test_running_workloads_are_not_moved_for_a_cost_gain():
             problem.current[w] = problem.cand_pool[sl][int(np.argmax(problem.cand_cost[sl]))]
     kept = solve(problem, keep_current=True)
     assert violations(problem, kept) == []
-    stayed = sum(1 for w in range(problem.n_workloads) if problem.current[w] >= 0 and kept[w] == problem.current[w])
+    stayed = sum(
+        1 for w in range(problem.n_workloads) if problem.current[w] >= 0 and kept[w] == problem.current[w]
+    )
     assert stayed == sum(1 for w in range(problem.n_workloads) if problem.current[w] >= 0)
 
 

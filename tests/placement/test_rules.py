@@ -10,19 +10,41 @@ from continuum.placement.snapshot import PoolUsage
 
 
 def pool(name: str, tier: str = "near-edge", site: str = "a", **spec: Any) -> EdgeNodePool:
-    base = {"tier": tier, "site": site, "region": "eu", "nodeSelector": {"matchLabels": {"pool": name}},
-            "network": {"rttMs": {"a": 2, "*": 30}}}
+    base = {
+        "tier": tier,
+        "site": site,
+        "region": "eu",
+        "nodeSelector": {"matchLabels": {"pool": name}},
+        "network": {"rttMs": {"a": 2, "*": 30}},
+    }
     return EdgeNodePool.model_validate({"metadata": {"name": name}, "spec": {**base, **spec}})
 
 
-def node(name: str, pool_name: str, cpu: str = "4", memory: str = "8Gi", gpu: int = 0, ready: bool = True, **labels: str):
+def node(
+    name: str,
+    pool_name: str,
+    cpu: str = "4",
+    memory: str = "8Gi",
+    gpu: int = 0,
+    ready: bool = True,
+    **labels: str,
+):
     alloc = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": str(gpu)} if gpu else {})}
-    return {"metadata": {"name": name, "labels": {"pool": pool_name, **labels}},
-            "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": {"name": name, "labels": {"pool": pool_name, **labels}},
+        "status": {
+            "allocatable": alloc,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def workload(**spec: Any) -> EdgeWorkloadSpec:
-    base: dict[str, Any] = {"source": {"site": "a"}, "requirements": {"latencyBudgetMs": 20}, "model": {"name": "m", "uri": "x"}}
+    base: dict[str, Any] = {
+        "source": {"site": "a"},
+        "requirements": {"latencyBudgetMs": 20},
+        "model": {"name": "m", "uri": "x"},
+    }
     for key, value in spec.items():
         if key in ("latencyBudgetMs", "privacy", "residency", "resources", "inferenceMs", "bandwidth"):
             base["requirements"][key] = value
@@ -73,7 +95,11 @@ def test_bandwidth_counts_what_others_already_send():
     used = {"m": PoolUsage(wan_mbps=50)}
     r = reasons(spec, [p], [node("n", "m")], used)
     assert only(r, "m") == [("Bandwidth", "ingest 60 Mbps over the WAN > 50 Mbps free of wanIngressMbps 100")]
-    on_site = reasons(workload(bandwidth={"ingestMbps": 500}), [pool("p", network={"rttMs": {"a": 1}, "wanIngressMbps": 0})], [node("n", "p")])
+    on_site = reasons(
+        workload(bandwidth={"ingestMbps": 500}),
+        [pool("p", network={"rttMs": {"a": 1}, "wanIngressMbps": 0})],
+        [node("n", "p")],
+    )
     assert only(on_site, "p") == []  # on-site data does not cross the WAN
 
 
@@ -84,7 +110,10 @@ def test_capacity_aggregate_and_single_node_fit():
     assert only(reasons(fits, [p], nodes), "p") == []
     too_many = workload(replicas=3, resources={"cpu": "3", "memory": "1Gi"})
     [(code, message)] = only(reasons(too_many, [p], nodes), "p")
-    assert code == "Capacity" and "needs 9 cpu, 3Gi memory for 3 replica(s), 8 cpu, 16Gi memory free; short by 1 cpu" in message
+    assert (
+        code == "Capacity"
+        and "needs 9 cpu, 3Gi memory for 3 replica(s), 8 cpu, 16Gi memory free; short by 1 cpu" in message
+    )
     too_big = workload(resources={"cpu": "6", "memory": "1Gi"})
     [(code, message)] = only(reasons(too_big, [p], nodes), "p")
     assert code == "Capacity" and message.startswith("one replica (6 cpu, 1Gi memory) fits on no single node")
@@ -93,7 +122,11 @@ def test_capacity_aggregate_and_single_node_fit():
 def test_accelerator_and_no_nodes():
     r = reasons(workload(resources={"accelerator": "coral-tpu"}), [pool("p")], [node("n", "p")])
     assert only(r, "p") == [("Accelerator", "no ready member node offers accelerator coral-tpu")]
-    r = reasons(workload(resources={"accelerator": "coral-tpu"}), [pool("p")], [node("n", "p", **{"continuum.dev/accelerator": "coral-tpu"})])
+    r = reasons(
+        workload(resources={"accelerator": "coral-tpu"}),
+        [pool("p")],
+        [node("n", "p", **{"continuum.dev/accelerator": "coral-tpu"})],
+    )
     assert only(r, "p") == []
     r = reasons(workload(), [pool("p")], [node("n", "p", ready=False)])
     assert only(r, "p") == [("NoNodes", "none of the pool's 1 member nodes is ready and schedulable")]
@@ -110,12 +143,21 @@ def test_preferred_tier_wins_over_cost_then_spills():
     assert decide(workload(), build_snapshot([edge, mec], nodes)).pool == "mec"  # no preference: cheapest
     full = {"edge": PoolUsage()}
     spill = workload(tiers={"preferred": ["near-edge"]}, resources={"cpu": "3"}, replicas=2)
-    assert decide(spill, build_snapshot([edge, mec], [node("e", "edge", cpu="4"), node("m", "mec", cpu="8")]), full).pool == "mec"
+    assert (
+        decide(
+            spill, build_snapshot([edge, mec], [node("e", "edge", cpu="4"), node("m", "mec", cpu="8")]), full
+        ).pool
+        == "mec"
+    )
 
 
 def test_hint_names_the_smallest_fix():
-    d = decide(workload(latencyBudgetMs=10, inferenceMs={"regional-mec": 12}),
-               build_snapshot([pool("mec", tier="regional-mec", site="m", network={"rttMs": {"a": 9}})], [node("n", "mec")]))
+    d = decide(
+        workload(latencyBudgetMs=10, inferenceMs={"regional-mec": 12}),
+        build_snapshot(
+            [pool("mec", tier="regional-mec", site="m", network={"rttMs": {"a": 9}})], [node("n", "mec")]
+        ),
+    )
     assert d.placement is None and d.hint == "to fit on pool mec: raise requirements.latencyBudgetMs to 21 ms"
     d = decide(workload(privacy="restricted"), build_snapshot([pool("far", site="b")], [node("n", "far")]))
     assert "every pool breaks a rule no small change fixes (Privacy)" in d.hint

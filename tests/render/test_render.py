@@ -22,14 +22,24 @@ def with_uid(workload: EdgeWorkload) -> EdgeWorkload:
 
 def render(name: str, pool: str, **settings):
     workload = with_uid(WORKLOADS[name])
-    placement = Placement(pool=pool, tier=POOLS[pool].spec.tier, site=POOLS[pool].spec.site, estimated_latency_ms=10)
-    return {o["kind"]: o for o in render_worker_manifests(workload, placement, POOLS[pool], RenderSettings(**settings))}
+    placement = Placement(
+        pool=pool, tier=POOLS[pool].spec.tier, site=POOLS[pool].spec.site, estimated_latency_ms=10
+    )
+    return {
+        o["kind"]: o
+        for o in render_worker_manifests(workload, placement, POOLS[pool], RenderSettings(**settings))
+    }
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_every_example_renders_valid_kubernetes_objects(name):
     pool = "mec-frankfurt"
-    objs = render(name, pool, state_token="t" * 64, upstreams={"regional-mec": "http://x.y.svc:8000", "cloud": "http://c.y.svc:8000"})
+    objs = render(
+        name,
+        pool,
+        state_token="t" * 64,
+        upstreams={"regional-mec": "http://x.y.svc:8000", "cloud": "http://c.y.svc:8000"},
+    )
     for obj in objs.values():
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
@@ -38,25 +48,40 @@ def test_pinned_to_the_pool_tolerating_exactly_its_taints():
     dep = render("agv-planner-edge", "munich-line")["Deployment"]
     pod = dep["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {LABEL_POOL: "munich-line"}
-    assert pod["tolerations"] == [{"key": "continuum.dev/tier", "operator": "Equal", "value": "near-edge", "effect": "NoSchedule"}]
-    assert render("agv-planner-mec", "mec-frankfurt")["Deployment"]["spec"]["template"]["spec"]["tolerations"] == []
+    assert pod["tolerations"] == [
+        {"key": "continuum.dev/tier", "operator": "Equal", "value": "near-edge", "effect": "NoSchedule"}
+    ]
+    assert (
+        render("agv-planner-mec", "mec-frankfurt")["Deployment"]["spec"]["template"]["spec"]["tolerations"]
+        == []
+    )
 
 
 def test_state_makes_a_statefulset_with_a_claim_and_a_token_secret():
     objs = render("line-defect-inspection", "munich-line", state_token="s3cret")
     sts = objs["StatefulSet"]
     claim = sts["spec"]["volumeClaimTemplates"][0]
-    assert claim["spec"]["storageClassName"] == "local-path" and claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert (
+        claim["spec"]["storageClassName"] == "local-path"
+        and claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    )
     env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CONTINUUM_STATE_DIR"]["value"] == "/var/lib/continuum/state"
-    assert env["CONTINUUM_STATE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "line-defect-inspection-state-token"
+    assert (
+        env["CONTINUUM_STATE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"]
+        == "line-defect-inspection-state-token"
+    )
     assert "CONTINUUM_SYNC_TO" not in env  # no cloud copy of the model is placed
     assert "Secret" in objs and "Deployment" not in objs
 
 
 def test_worker_settings_and_security():
-    objs = render("agv-planner-edge", "munich-line", upstreams={"regional-mec": "http://agv-planner-mec.logistics.svc:8000"},
-                  worker_image="registry.local/worker:1")
+    objs = render(
+        "agv-planner-edge",
+        "munich-line",
+        upstreams={"regional-mec": "http://agv-planner-mec.logistics.svc:8000"},
+        worker_image="registry.local/worker:1",
+    )
     container = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["CONTINUUM_UPSTREAM"] == "http://agv-planner-mec.logistics.svc:8000"
@@ -68,16 +93,26 @@ def test_worker_settings_and_security():
     sec = container["securityContext"]
     assert sec["runAsNonRoot"] and sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
     assert sec["capabilities"] == {"drop": ["ALL"]}
-    gpu = render("line-defect-inspection", "munich-line")["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
-    assert gpu["resources"]["requests"]["nvidia.com/gpu"] == "1" == gpu["resources"]["limits"]["nvidia.com/gpu"]
+    gpu = render("line-defect-inspection", "munich-line")["StatefulSet"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert (
+        gpu["resources"]["requests"]["nvidia.com/gpu"] == "1" == gpu["resources"]["limits"]["nvidia.com/gpu"]
+    )
 
 
 def test_owner_reference_and_labels():
     objs = render("fleet-analytics", "cloud-virginia")
     for obj in objs.values():
         ref = obj["metadata"]["ownerReferences"][0]
-        assert ref == {"apiVersion": "continuum.dev/v1alpha1", "kind": "EdgeWorkload", "name": "fleet-analytics",
-                       "uid": "1234", "controller": True, "blockOwnerDeletion": True}
+        assert ref == {
+            "apiVersion": "continuum.dev/v1alpha1",
+            "kind": "EdgeWorkload",
+            "name": "fleet-analytics",
+            "uid": "1234",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         assert obj["metadata"]["labels"]["continuum.dev/workload"] == "fleet-analytics"
     assert objs["Service"]["spec"]["selector"] == objs["Deployment"]["spec"]["selector"]["matchLabels"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from functools import lru_cache
 
 _SUFFIX: dict[str, Decimal] = {
     "": Decimal(1),
@@ -59,11 +60,13 @@ def parse_quantity(value: str | int | float) -> Decimal:
     return number * _SUFFIX[match["suffix"] or ""]
 
 
+@lru_cache(maxsize=4096)
 def cpu_millis(value: str | int | float) -> int:
     """CPU quantity in millicores, rounded up (``"250m"`` → 250, ``"1.5"`` → 1500)."""
     return int((parse_quantity(value) * 1000).to_integral_value(rounding=ROUND_CEILING))
 
 
+@lru_cache(maxsize=4096)
 def memory_bytes(value: str | int | float) -> int:
     """Memory quantity in bytes, rounded up."""
     return int(parse_quantity(value).to_integral_value(rounding=ROUND_CEILING))

@@ -129,6 +129,10 @@ class Controller:
         self._snapshot: ClusterSnapshot | None = None
         self._snapshot_key: str | None = None
         self._pool_models: dict[str, tuple[int, EdgeNodePool | None, str | None]] = {}
+        self._specs: dict[tuple[Any, ...], EdgeWorkloadSpec | None] = {}
+        self._reserved: dict[
+            str, list[tuple[str, str]]
+        ] = {}  # key -> [(suffix, pool)] decided, not yet in status
         self.log = logging.getLogger("continuum.operator")
 
     # ------------------------------------------------------------------ caches (watch events) --
@@ -238,19 +242,41 @@ class Controller:
             self._snapshot_key = key
         return self._snapshot
 
+    def _spec(self, raw: Mapping[str, Any]) -> EdgeWorkloadSpec | None:
+        """The parsed spec of a cached workload, validated once per (uid, generation)."""
+        meta = raw.get("metadata") or {}
+        key = (meta.get("uid"), meta.get("generation"), meta.get("namespace"), meta.get("name"))
+        if key not in self._specs:
+            try:
+                self._specs[key] = EdgeWorkloadSpec.model_validate(raw.get("spec") or {})
+            except ValidationError:
+                self._specs[key] = None
+            if len(self._specs) > 4 * len(self.cache.workloads) + 100:  # drop entries of old generations
+                live = {
+                    (r["metadata"].get("uid"), r["metadata"].get("generation"))
+                    for r in self.cache.workloads.values()
+                }
+                self._specs = {k: v for k, v in self._specs.items() if k[:2] in live}
+        return self._specs[key]
+
     def _placed(self) -> list[tuple[str, EdgeWorkloadSpec, str]]:
-        """(key, spec, pool) of every placement in effect, both ends of a move while it drains."""
+        """(key, spec, pool) of every placement in effect, both ends of a move while it drains.
+
+        A decision made but not yet written to status (the API call runs outside the lock) counts too."""
         out = []
         for (ns, name), raw in self.cache.workloads.items():
-            status = raw.get("status") or {}
-            try:
-                spec = EdgeWorkloadSpec.model_validate(raw.get("spec") or {})
-            except ValidationError:
+            key = f"{ns}/{name}"
+            spec = self._spec(raw)
+            if spec is None:
                 continue
+            if key in self._reserved:
+                out.extend((f"{key}{suffix}", spec, pool) for suffix, pool in self._reserved[key])
+                continue
+            status = raw.get("status") or {}
             for fieldname, suffix in (("placement", ""), ("previousPlacement", "#previous")):
                 pool = (status.get(fieldname) or {}).get("pool")
                 if pool and status.get("phase") in (Phase.PLACED.value, Phase.UNSCHEDULABLE.value):
-                    out.append((f"{ns}/{name}{suffix}", spec, pool))
+                    out.append((f"{key}{suffix}", spec, pool))
         return out
 
     def usage_excluding(self, key: str, snapshot: ClusterSnapshot) -> dict[str, PoolUsage]:
@@ -336,6 +362,11 @@ class Controller:
             previous = old.previous_placement
             if verdict.moves and current is not None:
                 previous = current
+            # Reserve the capacity now; the API calls below run outside the lock.
+            self._reserved[workload.key] = [
+                (suffix, p.pool) for suffix, p in (("", target), ("#previous", previous)) if p
+            ]
+        try:
             ready, rolled_out = await self._apply(workload, target, snapshot)
             if rolled_out and previous is not None and target is not None and previous.pool != target.pool:
                 self.post_event(body, "Normal", "Drained", f"old replicas on pool {previous.pool} are gone")
@@ -355,6 +386,8 @@ class Controller:
                 ready,
             )
             await self._write_status(body, status)
+        finally:
+            self._reserved.pop(workload.key, None)
         self._record(body, workload, old, status, verdict.action, verdict.reason, decision)
         metrics.RECONCILE_SECONDS.labels("EdgeWorkload").observe(time.perf_counter() - started)
         return f"{verdict.action.value}: {verdict.reason}"

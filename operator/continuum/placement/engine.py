@@ -97,7 +97,7 @@ def explain(
     for pool in snapshot.pools:
         reasons = filters.evaluate(spec, pool, usage.get(pool.name, PoolUsage()))
         est = filters.estimate_latency(spec, pool).total_ms
-        cand = Candidate(
+        cand = Candidate.model_construct(  # values computed here from validated specs
             pool=pool.name,
             tier=pool.tier,
             feasible=not reasons,

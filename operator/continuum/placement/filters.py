@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from continuum.api.models import EdgeWorkloadSpec, Privacy, Reason, ReasonCode
+from continuum.api.models import EdgeWorkloadSpec, Privacy, ReasonCode
+from continuum.api.models import Reason as _Reason
 from continuum.api.quantity import gib
 from continuum.placement.snapshot import PoolUsage, PoolView, Resources
+
+
+def Reason(code: ReasonCode, message: str) -> _Reason:
+    """Reasons are made here from validated values: skip pydantic validation on this hot path."""
+    return _Reason.model_construct(code=code, message=message)
 
 
 def _fmt(value: float) -> str:
@@ -69,7 +75,7 @@ def estimate_latency(spec: EdgeWorkloadSpec, pool: PoolView) -> LatencyEstimate:
 # --- static rules ---------------------------------------------------------------------------------
 
 
-def check_tier(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_tier(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     allowed = spec.tiers.allowed
     if allowed is None or pool.tier in allowed:
         return None
@@ -79,7 +85,7 @@ def check_tier(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
     )
 
 
-def check_privacy(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_privacy(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     level = spec.requirements.privacy
     ceiling = pool.pool.spec.effective_max_privacy
     if level.rank > ceiling.rank:
@@ -96,7 +102,7 @@ def check_privacy(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
     return None
 
 
-def check_residency(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_residency(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     allowed = spec.requirements.residency
     if allowed is None:
         return None
@@ -107,7 +113,7 @@ def check_residency(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
     return Reason(code=ReasonCode.RESIDENCY, message=f"{where} is not in residency [{', '.join(allowed)}]")
 
 
-def check_latency(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_latency(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     est = estimate_latency(spec, pool)
     budget = spec.requirements.latency_budget_ms
     if est.rtt_ms is None:
@@ -125,7 +131,7 @@ def check_latency(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
     return None
 
 
-def check_nodes(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_nodes(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     if not pool.nodes:
         return Reason(
             code=ReasonCode.NO_NODES, message="the pool has no member nodes (check its nodeSelector)"
@@ -138,7 +144,7 @@ def check_nodes(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
     return None
 
 
-def check_accelerator(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_accelerator(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     res = spec.requirements.resources
     if res.accelerator is None or not pool.usable_nodes:
         return None
@@ -155,7 +161,7 @@ def eligible_nodes(spec: EdgeWorkloadSpec, pool: PoolView) -> list[Resources]:
     return [n.free for n in pool.usable_nodes if res.accelerator_matches(dict(n.labels))]
 
 
-def check_node_fit(spec: EdgeWorkloadSpec, pool: PoolView) -> Reason | None:
+def check_node_fit(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     """One replica must fit on at least one node (before other Continuum workloads)."""
     nodes = eligible_nodes(spec, pool)
     if not nodes:
@@ -192,7 +198,7 @@ def pool_capacity(spec: EdgeWorkloadSpec, pool: PoolView) -> Resources:
     return total
 
 
-def check_capacity(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> Reason | None:
+def check_capacity(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> _Reason | None:
     need = total_request(spec)
     free = (pool_capacity(spec, pool) - used.resources).clamp()
     if need.fits_in(free):
@@ -205,7 +211,7 @@ def check_capacity(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> R
     )
 
 
-def check_bandwidth(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> Reason | None:
+def check_bandwidth(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> _Reason | None:
     need = wan_mbps(spec, pool)
     limit = pool.pool.spec.network.wan_ingress_mbps
     if need == 0 or limit is None:
@@ -220,7 +226,7 @@ def check_bandwidth(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> 
     )
 
 
-def static_reasons(spec: EdgeWorkloadSpec, pool: PoolView) -> list[Reason]:
+def static_reasons(spec: EdgeWorkloadSpec, pool: PoolView) -> list[_Reason]:
     return [r for check in STATIC_CHECKS if (r := check(spec, pool)) is not None]
 
 
@@ -228,8 +234,8 @@ _NODE_LEVEL = frozenset({ReasonCode.NO_NODES, ReasonCode.ACCELERATOR, ReasonCode
 
 
 def dynamic_reasons(
-    spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage, static: list[Reason] | None = None
-) -> list[Reason]:
+    spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage, static: list[_Reason] | None = None
+) -> list[_Reason]:
     """Bandwidth and aggregate capacity. Capacity is skipped when a node-level static reason (no nodes,
     no accelerator, no single node fits) already explains why the replicas cannot run there."""
     reasons = []
@@ -243,7 +249,7 @@ def dynamic_reasons(
     return reasons
 
 
-def evaluate(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> list[Reason]:
+def evaluate(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> list[_Reason]:
     """Every rule the pool breaks for this workload, given what others already use there."""
     static = static_reasons(spec, pool)
     return static + dynamic_reasons(spec, pool, used, static)

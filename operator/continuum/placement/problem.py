@@ -237,7 +237,9 @@ def _pool_arrays(snapshot: ClusterSnapshot, fixed_usage: Mapping[str, PoolUsage]
         "site": [p.pool.spec.site for p in pools],
         "region": [p.pool.spec.region for p in pools],
         "has_nodes": np.array([bool(p.usable_nodes) for p in pools]),
-        "cost": np.array([(c.cpu, c.memory_gi_b, c.gpu, c.wan_mbps) for c in (p.pool.spec.cost for p in pools)]).reshape(n, 4),
+        "cost": np.array(
+            [(c.cpu, c.memory_gi_b, c.gpu, c.wan_mbps) for c in (p.pool.spec.cost for p in pools)]
+        ).reshape(n, 4),
         "node_pool": np.asarray(node_pool, dtype=np.int64),
         "node_free": np.asarray(node_free, dtype=np.float64).reshape(len(node_pool), 3),
         "node_labels": node_labels,
@@ -324,7 +326,9 @@ def build_problem(
         node_ok, pool_ok = accelerator_masks(spec)
         ok &= pool_ok
         if n_nodes:
-            fits = node_ok & np.all(arr["node_free"] >= np.array([one.cpu_millis, one.memory_bytes, one.gpu]), axis=1)
+            fits = node_ok & np.all(
+                arr["node_free"] >= np.array([one.cpu_millis, one.memory_bytes, one.gpu]), axis=1
+            )
             fit_pool = np.zeros(n_pools, dtype=np.bool_)
             fit_pool[arr["node_pool"][fits]] = True
             ok &= fit_pool
@@ -333,7 +337,9 @@ def build_problem(
         cand = np.nonzero(ok)[0]
         costs = arr["cost"][cand]
         wan = np.where(offsite[cand], reqs.bandwidth.ingest_mbps, 0.0)
-        per_replica = one.cpu_millis / 1000 * costs[:, 0] + gib(one.memory_bytes) * costs[:, 1] + one.gpu * costs[:, 2]
+        per_replica = (
+            one.cpu_millis / 1000 * costs[:, 0] + gib(one.memory_bytes) * costs[:, 1] + one.gpu * costs[:, 2]
+        )
         c_pool.append(cand.astype(np.int64))
         c_cost.append(spec.replicas * per_replica + wan * costs[:, 3])
         c_rank.append(np.array([spec.tiers.rank(t) for t in tiers], dtype=np.int64)[tier_of_pool[cand]])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from continuum.api.models import GPU_RESOURCE, EdgeNodePool, Tier
@@ -54,7 +55,7 @@ class Resources:
 ZERO = Resources()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class NodeView:
     name: str
     labels: Mapping[str, str]
@@ -67,12 +68,12 @@ class NodeView:
     def usable(self) -> bool:
         return self.ready and self.schedulable
 
-    @property
+    @cached_property
     def free(self) -> Resources:
         return (self.allocatable - self.requested).clamp()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PoolView:
     """A pool and the nodes it selects (only nodes not claimed by another pool)."""
 
@@ -87,7 +88,7 @@ class PoolView:
     def tier(self) -> Tier:
         return self.pool.spec.tier
 
-    @property
+    @cached_property
     def usable_nodes(self) -> tuple[NodeView, ...]:
         return tuple(n for n in self.nodes if n.usable)
 
@@ -98,7 +99,7 @@ class PoolView:
             total = total + node.allocatable
         return total
 
-    @property
+    @cached_property
     def free(self) -> Resources:
         """Free capacity on ready, schedulable nodes before any Continuum workload."""
         total = ZERO

@@ -85,7 +85,7 @@ def _state(problem: AssignmentProblem) -> _State:
         cap=[list(map(float, row)) for row in problem.capacity.tolist()],
         wan=[float(x) for x in problem.wan_capacity.tolist()],
         cands=cands,
-        demand=[tuple(row) for row in problem.demand.tolist()],  # type: ignore[misc]
+        demand=[(row[0], row[1], row[2]) for row in problem.demand.tolist()],
         ingest=[float(x) for x in problem.ingest.tolist()],
         assign=[-1] * problem.n_workloads,
     )
@@ -120,7 +120,8 @@ class _Journal:
     """Moves made while trying an ejection chain, so a failed chain can be undone exactly."""
 
     def __init__(self, st: _State, users: list[set[int]]) -> None:
-        self.st, self.users, self.log = st, users, []  # type: list[tuple[int, int]]
+        self.st, self.users = st, users
+        self.log: list[tuple[int, int]] = []
 
     def move(self, w: int, p: int) -> None:
         old = self.st.assign[w]
@@ -153,7 +154,9 @@ def _victims(st: _State, w: int, p: int, off: bool, users: set[int], pinned: set
     deficit = [max(need[r] - cap[r], 0.0) for r in range(3)]
     wan_deficit = max(st.ingest[w] - st.wan[p], 0.0) if off else 0.0
     chosen: list[int] = []
-    pool = sorted((v for v in users if v not in pinned), key=lambda v: (-len(st.cands[v]), -sum(st.demand[v]), v))
+    pool = sorted(
+        (v for v in users if v not in pinned), key=lambda v: (-len(st.cands[v]), -sum(st.demand[v]), v)
+    )
     for v in pool:
         if all(d <= EPS for d in deficit) and wan_deficit <= EPS:
             break
@@ -171,7 +174,15 @@ def _victims(st: _State, w: int, p: int, off: bool, users: set[int], pinned: set
     return chosen
 
 
-def _insert(st: _State, journal: _Journal, w: int, depth: int, banned: frozenset[int], pinned: set[int], tries: int = 6) -> bool:
+def _insert(
+    st: _State,
+    journal: _Journal,
+    w: int,
+    depth: int,
+    banned: frozenset[int],
+    pinned: set[int],
+    tries: int = 6,
+) -> bool:
     """Place ``w``, evicting and re-inserting others recursively (an ejection chain) up to ``depth``."""
     for _, p, _, off in st.cands[w]:
         if p not in banned and st.fits(w, p, off):
@@ -193,10 +204,22 @@ def _insert(st: _State, journal: _Journal, w: int, depth: int, banned: frozenset
     return False
 
 
-def _solve_once(problem: AssignmentProblem, base: _State, order: list[int], keep_current: bool, max_passes: int, depth: int) -> list[int]:
+def _solve_once(
+    problem: AssignmentProblem,
+    base: _State,
+    order: list[int],
+    keep_current: bool,
+    max_passes: int,
+    depth: int,
+    budget: list[int],
+) -> list[int]:
     st = _State(
-        cap=[list(row) for row in base.cap], wan=list(base.wan), cands=base.cands,
-        demand=base.demand, ingest=base.ingest, assign=[-1] * problem.n_workloads,
+        cap=[list(row) for row in base.cap],
+        wan=list(base.wan),
+        cands=base.cands,
+        demand=base.demand,
+        ingest=base.ingest,
+        assign=[-1] * problem.n_workloads,
     )
     users: list[set[int]] = [set() for _ in range(problem.n_pools)]
     if keep_current:
@@ -215,7 +238,9 @@ def _solve_once(problem: AssignmentProblem, base: _State, order: list[int], keep
                 st.take(w, p, off)
                 users[p].add(w)
                 break
-    pinned = {w for w in range(problem.n_workloads) if keep_current and st.assign[w] == int(problem.current[w]) >= 0}
+    pinned = {
+        w for w in range(problem.n_workloads) if keep_current and st.assign[w] == int(problem.current[w]) >= 0
+    }
     journal = _Journal(st, users)
     for w in order:
         if st.assign[w] < 0 and st.cands[w]:
@@ -223,7 +248,6 @@ def _solve_once(problem: AssignmentProblem, base: _State, order: list[int], keep
             if not _insert(st, journal, w, depth, frozenset(), set(pinned)):
                 journal.undo(mark)
         journal.log.clear()
-    budget = [200_000]  # deterministic bound on the work of the eviction moves
     for _ in range(max_passes):
         improved = False
         for w in order:
@@ -247,7 +271,9 @@ def _solve_once(problem: AssignmentProblem, base: _State, order: list[int], keep
     return st.assign
 
 
-def _improve_by_eviction(st: _State, journal: _Journal, w: int, q: int, gain: float, pinned: set[int], budget: list[int]) -> bool:
+def _improve_by_eviction(
+    st: _State, journal: _Journal, w: int, q: int, gain: float, pinned: set[int], budget: list[int]
+) -> bool:
     """Move ``w`` to the better pool ``q`` by moving one workload ``v`` off ``q`` to another of its
     candidates, when the two moves together improve the objective."""
     for v in sorted(journal.users[q] - pinned, key=lambda v: (-sum(st.demand[v]), v))[:16]:
@@ -270,7 +296,9 @@ def _improve_by_eviction(st: _State, journal: _Journal, w: int, q: int, gain: fl
     return False
 
 
-def solve(problem: AssignmentProblem, keep_current: bool = True, max_passes: int = 4, depth: int = 2) -> npt.NDArray[np.int64]:
+def solve(
+    problem: AssignmentProblem, keep_current: bool = True, max_passes: int = 4, depth: int = 2
+) -> npt.NDArray[np.int64]:
     """Assign each workload a pool index (or -1); never breaks a capacity or WAN constraint.
 
     Runs the construction from several orders and keeps the best lexicographic objective."""
@@ -280,7 +308,8 @@ def solve(problem: AssignmentProblem, keep_current: bool = True, max_passes: int
     if len(problem.cand_pool) > 200_000:  # large batches: the two orders that win most often
         orders = orders[:2]
     for order in orders:
-        assign = _solve_once(problem, base, order, keep_current, max_passes, depth)
+        budget = [min(50_000, 20 * problem.n_workloads)]  # deterministic bound on the eviction moves' work
+        assign = _solve_once(problem, base, order, keep_current, max_passes, depth, budget)
         score = objective(problem, np.asarray(assign, dtype=np.int64))
         if best is None or score.better_than(best[0]):
             best = (score, assign)

@@ -1,0 +1,287 @@
+"""Reconcile benchmark: N EdgeWorkloads applied at once to the operator running against the emulator.
+
+    .venv/bin/python bench/reconcile.py [--quick] [--workloads N] [--pools P] [--no-write]
+
+Measures, in one run: the time until every workload has its Deployment and a status, the
+create→Deployment latency (p50/p99), and the operator's own share of that time against the
+emulator's bare cost for the same API calls (replayed by a plain HTTP client in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp
+from continuum.emulator import EmulatedCluster
+from rich.console import Console
+from rich.table import Table
+
+from bench.report import machine, markdown_table, write_section
+
+TIERS = ("device", "near-edge", "regional-mec", "cloud")
+EW_PATH = "/apis/continuum.dev/v1alpha1/namespaces/{ns}/edgeworkloads"
+
+
+def cluster_objects(n_pools: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(n_pools):
+        tier = TIERS[i % 4]
+        name = f"pool-{i:03d}"
+        out.append(
+            {
+                "apiVersion": "continuum.dev/v1alpha1",
+                "kind": "EdgeNodePool",
+                "metadata": {"name": name},
+                "spec": {
+                    "tier": tier,
+                    "site": f"site-{i % 10}" if tier in ("device", "near-edge") else f"dc-{i}",
+                    "region": "eu-central",
+                    "nodeSelector": {"matchLabels": {"bench/pool": name}},
+                    "network": {"rttMs": {f"site-{i % 10}": 2, "*": 10 + 10 * TIERS.index(tier)}},
+                    "cost": {"cpu": 0.01 * (1 + TIERS.index(tier)) + 0.0001 * i},
+                },
+            }
+        )
+        for k in range(5):
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": f"{name}-n{k}", "labels": {"bench/pool": name}},
+                    "status": {
+                        "allocatable": {"cpu": "64", "memory": "256Gi"},
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                }
+            )
+    return out
+
+
+def workload(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "continuum.dev/v1alpha1",
+        "kind": "EdgeWorkload",
+        "metadata": {"name": f"w-{i:05d}", "namespace": f"ns-{i % 10}"},
+        "spec": {
+            "source": {"site": f"site-{i % 10}"},
+            "requirements": {"latencyBudgetMs": 60, "resources": {"cpu": "100m", "memory": "128Mi"}},
+            "model": {"name": f"model-{i % 37}", "uri": "http://models/m.onnx"},
+        },
+    }
+
+
+class Recorder:
+    """Timestamps of store events, taken on the emulator's thread."""
+
+    def __init__(self, cluster: EmulatedCluster) -> None:
+        self.created: dict[str, float] = {}
+        self.deployed: dict[str, float] = {}
+        self.statused: dict[str, float] = {}
+        self.calls: Counter[tuple[str, str]] = Counter()
+        store, emulator = cluster.store, cluster.emulator
+        emit, handle = store._emit, emulator._handle
+
+        def record(resource: str, kind: str, obj: dict[str, Any]) -> None:
+            now = time.perf_counter()
+            key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+            if resource.endswith("edgeworkloads"):
+                if kind == "ADDED":
+                    self.created.setdefault(key, now)
+                elif (obj.get("status") or {}).get("phase"):
+                    self.statused.setdefault(key, now)
+            elif resource.endswith("deployments") and kind == "ADDED":
+                self.deployed.setdefault(key, now)
+            emit(resource, kind, obj)
+
+        async def counted(request: Any) -> Any:
+            if (
+                request.resource is not None
+                and request.action is not None
+                and request.headers.get("User-Agent", "").find("bench") < 0
+            ):
+                self.calls[(request.action.value, request.resource.plural or "")] += 1
+            return await handle(request)
+
+        store._emit = record  # type: ignore[method-assign]
+        emulator._handle = counted  # type: ignore[method-assign]
+
+
+async def apply_all(url: str, objs: list[dict[str, Any]], concurrency: int = 32) -> None:
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(url, headers={"User-Agent": "bench"}) as session:
+
+        async def post(obj: dict[str, Any]) -> None:
+            async with sem, session.post(EW_PATH.format(ns=obj["metadata"]["namespace"]), json=obj) as resp:
+                await resp.read()
+
+        await asyncio.gather(*(post(o) for o in objs))
+
+
+async def bare_replay(url: str, n: int, calls: Counter[tuple[str, str]], concurrency: int = 32) -> float:
+    """The same number of API calls of the same kinds, from a plain client: the emulator's own cost."""
+    sem = asyncio.Semaphore(concurrency)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(url, headers={"User-Agent": "bench-replay"}) as session:
+
+        async def one(i: int, action: str, plural: str) -> None:
+            ns, name = f"replay-{i % 10}", f"r-{i:07d}"
+            async with sem:
+                if action == "CREATE":
+                    path = (
+                        f"/apis/apps/v1/namespaces/{ns}/deployments"
+                        if plural in ("deployments", "statefulsets")
+                        else f"/api/v1/namespaces/{ns}/{plural if plural in ('services', 'secrets', 'events') else 'configmaps'}"
+                    )
+                    body = {"apiVersion": "v1", "kind": "X", "metadata": {"name": name}, "spec": {"x": i}}
+                    async with session.post(path, json=body) as resp:
+                        await resp.read()
+                elif action == "UPDATE":
+                    async with session.patch(
+                        "/api/v1/nodes/replay-node",
+                        json={"metadata": {"labels": {"i": str(i)}}},
+                        headers={"Content-Type": "application/merge-patch+json"},
+                    ) as resp:
+                        await resp.read()
+                else:
+                    async with session.get("/api/v1/nodes/replay-node") as resp:
+                        await resp.read()
+
+        async with session.post(
+            "/api/v1/nodes", json={"apiVersion": "v1", "kind": "Node", "metadata": {"name": "replay-node"}}
+        ) as r:
+            await r.read()
+        jobs = [
+            (a, p)
+            for (a, p), count in calls.items()
+            if a in ("CREATE", "UPDATE", "FETCH")
+            for _ in range(count)
+        ]
+        await asyncio.gather(*(one(i, a, p) for i, (a, p) in enumerate(jobs)))
+    return time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="200 workloads, 20 pools")
+    parser.add_argument("--workloads", type=int, default=1000)
+    parser.add_argument("--pools", type=int, default=100)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.workloads, args.pools = 200, 20
+    console = Console(width=140)
+    cluster = EmulatedCluster(workdir=Path("/tmp") / f"continuum-bench-{time.time_ns()}").start_in_thread()
+    for obj in cluster_objects(args.pools):
+        cluster.apply(obj)
+    recorder = Recorder(cluster)
+    # The operator runs as its own process, as in a cluster (in one process it would share the GIL with the emulator).
+    operator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "continuum",
+            "run",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--metrics-port",
+            "0",
+            "--liveness-port",
+            "0",
+            "--resync-seconds",
+            "120",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the operator is up once it labelled the pools' nodes
+        node = cluster.get("v1/nodes", f"pool-{args.pools - 1:03d}-n4") or {}
+        if "continuum.dev/pool" in node.get("metadata", {}).get("labels", {}):
+            break
+        time.sleep(0.1)
+    recorder.calls.clear()
+    objs = [workload(i) for i in range(args.workloads)]
+    started = time.perf_counter()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if len(recorder.deployed) >= args.workloads and len(recorder.statused) >= args.workloads:
+                done.set()
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    asyncio.run(apply_all(cluster.url, objs))
+    applied = time.perf_counter() - started
+    done.wait(timeout=300)
+    settled_at = max(
+        max(recorder.deployed.values(), default=started), max(recorder.statused.values(), default=started)
+    )
+    settled = settled_at - started
+    latencies = [
+        recorder.deployed[k] - recorder.created[k] for k in recorder.deployed if k in recorder.created
+    ]
+    calls = Counter(recorder.calls)
+    operator.terminate()
+    operator.wait(timeout=30)
+    bare = asyncio.run(bare_replay(cluster.url, args.workloads, calls))
+    cluster.stop()
+    ok = len(latencies) >= args.workloads
+    total_calls = sum(v for (a, _), v in calls.items() if a in ("CREATE", "UPDATE", "FETCH"))
+    rows = [
+        ["workloads × pools", f"{args.workloads:,} × {args.pools}"],
+        ["all applied (client)", f"{applied:.2f} s"],
+        ["all with Deployment and status", f"{settled:.2f} s" + ("" if ok else " (INCOMPLETE)")],
+        ["create → Deployment p50", f"{statistics.median(latencies) * 1000:.0f} ms" if latencies else "-"],
+        ["create → Deployment p99", f"{percentile(latencies, 0.99) * 1000:.0f} ms" if latencies else "-"],
+        [
+            "operator API writes/reads",
+            f"{total_calls:,} ({', '.join(f'{a.lower()} {p}: {v}' for (a, p), v in sorted(calls.items()) if a != 'WATCH')})",
+        ],
+        ["emulator's bare cost of those calls", f"{bare:.2f} s"],
+        [
+            "operator's own share",
+            f"{max(settled - bare, 0) / settled * 100:.0f} % of {settled:.2f} s" if settled else "-",
+        ],
+    ]
+    table = Table(title="Reconcile benchmark", header_style="bold")
+    table.add_column("measure")
+    table.add_column("value", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if not args.no_write:
+        write_section(
+            "reconcile",
+            "## Reconcile (`bench/reconcile.py`)\n\n"
+            f"Machine: {machine('kopf', 'kmock', 'aiohttp')}.{' Quick run.' if args.quick else ''} "
+            "The operator (`continuum run`, its own process) against the API emulator (kmock, in the bench process) "
+            "over HTTP on 127.0.0.1, both on the same 2 cores; workloads posted 32 at a time.\n\n"
+            + markdown_table(["measure", "value"], rows)
+            + "\n",
+        )
+        console.print("updated docs/benchmarks.md")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

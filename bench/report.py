@@ -1,0 +1,50 @@
+"""Shared by the bench scripts: machine description and in-place section updates of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def machine(*packages: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = []
+    for name in packages:
+        try:
+            versions.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    return f"{when}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}" + (
+        f", {', '.join(versions)}" if versions else ""
+    )
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace the section between <!-- BEGIN name --> and <!-- END name --> (append it if absent)."""
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"<!-- BEGIN {name} -->\n{body.rstrip()}\n<!-- END {name} -->"
+    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
+    DOC.write_text(text)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
