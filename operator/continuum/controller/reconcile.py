@@ -43,7 +43,7 @@ from continuum.api.models import (
 from continuum.api.quantity import format_cpu, format_memory
 from continuum.controller import metrics
 from continuum.controller.kube import KubeApi
-from continuum.placement import engine
+from continuum.placement import engine, filters
 from continuum.placement.hysteresis import Action, HysteresisPolicy, judge
 from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, Resources, build_snapshot, pod_requests
 from continuum.render.worker import DEFAULT_WORKER_IMAGE, RenderSettings, render_worker_manifests, service_url
@@ -130,6 +130,7 @@ class Controller:
         self._snapshot_key: str | None = None
         self._pool_models: dict[str, tuple[int, EdgeNodePool | None, str | None]] = {}
         self._specs: dict[tuple[Any, ...], EdgeWorkloadSpec | None] = {}
+        self._usage: dict[tuple[int, str], PoolUsage] = {}  # (id of a cached spec, pool) -> its usage
         self._reserved: dict[
             str, list[tuple[str, str]]
         ] = {}  # key -> [(suffix, pool)] decided, not yet in status
@@ -240,6 +241,7 @@ class Controller:
             pools = [m for raw in self.cache.pools.values() if (m := self.pool_model(raw)[0]) is not None]
             self._snapshot = build_snapshot(pools, list(self.cache.nodes.values()), requested)
             self._snapshot_key = key
+            self._usage.clear()  # a workload's usage depends on its pool (site, hence WAN)
         return self._snapshot
 
     def _spec(self, raw: Mapping[str, Any]) -> EdgeWorkloadSpec | None:
@@ -257,6 +259,7 @@ class Controller:
                     for r in self.cache.workloads.values()
                 }
                 self._specs = {k: v for k, v in self._specs.items() if k[:2] in live}
+                self._usage.clear()  # keyed by id() of specs that may be gone now
         return self._specs[key]
 
     def _placed(self) -> list[tuple[str, EdgeWorkloadSpec, str]]:
@@ -280,8 +283,20 @@ class Controller:
         return out
 
     def usage_excluding(self, key: str, snapshot: ClusterSnapshot) -> dict[str, PoolUsage]:
-        placed = [p for p in self._placed() if p[0] != key and p[0] != f"{key}#previous"]
-        return engine.ledger_for(placed, snapshot).by_pool
+        """Per-pool usage of every other placed workload (each workload's share cached by spec and pool)."""
+        by_pool: dict[str, PoolUsage] = {}
+        for entry, spec, pool_name in self._placed():
+            if entry in (key, f"{key}#previous"):
+                continue
+            cache_key = (id(spec), pool_name)
+            usage = self._usage.get(cache_key)
+            if usage is None:
+                view = snapshot.pool(pool_name)
+                if view is None:
+                    continue
+                usage = self._usage[cache_key] = filters.usage_of(spec, view)
+            by_pool[pool_name] = by_pool.get(pool_name, PoolUsage()) + usage
+        return by_pool
 
     # ------------------------------------------------------------------ workloads --
     def _upstreams(self, workload: EdgeWorkload) -> dict[str, str]:

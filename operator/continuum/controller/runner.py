@@ -36,7 +36,6 @@ def configure(settings: kopf.OperatorSettings, options: RunOptions) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    settings.batching.worker_limit = 64
     settings.execution.max_workers = 8
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="continuum.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
