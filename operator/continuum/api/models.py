@@ -83,7 +83,6 @@ TAINTED_BY_DEFAULT = frozenset({Tier.DEVICE, Tier.NEAR_EDGE})
 
 # --- shared field types ---------------------------------------------------------------------------
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -575,9 +574,3 @@ class EdgeWorkload(BaseModel):
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
-
-
-RESOURCE_KINDS: dict[str, type[EdgeNodePool] | type[EdgeWorkload]] = {
-    "EdgeNodePool": EdgeNodePool,
-    "EdgeWorkload": EdgeWorkload,
-}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -394,7 +393,3 @@ class EmulatedCluster:
 
     def delete(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         return self.call(self.store.delete, (resource, namespace, name))
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from continuum.api.models import EdgeWorkloadSpec, Privacy, Tier
 from continuum.api.quantity import gib
 from continuum.placement import filters
-from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, PoolView
 
 RESOURCES = ("cpu_millis", "memory_bytes", "gpu")
 
@@ -119,6 +119,22 @@ def violations(problem: AssignmentProblem, assignment: npt.NDArray[np.int64]) ->
     return out
 
 
+def pool_capacities(
+    pools: Sequence[PoolView], fixed_usage: Mapping[str, PoolUsage]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Free (cpu, memory, gpu) and WAN ingress per pool, after what ``fixed_usage`` already takes."""
+    capacity = np.zeros((len(pools), 3))
+    wan_capacity = np.full(len(pools), np.inf)
+    for i, pool in enumerate(pools):
+        used = fixed_usage.get(pool.name, PoolUsage())
+        free = pool.free - used.resources
+        capacity[i] = (max(free.cpu_millis, 0), max(free.memory_bytes, 0), max(free.gpu, 0))
+        limit = pool.pool.spec.network.wan_ingress_mbps
+        if limit is not None:
+            wan_capacity[i] = max(limit - used.wan_mbps, 0.0)
+    return capacity, wan_capacity
+
+
 def build_problem_reference(
     workloads: Sequence[WorkloadRequest],
     snapshot: ClusterSnapshot,
@@ -133,15 +149,7 @@ def build_problem_reference(
     fixed_usage = fixed_usage or {}
     pools = list(snapshot.pools)
     index = {p.name: i for i, p in enumerate(pools)}
-    capacity = np.zeros((len(pools), 3))
-    wan_capacity = np.full(len(pools), np.inf)
-    for i, pool in enumerate(pools):
-        used = fixed_usage.get(pool.name, PoolUsage())
-        free = pool.free - used.resources
-        capacity[i] = (max(free.cpu_millis, 0), max(free.memory_bytes, 0), max(free.gpu, 0))
-        limit = pool.pool.spec.network.wan_ingress_mbps
-        if limit is not None:
-            wan_capacity[i] = max(limit - used.wan_mbps, 0.0)
+    capacity, wan_capacity = pool_capacities(pools, fixed_usage)
     demand = np.zeros((len(workloads), 3))
     ingest = np.zeros(len(workloads))
     ptr = [0]
@@ -211,15 +219,7 @@ def greedy_in_order(problem: AssignmentProblem) -> npt.NDArray[np.int64]:
 def _pool_arrays(snapshot: ClusterSnapshot, fixed_usage: Mapping[str, PoolUsage]) -> dict[str, Any]:
     pools = list(snapshot.pools)
     n = len(pools)
-    capacity = np.zeros((n, 3))
-    wan_capacity = np.full(n, np.inf)
-    for i, pool in enumerate(pools):
-        used = fixed_usage.get(pool.name, PoolUsage())
-        free = pool.free - used.resources
-        capacity[i] = (max(free.cpu_millis, 0), max(free.memory_bytes, 0), max(free.gpu, 0))
-        limit = pool.pool.spec.network.wan_ingress_mbps
-        if limit is not None:
-            wan_capacity[i] = max(limit - used.wan_mbps, 0.0)
+    capacity, wan_capacity = pool_capacities(pools, fixed_usage)
     # nodes that can run replicas, flattened, with their pool index
     node_pool, node_free, node_labels = [], [], []
     for i, pool in enumerate(pools):

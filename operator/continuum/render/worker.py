@@ -13,7 +13,6 @@ another pool changes only its pod template, and the rolling update is make-befor
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,10 +257,6 @@ def render_service(workload: EdgeWorkload) -> dict[str, Any]:
             ],
         },
     }
-
-
-def new_state_token(workload: EdgeWorkload, entropy: bytes) -> str:
-    return hashlib.sha256(entropy + (workload.metadata.uid or workload.key).encode()).hexdigest()
 
 
 def render_state_secret(workload: EdgeWorkload, token: str) -> dict[str, Any]:
