@@ -156,8 +156,12 @@ def test_workloads_get_worker_objects_status_and_events(harness: Harness) -> Non
     )
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "100%"}
 
-    # State enabled: a StatefulSet with a volume claim, a token Secret; GPU requested as a resource.
-    sts = wait_for(lambda: h.cluster.get(STATEFULSETS, "line-defect-inspection", "manufacturing"))
+    # State enabled: a StatefulSet per pool (its volumes live there) with a volume claim, a token Secret;
+    # GPU requested as a resource.
+    sts = wait_for(
+        lambda: h.cluster.get(STATEFULSETS, "line-defect-inspection-munich-line", "manufacturing")
+    )
+    assert sts["spec"]["selector"]["matchLabels"][LABEL_POOL] == "munich-line"
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "local-path"
     assert sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

@@ -538,7 +538,14 @@ class EdgeWorkloadStatus(StatusModel):
     previous_placement: Placement | None = Field(
         default=None, description="The pool being drained during a make-before-break move"
     )
-    candidates: list[Candidate] = Field(default_factory=list)
+    candidates: list[Candidate] = Field(
+        default_factory=list,
+        description="The best feasible pools in the order they would be chosen, then the nearest misses "
+        "(fewest broken rules) with their reasons; at most 20 (see candidatesOmitted)",
+    )
+    candidates_omitted: int = Field(
+        default=0, ge=0, description="Pools evaluated but not listed in candidates (continuum plan lists all)"
+    )
     hint: str | None = None
     message: str | None = None
     ready_replicas: int = 0

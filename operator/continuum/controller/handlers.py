@@ -1,10 +1,18 @@
-"""kopf handlers. Each is a few lines: hand the object to the :class:`Controller`, retry API errors."""
+"""kopf handlers. Each is a few lines: feed a watch event to the :class:`Controller`'s caches and queue.
+
+kopf does what it is good at — credentials, watch streams that survive disconnects, peering, the
+liveness probe, posting Events. The reconciling is done by a pool of workers pulling keys from a work
+queue (:mod:`continuum.controller.queue`), so the operator writes nothing but what it decides: no
+finalizers, no progress or last-handled annotations on the user's objects (decisions live in
+``status``). API errors are retried per key with exponential backoff, never turned into a status.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Hashable
 from typing import Any
 
 import aiohttp
@@ -12,31 +20,69 @@ import kopf
 
 from continuum.api.models import GROUP, LABEL_WORKLOAD, VERSION
 from continuum.controller import metrics
+from continuum.controller.events import EventPoster
 from continuum.controller.kube import ApiError, KubeApi
-from continuum.controller.reconcile import Controller, plain
+from continuum.controller.leader import Leadership
+from continuum.controller.reconcile import Controller
 
 POOLS = (GROUP, VERSION, "edgenodepools")
 WORKLOADS = (GROUP, VERSION, "edgeworkloads")
+RETRYABLE = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+log = logging.getLogger("continuum.operator")
 
 
-def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    (kopf.warn if type_ == "Warning" else kopf.info)(plain(body), reason=reason, message=message)
+def error_label(exc: BaseException) -> str:
+    return str(exc.status) if isinstance(exc, ApiError) else "network"
 
 
-RETRYABLE = (ApiError, aiohttp.ClientError, asyncio.TimeoutError)
+async def worker(controller: Controller, leadership: Leadership, number: int) -> None:
+    """Pull keys and reconcile them; failures are retried per key with exponential backoff."""
+    queue = controller.queue
+    while True:
+        await leadership.active.wait()
+        key: Hashable = await queue.get()
+        if not leadership.active.is_set():  # lost the peering while waiting: leave the key queued
+            queue.done(key)
+            queue.add(key)
+            continue
+        try:
+            again = await controller.process(key)
+        except RETRYABLE as exc:
+            metrics.API_ERRORS.labels(error_label(exc)).inc()
+            delay = queue.retry(key)
+            log.info("API error on %s, retrying in %.2fs: %s", key, delay, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = queue.retry(key)
+            log.exception("reconciling %s failed; retrying in %.2fs", key, delay)
+        else:
+            queue.forget(key)
+            if again is not None:
+                queue.add_after(key, again)
+        finally:
+            queue.done(key)
+            metrics.QUEUE_DEPTH.set(queue.pending)
 
 
-def _retry(exc: Exception) -> kopf.TemporaryError:
-    """API and network errors are retried with backoff, never turned into a status."""
-    status = exc.status if isinstance(exc, ApiError) else 0
-    metrics.API_ERRORS.labels(str(status) if status else "network").inc()
-    delay = 5.0 if 400 <= status < 500 and status not in (409, 429) else 1.0
-    return kopf.TemporaryError(f"API error, retrying: {exc}", delay=delay)
+async def resync(controller: Controller, leadership: Leadership, interval: float) -> None:
+    """Level-triggered safety net: every ``interval`` seconds, everything is reconciled with fresh decisions."""
+    while True:
+        await asyncio.sleep(interval)
+        if leadership.active.is_set():
+            controller.enqueue_all(resync=True)
 
 
-def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+def register(
+    registry: kopf.OperatorRegistry,
+    controller: Controller,
+    leadership: Leadership,
+    poster: EventPoster,
+    workers: int = 16,
+) -> None:
     """Register every handler of the operator on ``registry``."""
-    resync = controller.config.resync_seconds
+    tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -44,63 +90,50 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is not None and controller.api is None:
             controller.api = KubeApi.from_connection_info(info)
+            leadership.api = controller.api
+            poster.api = controller.api
+            controller.api_ready.set()
         return info
 
+    @kopf.on.startup(registry=registry)
+    async def start(**_: Any) -> None:
+        tasks.append(asyncio.create_task(poster.run(controller.api_ready)))
+        tasks.extend(asyncio.create_task(worker(controller, leadership, i)) for i in range(workers))
+        tasks.append(asyncio.create_task(resync(controller, leadership, controller.config.resync_seconds)))
+        tasks.append(asyncio.create_task(leadership.run(controller)))
+
     @kopf.on.cleanup(registry=registry)
-    async def close(**_: Any) -> None:
+    async def stop(**_: Any) -> None:
+        controller.queue.close()
+        with contextlib.suppress(Exception):
+            await poster.drain()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if controller.api is not None:
             await controller.api.close()
 
-    # -- caches, fed by watches --
+    # -- watch events feed the caches and the queue (async: they run in the event loop, no threads) --
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        controller.observe("Node", type, body)
+    async def node_event(event: kopf.RawEvent, **_: Any) -> None:
+        controller.observe("Node", event.get("type"), event["object"])
 
     @kopf.on.event("", "v1", "pods", registry=registry)
-    def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        controller.observe("Pod", type, body)
+    async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
+        controller.observe("Pod", event.get("type"), event["object"])
 
     for kind in ("deployments", "statefulsets"):
 
         @kopf.on.event("apps", "v1", kind, labels={LABEL_WORKLOAD: kopf.PRESENT}, registry=registry)
-        def rendered_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-            controller.observe("Rendered", type, body)
+        async def rendered_event(event: kopf.RawEvent, **_: Any) -> None:
+            controller.observe("Rendered", event.get("type"), event["object"])
 
     @kopf.on.event(*POOLS, registry=registry)
-    def pool_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        controller.observe("EdgeNodePool", type, body)
+    async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
+        controller.observe("EdgeNodePool", event.get("type"), event["object"])
 
     @kopf.on.event(*WORKLOADS, registry=registry)
-    def workload_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-        controller.observe("EdgeWorkload", type, body)
-
-    # -- pools: level-triggered over all pools and nodes --
-    @kopf.on.resume(*POOLS, registry=registry)
-    @kopf.on.create(*POOLS, registry=registry)
-    @kopf.on.update(*POOLS, registry=registry)
-    @kopf.on.delete(*POOLS, optional=True, registry=registry)
-    @kopf.timer(*POOLS, interval=resync, initial_delay=resync / 2, registry=registry)
-    async def pools(**_: Any) -> None:
-        try:
-            await controller.reconcile_pools()
-        except RETRYABLE as exc:
-            raise _retry(exc) from exc
-
-    # -- workloads: on every change of the spec, and periodically (grace, fail-back, readiness) --
-    @kopf.on.resume(*WORKLOADS, registry=registry)
-    @kopf.on.create(*WORKLOADS, registry=registry)
-    @kopf.on.update(*WORKLOADS, field="spec", registry=registry)
-    @kopf.timer(*WORKLOADS, interval=resync, initial_delay=resync, registry=registry)
-    async def workload(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        raw = controller.cache.workloads.get((body.metadata.namespace, body.metadata.name))
-        # the cache holds our own latest status write; the kopf body may predate it
-        current = (
-            raw
-            if raw is not None and raw.get("metadata", {}).get("uid") == body.metadata.uid
-            else plain(body)
-        )
-        try:
-            summary = await controller.reconcile_workload(current)
-        except RETRYABLE as exc:
-            raise _retry(exc) from exc
-        logger.debug("reconciled: %s", summary)
+    async def workload_event(event: kopf.RawEvent, **_: Any) -> None:
+        controller.observe("EdgeWorkload", event.get("type"), event["object"])

@@ -23,3 +23,5 @@ POOL_UTILIZATION = Gauge(
 )
 POOL_NODES = Gauge("continuum_pool_nodes", "Member nodes of a pool", ["pool", "state"])
 API_ERRORS = Counter("continuum_api_errors_total", "Kubernetes API errors seen (retried)", ["status"])
+QUEUE_DEPTH = Gauge("continuum_work_queue_depth", "Keys waiting to be reconciled (queued or delayed)")
+EVENTS_DROPPED = Counter("continuum_events_dropped_total", "Kubernetes Events given up on after retries")

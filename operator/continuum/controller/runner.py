@@ -12,7 +12,9 @@ from typing import Any
 
 import kopf
 
-from continuum.controller.handlers import post_event, register
+from continuum.controller.events import EventPoster
+from continuum.controller.handlers import register
+from continuum.controller.leader import Leadership, own_identity
 from continuum.controller.reconcile import Controller, OperatorConfig
 from continuum.render.worker import DEFAULT_WORKER_IMAGE
 
@@ -28,24 +30,57 @@ class RunOptions:
     stabilization_seconds: float = 300.0
     kubeconfig: str | None = None
     verbose: bool = False
-    resync_seconds: float = 10.0
+    resync_seconds: float = 60.0  # full reconcile with fresh decisions (events drive everything else)
+    workers: int = 16  # concurrent reconciles (decisions themselves are serialized)
+    min_cost_gain: float = 0.5  # move a running workload for cost alone only if it saves this fraction
+
+
+class WatchOnlyDiffBase(kopf.DiffBaseStorage):
+    """kopf's change detection, turned off: the operator registers only event handlers (no
+    on.create/update), keeps its decisions in status and needs no last-handled copy of each object.
+    kopf still computes a diff on every event; this makes that diff empty and free (no deep copies)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return {}  # type: ignore[typeddict-item]
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+class NoProgress(kopf.ProgressStorage):
+    """No handler progress to keep (no change handlers): nothing is written to the user's objects."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, key: Any, record: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
 
 
 def configure(settings: kopf.OperatorSettings, options: RunOptions) -> None:
-    settings.posting.level = logging.INFO
+    # Only Events the operator posts itself (Placed, Replaced, ...), not kopf's own log lines.
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    settings.execution.max_workers = 8
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="continuum.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="continuum.dev", key="last-handled-configuration"
-    )
-    settings.persistence.finalizer = "continuum.dev/finalizer"
+    settings.execution.max_workers = 4  # the handlers are async; this is for kopf's own sync work
+    settings.persistence.diffbase_storage = WatchOnlyDiffBase()
+    settings.persistence.progress_storage = NoProgress()
     settings.peering.standalone = options.peering is None
     if options.peering is not None:
         settings.peering.name = options.peering
-        settings.peering.priority = random.randint(1, 1_000_000)  # distinct priorities: exactly one acts
         settings.peering.clusterwide = options.namespaces is None
 
 
@@ -55,17 +90,24 @@ async def operator(
     """Run the operator in the current event loop (what ``continuum run`` and the demo call)."""
     if options.kubeconfig:
         os.environ["KUBECONFIG"] = options.kubeconfig
+    if options.resync_seconds <= 0:
+        raise ValueError("resync_seconds must be > 0")
+    poster = EventPoster()
     controller = Controller(
         OperatorConfig(
             worker_image=options.worker_image or DEFAULT_WORKER_IMAGE,
             grace_seconds=options.grace_seconds,
             stabilization_seconds=options.stabilization_seconds,
             resync_seconds=options.resync_seconds,
+            min_cost_gain=options.min_cost_gain,
         ),
-        post_event=post_event,
+        post_event=poster,
     )
+    identity = own_identity()
+    priority = random.randint(1, 1_000_000)  # distinct priorities: exactly one replica acts
+    leadership = Leadership(options.peering, identity, priority, options.namespaces)
     registry = kopf.OperatorRegistry()
-    register(registry, controller)
+    register(registry, controller, leadership, poster, workers=options.workers)
     settings = kopf.OperatorSettings()
     configure(settings, options)
     if options.metrics_port:
@@ -78,6 +120,8 @@ async def operator(
             settings=settings,
             standalone=options.peering is None,
             peering_name=options.peering,
+            identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+            priority=priority if options.peering is not None else None,
             clusterwide=options.namespaces is None,
             namespaces=options.namespaces or (),
             liveness_endpoint=f"http://0.0.0.0:{options.liveness_port}/healthz"

@@ -10,6 +10,9 @@ recorded, and the clock. The rules:
 * **Current pool can no longer host it** (nodes NotReady or gone, capacity lost, pool changed or
   deleted) → start the grace period and move only after ``grace_seconds`` (OpenYurt's autonomy,
   Karmada's ``tolerationSeconds``); if it recovers within the grace period, nothing happens.
+* **Same preference, much cheaper elsewhere** → only when the other pool costs at most
+  ``1 - min_cost_gain`` of the current one (default: half), and only after that stayed true for the
+  stabilization window. A small cost gain never moves a running workload.
 * **Nowhere to go** → stay where it is (serving something beats serving nothing) and report it.
 """
 
@@ -30,6 +33,7 @@ class Action(enum.StrEnum):
     MOVE = "Move"  # current pool broken past the grace period
     WAIT_STABILIZATION = "WaitStabilization"  # a better pool is feasible, not for long enough yet
     FAIL_BACK = "FailBack"  # the better pool stayed feasible through the window
+    REBALANCE = "Rebalance"  # a much cheaper pool of the same preference stayed feasible through the window
     UNSCHEDULABLE = "Unschedulable"
 
 
@@ -37,6 +41,15 @@ class Action(enum.StrEnum):
 class HysteresisPolicy:
     grace_seconds: float = 60.0
     stabilization_seconds: float = 300.0
+    # A running workload moves for cost alone only to a pool of the same preference that costs at most
+    # (1 - min_cost_gain) of the current one; >= 1 never moves for cost.
+    min_cost_gain: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.grace_seconds < 0 or self.stabilization_seconds < 0:
+            raise ValueError("grace_seconds and stabilization_seconds must be >= 0")
+        if self.min_cost_gain <= 0:
+            raise ValueError("min_cost_gain must be > 0 (a fraction of the current cost, e.g. 0.5)")
 
 
 @dataclass(frozen=True)
@@ -49,11 +62,35 @@ class Verdict:
 
     @property
     def moves(self) -> bool:
-        return self.action in (Action.MOVE, Action.FAIL_BACK)
+        return self.action in (Action.MOVE, Action.FAIL_BACK, Action.REBALANCE)
 
 
 def _candidate(decision: PlacementDecision, pool: str) -> Candidate | None:
     return next((c for c in decision.candidates if c.pool == pool), None)
+
+
+def _better(
+    spec: EdgeWorkloadSpec,
+    here: Candidate,
+    current: Placement,
+    best: Placement | None,
+    policy: HysteresisPolicy,
+) -> tuple[Action, str] | None:
+    """Whether ``best`` is worth leaving a pool that still works for: (action, why) or None."""
+    if best is None or best.pool == current.pool:
+        return None
+    if spec.tiers.rank(best.tier) < spec.tiers.rank(here.tier):
+        return Action.FAIL_BACK, f"preferred tier {best.tier.value} (pool {best.pool}) feasible"
+    if spec.tiers.rank(best.tier) > spec.tiers.rank(here.tier):
+        return None
+    cost_here = here.hourly_cost or 0.0
+    if cost_here > 0 and best.hourly_cost <= cost_here * (1 - policy.min_cost_gain):
+        return (
+            Action.REBALANCE,
+            f"pool {best.pool} costs {best.hourly_cost:.4g}/h instead of {cost_here:.4g}/h "
+            f"(at least {policy.min_cost_gain:.0%} less)",
+        )
+    return None
 
 
 def judge(
@@ -74,31 +111,24 @@ def judge(
 
     here = _candidate(decision, current.pool)
     if here is not None and here.feasible:
-        # Still fine where it is. Fail back only to a more preferred tier, after the window.
-        if (
-            best is not None
-            and best.pool != current.pool
-            and spec.tiers.rank(best.tier) < spec.tiers.rank(current.tier)
-        ):
-            since = better_since or now
-            waited = (now - since).total_seconds()
-            if waited >= policy.stabilization_seconds:
-                return Verdict(
-                    Action.FAIL_BACK,
-                    best,
-                    None,
-                    None,
-                    f"preferred tier {best.tier.value} (pool {best.pool}) feasible for {waited:.0f}s",
-                )
-            return Verdict(
-                Action.WAIT_STABILIZATION,
-                current,
-                None,
-                since,
-                f"preferred pool {best.pool} feasible for {waited:.0f}s of {policy.stabilization_seconds:.0f}s",
-            )
-        refreshed = best if best is not None and best.pool == current.pool else current
-        return Verdict(Action.STAY, refreshed, None, None, f"pool {current.pool} still hosts it")
+        # Still fine where it is. Move only to a more preferred tier or for a large cost gain, and only
+        # once that has held for the stabilization window.
+        better = _better(spec, here, current, best, policy)
+        if better is None or best is None:
+            refreshed = best if best is not None and best.pool == current.pool else current
+            return Verdict(Action.STAY, refreshed, None, None, f"pool {current.pool} still hosts it")
+        action, why = better
+        since = better_since or now
+        waited = (now - since).total_seconds()
+        if waited >= policy.stabilization_seconds:
+            return Verdict(action, best, None, None, f"{why} for {waited:.0f}s")
+        return Verdict(
+            Action.WAIT_STABILIZATION,
+            current,
+            None,
+            since,
+            f"{why} for {waited:.0f}s of {policy.stabilization_seconds:.0f}s",
+        )
 
     why = (
         "; ".join(r.message for r in here.reasons)

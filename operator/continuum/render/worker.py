@@ -2,17 +2,22 @@
 
 * a Deployment — or a StatefulSet with a volumeClaimTemplate when ``spec.state.enabled`` — pinned to the
   pool with ``nodeSelector: continuum.dev/pool=<pool>`` and tolerating exactly that pool's taints;
+  a StatefulSet is named per pool (:func:`rendered_name`), because its volumes live on the pool's nodes:
+  a move creates a new StatefulSet (new volumes, state re-synced) next to the old one;
 * a Service in front of it (offload and state-sync targets of other tiers point at it);
 * a Secret with the state-sync token when state is enabled (created once, never rotated here).
 
 The worker's settings are the ``CONTINUUM_*`` variables of docs/contracts.md. Moving a Deployment to
 another pool changes only its pod template, and the rolling update is make-before-break
-(``maxUnavailable: 0``, ``maxSurge: 100%``): the new replicas are Ready before the old ones go.
+(``maxUnavailable: 0``, ``maxSurge: 100%``): the new replicas are Ready before the old ones go. Pods
+carry ``continuum.dev/pool``; the Service selects the workload's pods on every pool, so it serves
+from both ends while a move drains.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +80,26 @@ def service_url(name: str, namespace: str, port: int) -> str:
     return f"http://{name}.{namespace}.svc:{port}"
 
 
+STATEFULSET_NAME_LIMIT = 52  # pod names get "-<ordinal>" and the controller-revision-hash label 11 more
+
+
+def rendered_name(workload: EdgeWorkload, pool: str) -> str:
+    """Name of the Deployment (the workload's name) or StatefulSet (``<workload>-<pool>``) on ``pool``."""
+    if not workload.spec.state.enabled:
+        return workload.name
+    name = f"{workload.name}-{pool}"
+    if len(name) <= STATEFULSET_NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: STATEFULSET_NAME_LIMIT - 9].rstrip('-.')}-{digest}"
+
+
+def secret_name_for(workload_name: str) -> str:
+    return f"{workload_name}-state-token"
+
+
 def secret_name(workload: EdgeWorkload) -> str:
-    return f"{workload.name}-state-token"
+    return secret_name_for(workload.name)
 
 
 def _env(workload: EdgeWorkload, settings: RenderSettings) -> list[dict[str, Any]]:
@@ -189,9 +212,9 @@ def render_workload_object(
     """The Deployment (stateless) or StatefulSet (state enabled) for the workload on ``pool``."""
     spec = workload.spec
     meta = {
-        "name": workload.name,
+        "name": rendered_name(workload, pool.name),
         "namespace": workload.namespace,
-        "labels": workload_labels(workload),
+        "labels": {**workload_labels(workload), LABEL_POOL: pool.name},
         "annotations": {
             "continuum.dev/pool": placement.pool,
             "continuum.dev/tier": placement.tier.value,
@@ -231,7 +254,7 @@ def render_workload_object(
             "replicas": spec.replicas,
             "serviceName": service_name(workload),
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": selector_labels(workload)},
+            "selector": {"matchLabels": {**selector_labels(workload), LABEL_POOL: pool.name}},
             "updateStrategy": {"type": "RollingUpdate"},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "template": template,
