@@ -5,6 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# helm: $(HELM) if set, else helm on PATH, else a static build fetched into .tools/ (see `make helm`).
+HELM ?= $(or $(shell command -v helm 2>/dev/null),$(CURDIR)/.tools/helm)
+DOCKER ?= docker
+IMAGE_REGISTRY ?= ghcr.io/continuum-dev
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .DEFAULT_GOAL := help
 
@@ -26,8 +31,26 @@ demo: $(STAMP) ## Run the operator against an embedded API emulator on the examp
 	$(BIN)/continuum demo $(DEMO_ARGS)
 
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (unit, property, integration)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) $(HELM) ## Run the whole test suite (unit, property, integration, chart)
+	HELM=$(HELM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(CURDIR)/.tools/helm:
+	$(PYTHON) scripts/fetch_helm.py $@
+
+.PHONY: helm
+helm: $(HELM) ## Fetch a static helm into .tools/ when none is on PATH
+	@$(HELM) version --short
+
+.PHONY: chart
+chart: $(STAMP) $(HELM) ## helm lint + template the chart with default values
+	$(HELM) lint --strict charts/continuum
+	$(HELM) template continuum charts/continuum --namespace continuum-system >/dev/null && echo "chart renders"
+
+.PHONY: images
+images: ## Build the operator and worker images (needs Docker)
+	@command -v $(DOCKER) >/dev/null || { echo "no $(DOCKER): images need a container engine" >&2; exit 1; }
+	$(DOCKER) build -f operator/Dockerfile -t $(IMAGE_REGISTRY)/continuum-operator:$(IMAGE_TAG) .
+	$(DOCKER) build -f inference-worker/Dockerfile -t $(IMAGE_REGISTRY)/continuum-worker:$(IMAGE_TAG) .
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy on the core, import-linter layering
@@ -49,9 +72,9 @@ bench: $(STAMP) ## Run every benchmark; tables go to docs/benchmarks.md
 	$(BIN)/python bench/reconcile.py
 
 .PHONY: e2e-kind
-e2e-kind: $(STAMP) ## Real-cluster suite on kind (skipped cleanly without Docker)
-	bash tests/e2e/run.sh
+e2e-kind: $(STAMP) $(HELM) ## Real-cluster suite on kind (skipped cleanly without Docker)
+	HELM=$(HELM) bash tests/e2e/run.sh
 
 .PHONY: clean
 clean: ## Remove the virtualenv, tools and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -181,7 +181,11 @@ def test_workloads_get_worker_objects_status_and_events(harness: Harness) -> Non
     wait_for(lambda: h.events("Placed", "line-defect-inspection"), what="Placed event")
     wait_for(lambda: h.events("Unschedulable", "quality-assistant"), what="Unschedulable event")
     # The operator never writes spec: generation stays 1 (Argo CD / Flux see no drift).
-    assert h.workload("manufacturing", "line-defect-inspection")["metadata"]["generation"] == 1
+    meta = h.workload("manufacturing", "line-defect-inspection")["metadata"]
+    assert meta["generation"] == 1
+    # No finalizers and no kopf bookkeeping annotations: deleting a workload never waits for the operator.
+    assert not meta.get("finalizers")
+    assert not [k for k in meta.get("annotations", {}) if k.startswith(("continuum.dev/", "kopf.zalando.org/"))]
 
 
 def test_invalid_spec_names_the_field_and_others_go_on(harness: Harness) -> None:
