@@ -119,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often every workload and pool is re-evaluated (grace, fail-back, readiness) [CONTINUUM_RESYNC_SECONDS]",
     )
     run.add_argument(
+        "--worker-url-template",
+        default=_env("CONTINUUM_WORKER_URL_TEMPLATE", "http://{service}.{namespace}.svc:{port}"),
+        help="where workers are asked for their state's sync health; outside the cluster e.g. "
+        "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy "
+        "[CONTINUUM_WORKER_URL_TEMPLATE]",
+    )
+    run.add_argument(
+        "--state-poll-seconds",
+        type=float,
+        default=float(_env("CONTINUUM_STATE_POLL_SECONDS", "30") or 30),
+        help="how often workers with state are asked for their sync health [CONTINUUM_STATE_POLL_SECONDS]",
+    )
+    run.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, then $KUBECONFIG)"
     )
     run.add_argument("--verbose", "-v", action="store_true")
@@ -324,6 +337,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         verbose=args.verbose,
         resync_seconds=args.resync_seconds,
+        worker_url_template=args.worker_url_template,
+        state_poll_seconds=args.state_poll_seconds,
     )
     return run_operator(options)
 

@@ -26,7 +26,7 @@ def render(name: str, pool: str, **settings):
         pool=pool, tier=POOLS[pool].spec.tier, site=POOLS[pool].spec.site, estimated_latency_ms=10
     )
     return {
-        o["kind"]: o
+        ("PeerService" if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None" else o["kind"]): o
         for o in render_worker_manifests(workload, placement, POOLS[pool], RenderSettings(**settings))
     }
 
@@ -73,6 +73,28 @@ def test_state_makes_a_statefulset_with_a_claim_and_a_token_secret():
     )
     assert "CONTINUUM_SYNC_TO" not in env  # no cloud copy of the model is placed
     assert "Secret" in objs and "Deployment" not in objs
+    assert "CONTINUUM_SYNC_PEERS" not in env  # one replica: nobody to sync with in the pool
+
+
+def test_replicas_with_state_sync_through_a_headless_service():
+    workload = with_uid(WORKLOADS["line-defect-inspection"])
+    workload = workload.model_copy(update={"spec": workload.spec.model_copy(update={"replicas": 3})})
+    pool = POOLS["munich-line"]
+    placement = Placement(pool=pool.name, tier=pool.spec.tier, site=pool.spec.site, estimated_latency_ms=10)
+    objs = render_worker_manifests(workload, placement, pool, RenderSettings(state_token="t"))
+    sts = next(o for o in objs if o["kind"] == "StatefulSet")
+    peers = next(o for o in objs if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None")
+    assert sts["spec"]["serviceName"] == peers["metadata"]["name"] == "line-defect-inspection-peers"
+    assert peers["spec"]["publishNotReadyAddresses"] is True
+    # The headless Service selects the pods of every pool, so replicas of an old and a new pool resolve.
+    assert LABEL_POOL not in peers["spec"]["selector"]
+    env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    name = sts["metadata"]["name"]
+    assert env["CONTINUUM_SYNC_PEERS"].split(",") == [
+        f"http://{name}-{i}.line-defect-inspection-peers.manufacturing.svc:8000" for i in range(3)
+    ]
+    for obj in objs:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
 def test_worker_settings_and_security():

@@ -532,6 +532,18 @@ class Disruption(StatusModel):
     reason: str
 
 
+class StateSyncStatus(StatusModel):
+    """Sync health of the workload's CRDT state, as its worker reports it (``GET /state/sync``)."""
+
+    observed_at: Timestamp = Field(description="When the operator last asked the worker")
+    reachable: bool = Field(description="Whether the worker answered")
+    pending_updates: int = Field(default=0, ge=0, description="Local updates the upstream has not acknowledged")
+    last_sync_time: Timestamp | None = Field(default=None, description="Last successful sync with the upstream")
+    sync_failures: int = Field(default=0, ge=0, description="Failed sync attempts since the worker started")
+    peers: int = Field(default=0, ge=0, description="Peers and upstreams the worker syncs with")
+    message: str | None = None
+
+
 class EdgeWorkloadStatus(StatusModel):
     phase: Phase | None = None
     placement: Placement | None = None
@@ -553,6 +565,7 @@ class EdgeWorkloadStatus(StatusModel):
     better_since: Timestamp | None = Field(
         default=None, description="Since when a more preferred pool has been feasible (fail-back window)"
     )
+    state: StateSyncStatus | None = Field(default=None, description="Present when spec.state.enabled")
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

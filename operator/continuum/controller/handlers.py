@@ -24,6 +24,7 @@ from continuum.controller.events import EventPoster
 from continuum.controller.kube import ApiError, KubeApi
 from continuum.controller.leader import Leadership
 from continuum.controller.reconcile import Controller
+from continuum.controller.state_health import StateProbe
 
 POOLS = (GROUP, VERSION, "edgenodepools")
 WORKLOADS = (GROUP, VERSION, "edgeworkloads")
@@ -101,6 +102,9 @@ def register(
         tasks.extend(asyncio.create_task(worker(controller, leadership, i)) for i in range(workers))
         tasks.append(asyncio.create_task(resync(controller, leadership, controller.config.resync_seconds)))
         tasks.append(asyncio.create_task(leadership.run(controller)))
+        config = controller.config
+        probe = StateProbe(controller, config.worker_url_template, config.state_poll_seconds)
+        tasks.append(asyncio.create_task(probe.run(leadership)))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:

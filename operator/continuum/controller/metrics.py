@@ -25,3 +25,6 @@ POOL_NODES = Gauge("continuum_pool_nodes", "Member nodes of a pool", ["pool", "s
 API_ERRORS = Counter("continuum_api_errors_total", "Kubernetes API errors seen (retried)", ["status"])
 QUEUE_DEPTH = Gauge("continuum_work_queue_depth", "Keys waiting to be reconciled (queued or delayed)")
 EVENTS_DROPPED = Counter("continuum_events_dropped_total", "Kubernetes Events given up on after retries")
+STATE_PROBES = Counter(
+    "continuum_state_probes_total", "Asks of workers' /state/sync, by result", ["result"]
+)

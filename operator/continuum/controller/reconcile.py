@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -48,11 +48,13 @@ from continuum.api.models import (
     EdgeWorkloadStatus,
     Phase,
     Placement,
+    StateSyncStatus,
 )
 from continuum.api.quantity import format_cpu, format_memory
 from continuum.controller import metrics
 from continuum.controller.kube import ApiError, KubeApi
 from continuum.controller.queue import WorkQueue
+from continuum.controller.state_health import synced_condition
 from continuum.placement import engine, filters
 from continuum.placement.hysteresis import Action, HysteresisPolicy, judge
 from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, Resources, build_snapshot, pod_requests
@@ -104,6 +106,9 @@ class OperatorConfig:
     stabilization_seconds: float = 300.0
     resync_seconds: float = 60.0
     min_cost_gain: float = 0.5
+    # where the operator asks workers for their state's sync health (state_health.StateProbe)
+    worker_url_template: str = "http://{service}.{namespace}.svc:{port}"
+    state_poll_seconds: float = 30.0
 
     @property
     def policy(self) -> HysteresisPolicy:
@@ -123,9 +128,9 @@ class Cache:
 
 
 def _condition(
-    ctype: str, ok: bool, reason: str, message: str, generation: int | None, previous: list[Condition]
+    ctype: str, ok: bool | None, reason: str, message: str, generation: int | None, previous: list[Condition]
 ) -> Condition:
-    status = "True" if ok else "False"
+    status: Literal["True", "False", "Unknown"] = "Unknown" if ok is None else "True" if ok else "False"
     old = next((c for c in previous if c.type == ctype), None)
     since = (
         old.last_transition_time
@@ -235,6 +240,7 @@ class Controller:
         self._by_model: dict[tuple[str, str], set[str]] = {}  # (namespace, model) -> workload names
         self._model_of: dict[tuple[str, str], tuple[str, str | None]] = {}  # key -> (model, placed tier)
         self.unschedulable: set[tuple[str, str]] = set()
+        self.state_health: dict[tuple[str, str], StateSyncStatus] = {}  # filled by state_health.StateProbe
 
     # ------------------------------------------------------------------ caches (watch events) --
     def observe(
@@ -794,6 +800,12 @@ class Controller:
         )
         disruption_since = verdict.disruption_since
         listed, omitted = status_candidates(decision.candidates, workload.spec)
+        state = self.state_health.get((workload.namespace, workload.name))
+        extra: list[Condition] = []
+        if workload.spec.state.enabled:
+            sync_to = workload.spec.state.sync_to.value if workload.spec.state.sync_to else None
+            ok, why, text = synced_condition(state, sync_to)
+            extra.append(_condition("StateSynced", ok, why, text, generation, old.conditions))
         return EdgeWorkloadStatus(
             phase=phase,
             placement=target,
@@ -822,7 +834,9 @@ class Controller:
                     generation,
                     old.conditions,
                 ),
+                *extra,
             ],
+            state=state if workload.spec.state.enabled else None,
             observed_generation=generation,
         )
 

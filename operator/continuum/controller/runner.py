@@ -33,6 +33,8 @@ class RunOptions:
     resync_seconds: float = 60.0  # full reconcile with fresh decisions (events drive everything else)
     workers: int = 16  # concurrent reconciles (decisions themselves are serialized)
     min_cost_gain: float = 0.5  # move a running workload for cost alone only if it saves this fraction
+    worker_url_template: str = "http://{service}.{namespace}.svc:{port}"  # where /state/sync is asked
+    state_poll_seconds: float = 30.0
 
 
 class WatchOnlyDiffBase(kopf.DiffBaseStorage):
@@ -100,6 +102,8 @@ async def operator(
             stabilization_seconds=options.stabilization_seconds,
             resync_seconds=options.resync_seconds,
             min_cost_gain=options.min_cost_gain,
+            worker_url_template=options.worker_url_template,
+            state_poll_seconds=options.state_poll_seconds,
         ),
         post_event=poster,
     )

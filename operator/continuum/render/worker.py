@@ -72,8 +72,13 @@ def owner_reference(workload: EdgeWorkload) -> dict[str, Any]:
     }
 
 
+def service_name_for(workload_name: str) -> str:
+    """The Service in front of a workload's replicas (offload and state sync go through it)."""
+    return workload_name
+
+
 def service_name(workload: EdgeWorkload) -> str:
-    return workload.name
+    return service_name_for(workload.name)
 
 
 def service_url(name: str, namespace: str, port: int) -> str:
@@ -81,17 +86,33 @@ def service_url(name: str, namespace: str, port: int) -> str:
 
 
 STATEFULSET_NAME_LIMIT = 52  # pod names get "-<ordinal>" and the controller-revision-hash label 11 more
+SERVICE_NAME_LIMIT = 63  # DNS-1035 label
+
+
+def _shorten(name: str, limit: int) -> str:
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-.')}-{digest}"
+
+
+def peer_service_name(workload: EdgeWorkload) -> str:
+    """The headless Service that gives each StatefulSet pod a DNS name (state sync between replicas)."""
+    return _shorten(f"{workload.name}-peers", SERVICE_NAME_LIMIT)
+
+
+def peer_urls(workload: EdgeWorkload, pool: str) -> list[str]:
+    """Base URLs of every replica of the workload on ``pool`` (each worker skips its own)."""
+    sts, svc, ns = rendered_name(workload, pool), peer_service_name(workload), workload.namespace
+    port = workload.spec.worker.port
+    return [f"http://{sts}-{i}.{svc}.{ns}.svc:{port}" for i in range(workload.spec.replicas)]
 
 
 def rendered_name(workload: EdgeWorkload, pool: str) -> str:
     """Name of the Deployment (the workload's name) or StatefulSet (``<workload>-<pool>``) on ``pool``."""
     if not workload.spec.state.enabled:
         return workload.name
-    name = f"{workload.name}-{pool}"
-    if len(name) <= STATEFULSET_NAME_LIMIT:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: STATEFULSET_NAME_LIMIT - 9].rstrip('-.')}-{digest}"
+    return _shorten(f"{workload.name}-{pool}", STATEFULSET_NAME_LIMIT)
 
 
 def secret_name_for(workload_name: str) -> str:
@@ -102,7 +123,7 @@ def secret_name(workload: EdgeWorkload) -> str:
     return secret_name_for(workload.name)
 
 
-def _env(workload: EdgeWorkload, settings: RenderSettings) -> list[dict[str, Any]]:
+def _env(workload: EdgeWorkload, pool: str, settings: RenderSettings) -> list[dict[str, Any]]:
     spec = workload.spec
     worker = spec.worker
     values: dict[str, str | None] = {
@@ -125,6 +146,8 @@ def _env(workload: EdgeWorkload, settings: RenderSettings) -> list[dict[str, Any
         values["CONTINUUM_STATE_RETENTION"] = str(spec.state.retention)
         if spec.state.sync_to is not None:
             values["CONTINUUM_SYNC_TO"] = settings.upstreams.get(spec.state.sync_to.value)
+        if spec.replicas > 1:
+            values["CONTINUUM_SYNC_PEERS"] = ",".join(peer_urls(workload, pool))
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if v is not None]
     if spec.state.enabled:
         env.append(
@@ -167,7 +190,7 @@ def _pod_template(workload: EdgeWorkload, pool: EdgeNodePool, settings: RenderSe
         "imagePullPolicy": "IfNotPresent",
         "args": ["serve"],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": _env(workload, settings),
+        "env": _env(workload, pool.name, settings),
         "resources": _resources(workload),
         "startupProbe": {**probe, "failureThreshold": 60, "periodSeconds": 2},
         "livenessProbe": probe,
@@ -252,7 +275,7 @@ def render_workload_object(
         "metadata": meta,
         "spec": {
             "replicas": spec.replicas,
-            "serviceName": service_name(workload),
+            "serviceName": peer_service_name(workload),
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": {**selector_labels(workload), LABEL_POOL: pool.name}},
             "updateStrategy": {"type": "RollingUpdate"},
@@ -282,6 +305,15 @@ def render_service(workload: EdgeWorkload) -> dict[str, Any]:
     }
 
 
+def render_peer_service(workload: EdgeWorkload) -> dict[str, Any]:
+    """Headless, and publishing not-ready pods: replicas sync state before they are Ready."""
+    service = render_service(workload)
+    service["metadata"]["name"] = peer_service_name(workload)
+    service["spec"]["clusterIP"] = "None"
+    service["spec"]["publishNotReadyAddresses"] = True
+    return service
+
+
 def render_state_secret(workload: EdgeWorkload, token: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -305,5 +337,7 @@ def render_worker_manifests(
     if workload.spec.state.enabled and settings.state_token is not None:
         objects.append(render_state_secret(workload, settings.state_token))
     objects.append(render_service(workload))
+    if workload.spec.state.enabled:
+        objects.append(render_peer_service(workload))
     objects.append(render_workload_object(workload, placement, pool, settings))
     return objects
