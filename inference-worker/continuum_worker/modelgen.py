@@ -1,0 +1,133 @@
+"""Tiny ONNX models built with ``onnx.helper`` for tests, the demo and benchmarks (no model hub needed).
+
+``continuum-worker make-model mlp OUT.onnx`` writes one. Needs the ``onnx`` package (dev extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("mlp", "fixed", "dtypes", "slow")
+
+
+def _save(model: object, path: Path) -> Path:
+    import onnx
+
+    onnx.checker.check_model(model)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))  # type: ignore[arg-type]
+    return path
+
+
+def mlp(path: Path, features: int = 64, hidden: int = 128, classes: int = 10, seed: int = 0) -> Path:
+    """INPUT0 FP32 [-1, features] -> OUTPUT0 softmax scores [-1, classes], LOGITS [-1, classes]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 1 / np.sqrt(features), (features, hidden)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, hidden).astype(np.float32)
+    w2 = rng.normal(0, 1 / np.sqrt(hidden), (hidden, classes)).astype(np.float32)
+    b2 = rng.normal(0, 0.1, classes).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "W1"), (b1, "B1"), (w2, "W2"), (b2, "B2"))]
+    nodes = [
+        helper.make_node("MatMul", ["INPUT0", "W1"], ["h0"]),
+        helper.make_node("Add", ["h0", "B1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
+        helper.make_node("Add", ["h3", "B2"], ["LOGITS"]),
+        helper.make_node("Softmax", ["LOGITS"], ["OUTPUT0"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"mlp_{features}_{hidden}_{classes}_s{seed}",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", features])],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", classes]),
+            helper.make_tensor_value_info("LOGITS", TensorProto.FLOAT, ["batch", classes]),
+        ],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def fixed(path: Path) -> Path:
+    """No batch dimension: INPUT0 FP32 [1, 4] -> OUTPUT0 = 2 * INPUT0 (dynamic batching stays off)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    two = numpy_helper.from_array(np.array(2.0, dtype=np.float32), "TWO")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["INPUT0", "TWO"], ["OUTPUT0"])],
+        "fixed",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, [1, 4])],
+        [two],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+DTYPE_INPUTS = {  # name -> (onnx type name, v2 datatype)
+    "I8": ("INT8", "INT8"),
+    "I16": ("INT16", "INT16"),
+    "I32": ("INT32", "INT32"),
+    "I64": ("INT64", "INT64"),
+    "U8": ("UINT8", "UINT8"),
+    "U16": ("UINT16", "UINT16"),
+    "U32": ("UINT32", "UINT32"),
+    "U64": ("UINT64", "UINT64"),
+    "F16": ("FLOAT16", "FP16"),
+    "F32": ("FLOAT", "FP32"),
+    "F64": ("DOUBLE", "FP64"),
+    "B": ("BOOL", "BOOL"),
+    "S": ("STRING", "BYTES"),
+}
+
+
+def dtypes(path: Path) -> Path:
+    """One identity per v2 datatype: input ``X`` -> output ``X_OUT``, shape [-1, 3]."""
+    from onnx import TensorProto, helper
+
+    ins, outs, nodes = [], [], []
+    for name, (onnx_type, _) in DTYPE_INPUTS.items():
+        elem = getattr(TensorProto, onnx_type)
+        ins.append(helper.make_tensor_value_info(name, elem, ["batch", 3]))
+        outs.append(helper.make_tensor_value_info(f"{name}_OUT", elem, ["batch", 3]))
+        nodes.append(helper.make_node("Identity", [name], [f"{name}_OUT"]))
+    graph = helper.make_graph(nodes, "dtypes", ins, outs)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def slow(path: Path, features: int = 256, depth: int = 24, seed: int = 0) -> Path:
+    """INPUT0 FP32 [-1, features] through ``depth`` dense layers: a few ms per batch, for batching tests."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "INPUT0"
+    for i in range(depth):
+        w = rng.normal(0, 1 / np.sqrt(features), (features, features)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]))
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["OUTPUT0"]))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", features])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def make(kind: str, path: Path, seed: int = 0) -> Path:
+    if kind == "mlp":
+        return mlp(path, seed=seed)
+    if kind == "fixed":
+        return fixed(path)
+    if kind == "dtypes":
+        return dtypes(path)
+    if kind == "slow":
+        return slow(path, seed=seed)
+    raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")

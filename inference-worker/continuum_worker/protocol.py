@@ -1,0 +1,285 @@
+"""The Open Inference Protocol v2 (KServe v2 / Triton HTTP) wire format, with no server attached.
+
+Requests are JSON, or JSON followed by raw tensor bytes (the *binary tensor data* extension):
+the header ``Inference-Header-Content-Length`` gives the JSON's length, and every input whose
+``parameters.binary_data_size`` is set takes that many bytes, in input order, from what follows.
+Outputs are binary when the request asks (``binary_data_output``, or ``binary_data`` per output);
+tritonclient asks for binary by default. BYTES elements are each a 4-byte little-endian length and
+the bytes; FP16 exists only in binary. Every malformed request raises :class:`ProtocolError` (HTTP
+400) naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# v2 datatype <-> numpy dtype (explicit little-endian: the wire is little-endian)
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(np.object_),
+}
+_BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in DATATYPES.items() if name != "BYTES"}
+
+
+class ProtocolError(ValueError):
+    """A request the protocol does not allow; the message goes back as ``{"error": ...}`` with 400."""
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    if dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    try:
+        return _BY_KIND[(dtype.kind, dtype.itemsize)]
+    except KeyError:
+        raise ProtocolError(f"no v2 datatype for numpy dtype {dtype}") from None
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: list[RequestedOutput] | None  # None: every output
+    binary_default: bool
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _decompress(body: bytes, encoding: str | None) -> bytes:
+    if not encoding or encoding == "identity":
+        return body
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError) as exc:
+        raise ProtocolError(f"request body is not valid {encoding}: {exc}") from None
+    raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+        raise ProtocolError(f"input '{name}': shape must be a list of integers, got {raw!r}")
+    if any(d < 0 for d in raw):
+        raise ProtocolError(f"input '{name}': shape {raw} has a negative dimension")
+    return tuple(raw)
+
+
+def decode_bytes_tensor(buf: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    """``count`` length-prefixed elements (4-byte little-endian length, then the bytes)."""
+    out = np.empty(count, dtype=np.object_)
+    view = memoryview(buf)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise ProtocolError(f"input '{name}': BYTES data ends inside element {i}")
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(view):
+            raise ProtocolError(f"input '{name}': BYTES element {i} claims {size} bytes past the end")
+        out[i] = bytes(view[offset : offset + size])
+        offset += size
+    if offset != len(view):
+        raise ProtocolError(f"input '{name}': {len(view) - offset} bytes left after {count} BYTES elements")
+    return out
+
+
+def encode_bytes_tensor(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if datatype == "FP16":
+        raise ProtocolError(f"input '{name}': FP16 has no JSON form; send it as binary tensor data")
+    flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else None
+    if flat is None:
+        raise ProtocolError(f"input '{name}': data must be a (nested) list")
+    count = math.prod(shape)
+    if flat.size != count:
+        raise ProtocolError(f"input '{name}': shape {list(shape)} needs {count} elements, data has {flat.size}")
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=np.object_)
+        for i, item in enumerate(flat):
+            out[i] = item.encode() if isinstance(item, str) else bytes(item) if isinstance(item, bytes) else None
+            if out[i] is None:
+                raise ProtocolError(f"input '{name}': BYTES elements must be strings")
+        return out.reshape(shape)
+    try:
+        if datatype == "BOOL":
+            if not all(isinstance(v, bool) for v in flat):
+                raise ProtocolError(f"input '{name}': BOOL data must be true/false")
+            return np.array(flat.tolist(), dtype=np.bool_).reshape(shape)
+        dtype = DATATYPES[datatype]
+        values = flat.tolist()
+        if dtype.kind in "iu" and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ProtocolError(f"input '{name}': {datatype} data must be integers")
+        if dtype.kind == "f" and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ProtocolError(f"input '{name}': {datatype} data must be numbers")
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and values and (min(values) < info.min or max(values) > info.max):
+            raise ProtocolError(f"input '{name}': a value is out of range for {datatype}")
+        return np.array(values, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"input '{name}': data does not fit {datatype}: {exc}") from None
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None = None, content_encoding: str | None = None
+) -> InferRequest:
+    body = _decompress(body, content_encoding)
+    if header_length is not None:
+        try:
+            json_size = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"{HEADER_LENGTH} is not an integer: {header_length!r}") from None
+        if not 0 < json_size <= len(body):
+            raise ProtocolError(f"{HEADER_LENGTH} {json_size} does not fit a body of {len(body)} bytes")
+    else:
+        json_size = len(body)
+    try:
+        header = json.loads(body[:json_size])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"request is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("request must be a JSON object")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ProtocolError("request needs a non-empty 'inputs' list")
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError("'parameters' must be an object")
+    binary = memoryview(body)[json_size:]
+    offset = 0
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for raw in raw_inputs:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise ProtocolError("every input needs a 'name'")
+        name = raw["name"]
+        if name in inputs:
+            raise ProtocolError(f"input '{name}' is given twice")
+        datatype = raw.get("datatype")
+        if datatype not in DATATYPES:
+            raise ProtocolError(f"input '{name}': unknown datatype {datatype!r}")
+        shape = _shape(raw.get("shape"), name)
+        iparams = raw.get("parameters") or {}
+        size = iparams.get("binary_data_size") if isinstance(iparams, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise ProtocolError(
+                    f"input '{name}': binary_data_size {size} exceeds the {len(binary) - offset} bytes left"
+                )
+            chunk = binary[offset : offset + size]
+            offset += size
+            count = math.prod(shape)
+            if datatype == "BYTES":
+                array = decode_bytes_tensor(chunk, count, name).reshape(shape)
+            else:
+                dtype = DATATYPES[datatype]
+                if size != count * dtype.itemsize:
+                    raise ProtocolError(
+                        f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} "
+                        f"bytes, binary_data_size is {size}"
+                    )
+                array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+        else:
+            if "data" not in raw:
+                raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
+            array = _from_json_data(raw["data"], datatype, shape, name)
+        inputs[name] = array
+        datatypes[name] = datatype
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes of binary data belong to no input")
+    outputs = None
+    binary_default = bool(params.get("binary_data_output", False))
+    if header.get("outputs") is not None:
+        if not isinstance(header["outputs"], list):
+            raise ProtocolError("'outputs' must be a list")
+        outputs = []
+        for raw in header["outputs"]:
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise ProtocolError("every requested output needs a 'name'")
+            oparams = raw.get("parameters") or {}
+            outputs.append(RequestedOutput(raw["name"], bool(oparams.get("binary_data", binary_default))))
+    request_id = header.get("id")
+    return InferRequest(
+        id=str(request_id) if request_id is not None else None,
+        inputs=inputs,
+        datatypes=datatypes,
+        outputs=outputs,
+        binary_default=binary_default,
+        parameters=params,
+    )
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    results: Mapping[str, np.ndarray],
+    wanted: Sequence[RequestedOutput],
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers (``Inference-Header-Content-Length`` when anything is binary)."""
+    outputs = []
+    chunks: list[bytes] = []
+    for req in wanted:
+        array = results[req.name]
+        datatype = datatype_of(array.dtype)
+        entry: dict[str, Any] = {"name": req.name, "datatype": datatype, "shape": list(array.shape)}
+        if req.binary or datatype == "FP16":
+            data = (
+                encode_bytes_tensor(array)
+                if datatype == "BYTES"
+                else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            )
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        elif datatype == "BYTES":
+            entry["data"] = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in array.reshape(-1)]
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        outputs.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if request_id is not None:
+        response["id"] = request_id
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *chunks]), {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
