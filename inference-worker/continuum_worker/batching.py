@@ -1,0 +1,156 @@
+"""Dynamic batching, as Triton's dynamic batcher: queue requests, run them as one batch, split back.
+
+A batch closes when it holds ``max_batch_size`` rows or when its first request has waited
+``max_queue_delay_us``. Requests are grouped by the shape of their non-batch dimensions and dtype
+(only identical ones can be concatenated). While a batch runs (in a thread), the next one fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+InferFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """Per-batch timings handed to the ``on_batch`` callback (for metrics)."""
+
+    requests: int
+    rows: int
+    queue_seconds: list[float]
+    compute_seconds: float
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        executor: Executor | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.infer = infer
+        self.max_batch_size = max_batch_size
+        self.delay = max_queue_delay_us / 1e6
+        self.executor = executor
+        self.on_batch = on_batch
+        self._groups: dict[Any, list[_Pending]] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._running = 0
+
+    @staticmethod
+    def _signature(inputs: dict[str, np.ndarray]) -> Any:
+        return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
+
+    async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Queue one request (its arrays carry the batch dimension first); its own rows come back."""
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        rows = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
+        if len(rows) != 1 or -1 in rows:
+            raise ValueError("every input needs the same batch dimension (the first)")
+        (n,) = rows
+        if n > self.max_batch_size:
+            raise ValueError(f"batch of {n} rows exceeds max_batch_size {self.max_batch_size}")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        pending = _Pending(inputs, n, asyncio.get_running_loop().create_future())
+        self._groups.setdefault(self._signature(inputs), []).append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    def _take(self, group: list[_Pending]) -> list[_Pending]:
+        taken, rows = [], 0
+        while group and rows + group[0].rows <= self.max_batch_size:
+            item = group.pop(0)
+            taken.append(item)
+            rows += item.rows
+        return taken
+
+    async def _loop(self) -> None:
+        while not (self._closed and not self._groups):
+            if not self._groups:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # the oldest group goes first; wait until it is full or its first request waited long enough
+            key = min(self._groups, key=lambda k: self._groups[k][0].enqueued)
+            group = self._groups[key]
+            deadline = group[0].enqueued + self.delay
+            while sum(p.rows for p in group) < self.max_batch_size and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take(group)
+            if not group:
+                del self._groups[key]
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+            # at most two batches at once: one computing, one being handed back
+            while self._running >= 2:
+                await asyncio.sleep(0)
+                if self._running >= 2:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            if len(batch) == 1:
+                merged = batch[0].inputs
+            else:
+                merged = {k: np.concatenate([p.inputs[k] for p in batch]) for k in batch[0].inputs}
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.infer, merged)
+            compute = time.perf_counter() - started
+            offset = 0
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result({k: v[offset : offset + p.rows] for k, v in outputs.items()})
+                offset += p.rows
+            if self.on_batch is not None:
+                self.on_batch(
+                    BatchStats(len(batch), offset, [started - p.enqueued for p in batch], compute)
+                )
+        except Exception as exc:  # the whole batch fails together, each request gets the error
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            self._running -= 1
+            self._wakeup.set()
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        while self._running:
+            await asyncio.sleep(0.001)
