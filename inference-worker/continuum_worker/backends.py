@@ -81,11 +81,15 @@ def parse_backends(text: str | None) -> list[BackendChoice]:
         kind = kind.strip().lower()
         if kind not in BACKENDS:
             raise ValueError(f"unknown backend {kind!r} in {text!r} (known: {', '.join(sorted(BACKENDS))})")
-        options = tuple(o.strip().lower() if kind == "onnxruntime" else o.strip() for o in opts.split(",") if o.strip())
+        options = tuple(
+            o.strip().lower() if kind == "onnxruntime" else o.strip() for o in opts.split(",") if o.strip()
+        )
         if kind == "onnxruntime":
             unknown = [o for o in options if o not in ORT_PROVIDERS]
             if unknown:
-                raise ValueError(f"unknown onnxruntime provider(s) {unknown} (known: {', '.join(ORT_PROVIDERS)})")
+                raise ValueError(
+                    f"unknown onnxruntime provider(s) {unknown} (known: {', '.join(ORT_PROVIDERS)})"
+                )
         choices.append(BackendChoice(kind, options))
     if not choices:
         raise ValueError("the backend list is empty")
@@ -119,7 +123,10 @@ class OrtBackend(Backend):
     kind = "onnxruntime"
 
     def __init__(
-        self, path: Path, requested: tuple[str, ...] = ("tensorrt", "cuda", "openvino", "cpu"), threads: int = 0
+        self,
+        path: Path,
+        requested: tuple[str, ...] = ("tensorrt", "cuda", "openvino", "cpu"),
+        threads: int = 0,
     ) -> None:
         import onnxruntime as ort
 
@@ -130,7 +137,9 @@ class OrtBackend(Backend):
         usable = [p for p in wanted if p in available]
         self.skipped = [p for p in wanted if p not in available]
         if not usable:
-            raise BackendError(f"none of the providers {wanted} is in this onnxruntime build ({sorted(available)})")
+            raise BackendError(
+                f"none of the providers {wanted} is in this onnxruntime build ({sorted(available)})"
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
@@ -144,6 +153,8 @@ class OrtBackend(Backend):
             log.warning("asked onnxruntime for %s, it runs on %s", usable, self.providers)
         self.inputs = [_ort_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_ort_spec(o) for o in self.session.get_outputs()]
+        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
 
     @property
     def device(self) -> str:
@@ -154,11 +165,30 @@ class OrtBackend(Backend):
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         names = outputs or [o.name for o in self.outputs]
+        for name in self._string_inputs:  # onnxruntime's strings are str (UTF-8), the wire's BYTES are bytes
+            if name in inputs:
+                inputs = {**inputs, name: _to_str(inputs[name])}
         try:
             values = self.session.run(names, inputs)
         except Exception as exc:
             raise BackendError(str(exc)) from exc
-        return dict(zip(names, values, strict=True))
+        return {
+            n: _to_bytes(v) if n in self._string_outputs else v for n, v in zip(names, values, strict=True)
+        }
+
+
+def _to_str(array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=np.object_)
+    for idx, v in np.ndenumerate(array):
+        out[idx] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    return out
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=np.object_)
+    for idx, v in np.ndenumerate(array):
+        out[idx] = v.encode() if isinstance(v, str) else bytes(v)
+    return out
 
 
 def _ort_spec(arg: Any) -> TensorSpec:

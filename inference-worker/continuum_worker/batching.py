@@ -135,9 +135,7 @@ class DynamicBatcher:
                     p.future.set_result({k: v[offset : offset + p.rows] for k, v in outputs.items()})
                 offset += p.rows
             if self.on_batch is not None:
-                self.on_batch(
-                    BatchStats(len(batch), offset, [started - p.enqueued for p in batch], compute)
-                )
+                self.on_batch(BatchStats(len(batch), offset, [started - p.enqueued for p in batch], compute))
         except Exception as exc:  # the whole batch fails together, each request gets the error
             for p in batch:
                 if not p.future.done():

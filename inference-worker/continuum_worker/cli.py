@@ -32,26 +32,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a model (KServe v2 / Triton HTTP)")
     add = serve.add_argument
     add("--model-name", default=_env("CONTINUUM_MODEL_NAME"), help="[CONTINUUM_MODEL_NAME] (required)")
-    add("--model-uri", default=_env("CONTINUUM_MODEL_URI"), help="path, file://, http(s):// [CONTINUUM_MODEL_URI] (required)")
+    add(
+        "--model-uri",
+        default=_env("CONTINUUM_MODEL_URI"),
+        help="path, file://, http(s):// [CONTINUUM_MODEL_URI] (required)",
+    )
     add("--model-version", default=_env("CONTINUUM_MODEL_VERSION", "1"), help="[CONTINUUM_MODEL_VERSION]")
-    add("--model-sha256", default=_env("CONTINUUM_MODEL_SHA256"), help="checksum to verify [CONTINUUM_MODEL_SHA256]")
+    add(
+        "--model-sha256",
+        default=_env("CONTINUUM_MODEL_SHA256"),
+        help="checksum to verify [CONTINUUM_MODEL_SHA256]",
+    )
     add(
         "--backends",
         default=_env("CONTINUUM_BACKENDS"),
         help="preference list, ';'-separated, e.g. 'onnxruntime:tensorrt,cuda,openvino,cpu;openvino:GPU,CPU' "
         "[CONTINUUM_BACKENDS]",
     )
-    add("--fallback-model-uri", default=_env("CONTINUUM_FALLBACK_MODEL_URI"), help="[CONTINUUM_FALLBACK_MODEL_URI]")
+    add(
+        "--fallback-model-uri",
+        default=_env("CONTINUUM_FALLBACK_MODEL_URI"),
+        help="[CONTINUUM_FALLBACK_MODEL_URI]",
+    )
     add("--host", default=_env("CONTINUUM_HOST", "0.0.0.0"), help="[CONTINUUM_HOST]")
     add("--port", type=int, default=int(_env("CONTINUUM_PORT", "8000") or 8000), help="[CONTINUUM_PORT]")
-    add("--upstream", default=_env("CONTINUUM_UPSTREAM"), help="base URL of an upstream v2 server [CONTINUUM_UPSTREAM]")
+    add(
+        "--upstream",
+        default=_env("CONTINUUM_UPSTREAM"),
+        help="base URL of an upstream v2 server [CONTINUUM_UPSTREAM]",
+    )
     add(
         "--upstream-timeout-ms",
         type=float,
         default=float(_env("CONTINUUM_UPSTREAM_TIMEOUT_MS", "50") or 50),
         help="[CONTINUUM_UPSTREAM_TIMEOUT_MS]",
     )
-    add("--max-batch-size", type=int, default=int(_env("CONTINUUM_MAX_BATCH_SIZE", "0") or 0), help="0: off [CONTINUUM_MAX_BATCH_SIZE]")
+    add(
+        "--max-batch-size",
+        type=int,
+        default=int(_env("CONTINUUM_MAX_BATCH_SIZE", "0") or 0),
+        help="0: off [CONTINUUM_MAX_BATCH_SIZE]",
+    )
     add(
         "--max-queue-delay-us",
         type=int,
@@ -64,10 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(_env("CONTINUUM_MODEL_CACHE_DIR", "/tmp/continuum-models") or "/tmp/continuum-models"),
         help="[CONTINUUM_MODEL_CACHE_DIR]",
     )
-    add("--state-dir", type=Path, default=_env("CONTINUUM_STATE_DIR"), help="CRDT state volume [CONTINUUM_STATE_DIR]")
+    add(
+        "--state-dir",
+        type=Path,
+        default=_env("CONTINUUM_STATE_DIR"),
+        help="CRDT state volume [CONTINUUM_STATE_DIR]",
+    )
     add("--state-token", default=_env("CONTINUUM_STATE_TOKEN"), help="[CONTINUUM_STATE_TOKEN]")
-    add("--sync-to", default=_env("CONTINUUM_SYNC_TO"), help="comma-separated upstream URLs [CONTINUUM_SYNC_TO]")
-    add("--sync-peers", default=_env("CONTINUUM_SYNC_PEERS"), help="comma-separated peer URLs [CONTINUUM_SYNC_PEERS]")
+    add(
+        "--sync-to",
+        default=_env("CONTINUUM_SYNC_TO"),
+        help="comma-separated upstream URLs [CONTINUUM_SYNC_TO]",
+    )
+    add(
+        "--sync-peers",
+        default=_env("CONTINUUM_SYNC_PEERS"),
+        help="comma-separated peer URLs [CONTINUUM_SYNC_PEERS]",
+    )
     add(
         "--state-retention",
         type=int,
@@ -80,9 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("CONTINUUM_EVENT_THRESHOLD", "0.9") or 0.9),
         help="scores above it are recorded as events [CONTINUUM_EVENT_THRESHOLD]",
     )
-    add("--replica-id", default=_env("CONTINUUM_REPLICA_ID"), help="this replica's name (pod name) [CONTINUUM_REPLICA_ID]")
-    add("--admin-token", default=_env("CONTINUUM_ADMIN_TOKEN"), help="bearer token for model (re)loads [CONTINUUM_ADMIN_TOKEN]")
-    add("--threads", type=int, default=int(_env("CONTINUUM_THREADS", "2") or 2), help="executor threads [CONTINUUM_THREADS]")
+    add(
+        "--replica-id",
+        default=_env("CONTINUUM_REPLICA_ID"),
+        help="this replica's name (pod name) [CONTINUUM_REPLICA_ID]",
+    )
+    add(
+        "--admin-token",
+        default=_env("CONTINUUM_ADMIN_TOKEN"),
+        help="bearer token for model (re)loads [CONTINUUM_ADMIN_TOKEN]",
+    )
+    add(
+        "--threads",
+        type=int,
+        default=int(_env("CONTINUUM_THREADS", "2") or 2),
+        help="executor threads [CONTINUUM_THREADS]",
+    )
     add("--log-level", default=_env("CONTINUUM_LOG_LEVEL", "INFO"), help="[CONTINUUM_LOG_LEVEL]")
 
     make = sub.add_parser("make-model", help="write a tiny ONNX test model (needs the onnx package)")
@@ -96,7 +143,11 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
     from continuum_worker.backends import parse_backends
     from continuum_worker.server import WorkerSettings
 
-    missing = [flag for flag, value in (("--model-name", args.model_name), ("--model-uri", args.model_uri)) if not value]
+    missing = [
+        flag
+        for flag, value in (("--model-name", args.model_name), ("--model-uri", args.model_uri))
+        if not value
+    ]
     if missing:
         raise ValueError(f"{' and '.join(missing)} required (or CONTINUUM_MODEL_NAME / CONTINUUM_MODEL_URI)")
     parse_backends(args.backends)  # fail on a typo before anything loads
@@ -146,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(make(args.kind, args.out, seed=args.seed))
         return 0
-    logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = settings_from_args(args)
     except ValueError as exc:

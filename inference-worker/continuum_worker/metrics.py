@@ -2,18 +2,16 @@
 
 Triton exports its per-model statistics as counters *without* the ``_total`` suffix
 (``nv_inference_request_success``, cumulative microseconds in ``nv_inference_request_duration_us``,
-...). prometheus-client would append ``_total`` to a Counter, so those are served by a small custom
-collector with exactly Triton's names and labels (``model``, ``version``). Each server has its own
+...). prometheus-client would append ``_total`` to a counter's name, so those are rendered here with
+exactly Triton's names, types and labels (``model``, ``version``) and served before the rest. Each server has its own
 registry, so several workers can run in one process (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from continuum_worker.batching import BatchStats
 
@@ -32,7 +30,9 @@ class TritonStats:
     """Per (model, version) counters, exposed under Triton's exact metric names."""
 
     def __init__(self) -> None:
-        self.values: dict[str, dict[tuple[str, str], float]] = {n: defaultdict(float) for n in TRITON_COUNTERS}
+        self.values: dict[str, dict[tuple[str, str], float]] = {
+            n: defaultdict(float) for n in TRITON_COUNTERS
+        }
 
     def add(self, name: str, model: str, version: str, value: float = 1.0) -> None:
         self.values[name][(model, version)] += value
@@ -40,19 +40,25 @@ class TritonStats:
     def get(self, name: str, model: str, version: str) -> float:
         return self.values[name].get((model, version), 0.0)
 
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> bytes:
+        """Prometheus text format, as Triton writes it."""
+        lines = []
         for name, doc in TRITON_COUNTERS.items():
-            metric = Metric(name, doc, "counter")
+            lines.append(f"# HELP {name} {doc}")
+            lines.append(f"# TYPE {name} counter")
             for (model, version), value in sorted(self.values[name].items()):
-                metric.add_sample(name, {"model": model, "version": version}, value)
-            yield metric
+                lines.append(f'{name}{{model="{_escape(model)}",version="{_escape(version)}"}} {value:.17g}')
+        return ("\n".join(lines) + "\n").encode()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.triton = TritonStats()
-        self.registry.register(self.triton)  # type: ignore[arg-type]
         self.backend = Gauge(
             "continuum_worker_backend_info",
             "The backend and device serving each model version (value 1)",
@@ -78,7 +84,10 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.batch_size = Gauge(
-            "continuum_worker_last_batch_rows", "Rows in the last dynamic batch", ["model"], registry=self.registry
+            "continuum_worker_last_batch_rows",
+            "Rows in the last dynamic batch",
+            ["model"],
+            registry=self.registry,
         )
         self.model_loads = Counter(
             "continuum_worker_model_loads_total",
@@ -92,8 +101,14 @@ class WorkerMetrics:
             self.triton.add("nv_inference_exec_count", model, version)
             self.triton.add("nv_inference_queue_duration_us", model, version, sum(stats.queue_seconds) * 1e6)
             self.triton.add(
-                "nv_inference_compute_infer_duration_us", model, version, stats.compute_seconds * 1e6 * stats.requests
+                "nv_inference_compute_infer_duration_us",
+                model,
+                version,
+                stats.compute_seconds * 1e6 * stats.requests,
             )
             self.batch_size.labels(model).set(stats.rows)
 
         return hook
+
+    def render(self) -> bytes:
+        return self.triton.render() + generate_latest(self.registry)

@@ -65,7 +65,9 @@ def fetch_model(uri: str, cache_dir: Path, sha256: str | None = None, timeout: f
                 raise ModelError(f"cannot download {uri}: {exc}") from exc
             os.replace(partial, path)
     else:
-        raise ModelError(f"unsupported model URI scheme {parsed.scheme!r} in {uri} (path, file://, http(s)://)")
+        raise ModelError(
+            f"unsupported model URI scheme {parsed.scheme!r} in {uri} (path, file://, http(s)://)"
+        )
     if sha256 is not None:
         actual = sha256_of(path)
         if actual != sha256.lower():
@@ -128,7 +130,9 @@ class LoadedModel:
         specs = {s.name: s for s in self.inputs}
         unknown = sorted(set(inputs) - set(specs))
         if unknown:
-            raise ProtocolError(f"unexpected input(s) {unknown} for model '{self.name}' (inputs: {sorted(specs)})")
+            raise ProtocolError(
+                f"unexpected input(s) {unknown} for model '{self.name}' (inputs: {sorted(specs)})"
+            )
         missing = sorted(set(specs) - set(inputs))
         if missing:
             raise ProtocolError(f"model '{self.name}' needs input(s) {missing}")
@@ -136,11 +140,15 @@ class LoadedModel:
         for name, array in inputs.items():
             spec = specs[name]
             if datatypes[name] != spec.datatype:
-                raise ProtocolError(f"input '{name}': datatype {datatypes[name]}, model expects {spec.datatype}")
+                raise ProtocolError(
+                    f"input '{name}': datatype {datatypes[name]}, model expects {spec.datatype}"
+                )
             if len(array.shape) != len(spec.shape) or any(
                 d != -1 and d != a for d, a in zip(spec.shape, array.shape, strict=True)
             ):
-                raise ProtocolError(f"input '{name}': shape {list(array.shape)}, model expects {list(spec.shape)}")
+                raise ProtocolError(
+                    f"input '{name}': shape {list(array.shape)}, model expects {list(spec.shape)}"
+                )
             if self.batchable:
                 rows.add(array.shape[0])
         if len(rows) > 1:
@@ -183,7 +191,12 @@ class LoadedModel:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            log.warning("model %s version %s retired with %d requests running", self.name, self.version, self.in_flight)
+            log.warning(
+                "model %s version %s retired with %d requests running",
+                self.name,
+                self.version,
+                self.in_flight,
+            )
         if self.batcher is not None:
             await self.batcher.close()
         self.backend.close()
@@ -214,4 +227,3 @@ async def load_model(
     await model.warm()
     log.info("model %s version %s ready on %s from %s", name, version, backend.device, uri)
     return model
-

@@ -128,11 +128,15 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str)
         raise ProtocolError(f"input '{name}': data must be a (nested) list")
     count = math.prod(shape)
     if flat.size != count:
-        raise ProtocolError(f"input '{name}': shape {list(shape)} needs {count} elements, data has {flat.size}")
+        raise ProtocolError(
+            f"input '{name}': shape {list(shape)} needs {count} elements, data has {flat.size}"
+        )
     if datatype == "BYTES":
         out = np.empty(count, dtype=np.object_)
         for i, item in enumerate(flat):
-            out[i] = item.encode() if isinstance(item, str) else bytes(item) if isinstance(item, bytes) else None
+            out[i] = (
+                item.encode() if isinstance(item, str) else bytes(item) if isinstance(item, bytes) else None
+            )
             if out[i] is None:
                 raise ProtocolError(f"input '{name}': BYTES elements must be strings")
         return out.reshape(shape)
@@ -145,7 +149,9 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str)
         values = flat.tolist()
         if dtype.kind in "iu" and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise ProtocolError(f"input '{name}': {datatype} data must be integers")
-        if dtype.kind == "f" and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        if dtype.kind == "f" and not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
             raise ProtocolError(f"input '{name}': {datatype} data must be numbers")
         info = np.iinfo(dtype) if dtype.kind in "iu" else None
         if info is not None and values and (min(values) < info.min or max(values) > info.max):
@@ -269,7 +275,9 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         elif datatype == "BYTES":
-            entry["data"] = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in array.reshape(-1)]
+            entry["data"] = [
+                b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in array.reshape(-1)
+            ]
         else:
             entry["data"] = array.reshape(-1).tolist()
         outputs.append(entry)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from continuum_worker import __version__
 from continuum_worker.backends import parse_backends
@@ -107,14 +107,16 @@ class Worker:
                     self.executor,
                     self.metrics.batch_hook(s.model_name, version),
                 )
-            except ModelError as exc:
+            except ModelError:
                 self.metrics.model_loads.labels(s.model_name, "failed").inc()
                 raise
             old, self.model = self.model, model
             self.metrics.model_loads.labels(s.model_name, "loaded").inc()
             if old is not None:
                 self.metrics.backend.remove(old.name, old.version, old.backend.kind, old.backend.device)
-            self.metrics.backend.labels(model.name, model.version, model.backend.kind, model.backend.device).set(1)
+            self.metrics.backend.labels(
+                model.name, model.version, model.backend.kind, model.backend.device
+            ).set(1)
         if old is not None:
             asyncio.get_running_loop().create_task(old.retire())
         return model
@@ -150,16 +152,22 @@ class Worker:
         return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response({"name": "continuum-worker", "version": __version__, "extensions": EXTENSIONS})
+        return web.json_response(
+            {"name": "continuum-worker", "version": __version__, "extensions": EXTENSIONS}
+        )
 
     def _model(self, request: web.Request) -> LoadedModel:
         name = request.match_info["model"]
         version = request.match_info.get("version")
         model = self.model
         if model is None or name != self.settings.model_name:
-            raise _NotFound(f"unknown model '{name}'" if model is not None else f"model '{name}' is not loaded")
+            raise _NotFound(
+                f"unknown model '{name}'" if model is not None else f"model '{name}' is not loaded"
+            )
         if version is not None and version != model.version:
-            raise _NotFound(f"model '{name}' version '{version}' is not available (serving '{model.version}')")
+            raise _NotFound(
+                f"model '{name}' version '{version}' is not available (serving '{model.version}')"
+            )
         return model
 
     async def model_metadata(self, request: web.Request) -> web.Response:
@@ -194,7 +202,12 @@ class Worker:
                 forwarded = await self._offload(name, body, request)
                 if forwarded is not None:
                     stats.add("nv_inference_request_success", name, version)
-                    stats.add("nv_inference_request_duration_us", name, version, (time.perf_counter() - started) * 1e6)
+                    stats.add(
+                        "nv_inference_request_duration_us",
+                        name,
+                        version,
+                        (time.perf_counter() - started) * 1e6,
+                    )
                     return forwarded
             parsed = parse_infer_request(
                 body, request.headers.get(HEADER_LENGTH), request.headers.get("Content-Encoding")
@@ -209,12 +222,19 @@ class Worker:
             results, batched = await model.infer(parsed.inputs)
             if not batched:
                 stats.add("nv_inference_exec_count", name, version)
-                stats.add("nv_inference_compute_infer_duration_us", name, version, (time.perf_counter() - compute_started) * 1e6)
+                stats.add(
+                    "nv_inference_compute_infer_duration_us",
+                    name,
+                    version,
+                    (time.perf_counter() - compute_started) * 1e6,
+                )
             payload, headers = encode_infer_response(name, model.version, parsed.id, results, wanted)
             rows = next(iter(parsed.inputs.values())).shape[0] if model.batchable else 1
             stats.add("nv_inference_request_success", name, version)
             stats.add("nv_inference_count", name, version, rows)
-            stats.add("nv_inference_request_duration_us", name, version, (time.perf_counter() - started) * 1e6)
+            stats.add(
+                "nv_inference_request_duration_us", name, version, (time.perf_counter() - started) * 1e6
+            )
             if self.state is not None:
                 self.state.record_inference(name, results)
             return web.Response(body=payload, headers=headers)
@@ -245,7 +265,9 @@ class Worker:
         model = self.model
         entries = []
         if model is not None:
-            entries.append({"name": model.name, "version": model.version, "state": "READY" if model.ready else "LOADING"})
+            entries.append(
+                {"name": model.name, "version": model.version, "state": "READY" if model.ready else "LOADING"}
+            )
         return web.json_response(entries)
 
     async def repository_load(self, request: web.Request) -> web.Response:
@@ -275,7 +297,7 @@ class Worker:
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         if self.upstream is not None:
             self.metrics.upstream_up.labels(self.upstream.base_url).set(1 if self.upstream.up else 0)
-        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class _NotFound(Exception):
@@ -324,7 +346,11 @@ async def serve(settings: WorkerSettings, sock: socket.socket | None = None, rea
     app, worker = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    site = (
+        web.SockSite(runner, sock)
+        if sock is not None
+        else web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    )
     await site.start()
     log.info("serving model %s on %s", settings.model_name, site.name)
     if ready is not None:

@@ -10,13 +10,14 @@ succeeds closes the breaker; one that fails reopens it for twice as long, up to 
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
+log = logging.getLogger("continuum.worker")
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 FORWARDED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 
@@ -60,6 +61,8 @@ class CircuitBreaker:
         return False
 
     def success(self) -> None:
+        if self.state != CLOSED:
+            log.warning("upstream answers again: offloading resumes")
         self.state, self.failures, self.reset, self.probing = CLOSED, 0, self.base_reset, False
 
     def failure(self) -> None:
@@ -71,10 +74,15 @@ class CircuitBreaker:
         if self.state == CLOSED and self.failures >= self.failure_threshold:
             self._open()
 
+    def abandon(self) -> None:
+        """A probe ended without a verdict: let the next request probe."""
+        self.probing = False
+
     def _open(self) -> None:
         self.state, self.probing = OPEN, False
         self.open_until = self.clock() + self.reset
         self.opened += 1
+        log.warning("upstream marked down for %.1f s: answering locally", self.reset)
 
 
 @dataclass
@@ -123,14 +131,25 @@ class Upstream:
         except UpstreamFailure:
             self.breaker.failure()
             raise
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             self.breaker.failure()
             raise UpstreamFailure("timeout", f"no answer within {self.timeout.total * 1000:.0f} ms") from exc
         except (aiohttp.ClientError, OSError) as exc:
             self.breaker.failure()
+            # Pooled keep-alive connections to a dead upstream are dead too: drop them all, or every
+            # half-open probe would draw one of them and fail against an upstream that is back.
+            await self._reset_connections()
             raise UpstreamFailure("connection", str(exc) or type(exc).__name__) from exc
+        except BaseException:
+            self.breaker.abandon()  # cancelled (the client went away): neither success nor failure
+            raise
         self.breaker.success()  # a 4xx is the request's fault, not the upstream's
         return out
+
+    async def _reset_connections(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
 
     async def close(self) -> None:
         if self._session is not None:

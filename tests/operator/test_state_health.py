@@ -103,13 +103,25 @@ def test_status_follows_the_workers_sync_health(harness: Harness, workers: FakeW
     assert "503" in h.status(ns, name)["state"]["message"]
 
     # It answers with pending updates and no sync yet, then catches up.
-    workers.answers[f"{ns}/{name}"] = {"pending_updates": 12, "last_sync_time": None, "sync_failures": 3, "peers": 1}
-    wait_for(lambda: condition(h, ns, name, "StateSynced").get("reason") == "NeverSynced", what="never synced")
+    workers.answers[f"{ns}/{name}"] = {
+        "pending_updates": 12,
+        "last_sync_time": None,
+        "sync_failures": 3,
+        "peers": 1,
+    }
+    wait_for(
+        lambda: condition(h, ns, name, "StateSynced").get("reason") == "NeverSynced", what="never synced"
+    )
     state = h.status(ns, name)["state"]
     assert state["pendingUpdates"] == 12 and state["syncFailures"] == 3 and state["reachable"] is True
 
     synced_at = datetime.now(UTC).timestamp()
-    workers.answers[f"{ns}/{name}"] = {"pending_updates": 0, "last_sync_time": synced_at, "sync_failures": 3, "peers": 1}
+    workers.answers[f"{ns}/{name}"] = {
+        "pending_updates": 0,
+        "last_sync_time": synced_at,
+        "sync_failures": 3,
+        "peers": 1,
+    }
     wait_for(lambda: condition(h, ns, name, "StateSynced").get("status") == "True", what="synced")
     assert h.status(ns, name)["state"]["lastSyncTime"].startswith(datetime.now(UTC).strftime("%Y-%m-%d"))
 

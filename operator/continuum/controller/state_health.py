@@ -33,7 +33,9 @@ log = logging.getLogger("continuum.operator")
 def parse_sync_report(payload: Any, observed_at: datetime) -> StateSyncStatus:
     """The worker's ``/state/sync`` answer as status; a malformed answer is reported, not raised."""
     if not isinstance(payload, Mapping):
-        return StateSyncStatus(observed_at=observed_at, reachable=True, message="malformed /state/sync answer")
+        return StateSyncStatus(
+            observed_at=observed_at, reachable=True, message="malformed /state/sync answer"
+        )
     last = payload.get("last_sync_time")
     try:
         last_sync = datetime.fromtimestamp(float(last), UTC) if last is not None else None
@@ -110,7 +112,9 @@ class StateProbe:
             if spec is None or not spec.state.enabled or not placement:
                 continue
             ns, name = key
-            url = self.url_template.format(service=service_name_for(name), namespace=ns, port=spec.worker.port)
+            url = self.url_template.format(
+                service=service_name_for(name), namespace=ns, port=spec.worker.port
+            )
             out.append((key, url.rstrip("/") + "/state/sync"))
         return out
 
@@ -158,4 +162,3 @@ class StateProbe:
                 except Exception:  # never let one bad poll end the probe
                     log.exception("polling the workers' state failed")
                 await asyncio.sleep(self.interval)
-

@@ -1,0 +1,149 @@
+"""Pure parts of the worker: the wire codec, the circuit breaker, the batcher, the backend list."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from continuum_worker.backends import BackendChoice, parse_backends
+from continuum_worker.batching import DynamicBatcher
+from continuum_worker.protocol import (
+    DATATYPES,
+    HEADER_LENGTH,
+    ProtocolError,
+    RequestedOutput,
+    encode_infer_response,
+    parse_infer_request,
+)
+from continuum_worker.upstream import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+NUMERIC = [d for d in DATATYPES if d != "BYTES"]
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> tuple[str, np.ndarray]:
+    datatype = draw(st.sampled_from([*NUMERIC, "BYTES"]))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4))
+    if datatype == "BYTES":
+        items = draw(
+            st.lists(st.binary(max_size=8), min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))
+        )
+        array = np.array([*items, b""], dtype=np.object_)[:-1].reshape(shape)
+    else:
+        array = draw(hnp.arrays(DATATYPES[datatype], shape))
+    return datatype, array
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensor=tensors())
+def test_binary_round_trip_is_exact(tensor: tuple[str, np.ndarray]) -> None:
+    datatype, array = tensor
+    body, headers = encode_infer_response("m", "1", "x", {"T": array}, [RequestedOutput("T", True)])
+    # A response is a valid request body once its outputs are called inputs.
+    header = json.loads(body[: int(headers[HEADER_LENGTH])])
+    header["inputs"] = header.pop("outputs")
+    head = json.dumps(header).encode()
+    parsed = parse_infer_request(head + body[int(headers[HEADER_LENGTH]) :], str(len(head)))
+    got = parsed.inputs["T"]
+    assert parsed.datatypes["T"] == datatype and got.shape == array.shape
+    if datatype == "BYTES":
+        assert list(got.reshape(-1)) == list(array.reshape(-1))
+    else:
+        np.testing.assert_array_equal(got.view(np.uint8), np.ascontiguousarray(array).view(np.uint8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=300),
+    header=st.one_of(st.none(), st.integers(-5, 400).map(str), st.text(max_size=4)),
+)
+def test_garbage_is_a_protocol_error_never_a_crash(body: bytes, header: str | None) -> None:
+    try:
+        parse_infer_request(body, header)
+    except ProtocolError:
+        pass
+
+
+def test_json_integers_out_of_range_are_rejected() -> None:
+    body = json.dumps({"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [300]}]}).encode()
+    with pytest.raises(ProtocolError, match="out of range for UINT8"):
+        parse_infer_request(body)
+
+
+def test_breaker_opens_probes_and_backs_off() -> None:
+    now = [0.0]
+    b = CircuitBreaker(failure_threshold=3, reset_seconds=1.0, max_reset_seconds=4.0, clock=lambda: now[0])
+    for _ in range(2):
+        assert b.allow()
+        b.failure()
+    assert b.state == CLOSED
+    b.failure()
+    assert b.state == OPEN and not b.allow()
+    now[0] = 1.0
+    assert b.allow() and b.state == HALF_OPEN
+    assert not b.allow()  # one probe at a time
+    b.failure()  # the probe failed: open twice as long
+    assert b.state == OPEN and b.reset == 2.0
+    now[0] = 2.9
+    assert not b.allow()
+    now[0] = 3.0
+    assert b.allow()
+    b.abandon()  # the probe was cancelled: the next request probes
+    assert b.allow()
+    b.failure()
+    now[0] = 7.0
+    assert b.allow()
+    b.failure()
+    assert b.reset == 4.0  # capped
+    now[0] = 11.0
+    assert b.allow()
+    b.success()
+    assert b.state == CLOSED and b.reset == 1.0 and b.allow()
+
+
+async def test_batcher_splits_results_back_and_fails_batches_together() -> None:
+    calls: list[int] = []
+
+    def double(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("negative input")
+        return {"y": inputs["x"] * 2}
+
+    batcher = DynamicBatcher(double, max_batch_size=8, max_queue_delay_us=20_000)
+    xs = [np.full((n, 2), i, dtype=np.float32) for i, n in enumerate([1, 3, 2, 2, 1, 4, 1])]
+    results = await asyncio.gather(*(batcher.submit({"x": x}) for x in xs))
+    for x, r in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(r["y"], x * 2)
+    assert sum(calls) == 14 and all(c <= 8 for c in calls) and len(calls) < len(xs)
+    bad = await asyncio.gather(
+        batcher.submit({"x": -np.ones((1, 2), np.float32)}),
+        batcher.submit({"x": np.ones((1, 2), np.float32)}),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, RuntimeError) for r in bad)  # one batch, one failure for both
+    with pytest.raises(ValueError, match="exceeds max_batch_size"):
+        await batcher.submit({"x": np.ones((9, 2), np.float32)})
+    # different trailing shapes are never concatenated
+    odd = await asyncio.gather(
+        batcher.submit({"x": np.ones((1, 3), np.float32)}), batcher.submit({"x": np.ones((2, 2), np.float32)})
+    )
+    assert odd[0]["y"].shape == (1, 3) and odd[1]["y"].shape == (2, 2)
+    await batcher.close()
+
+
+def test_backend_list() -> None:
+    assert parse_backends(None) == [BackendChoice("onnxruntime", ("tensorrt", "cuda", "openvino", "cpu"))]
+    assert parse_backends("onnxruntime:CUDA, cpu;openvino:GPU,CPU") == [
+        BackendChoice("onnxruntime", ("cuda", "cpu")),
+        BackendChoice("openvino", ("GPU", "CPU")),
+    ]
+    with pytest.raises(ValueError, match="unknown onnxruntime provider"):
+        parse_backends("onnxruntime:tpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        parse_backends("tflite")
