@@ -1,7 +1,8 @@
 """Dynamic batching, as Triton's dynamic batcher: queue requests, run them as one batch, split back.
 
 A batch closes when it holds ``max_batch_size`` rows or when its first request has waited
-``max_queue_delay_us``. Requests are grouped by the shape of their non-batch dimensions and dtype
+``max_queue_delay_us`` — or at once while no batch is computing, so a lone request pays no delay
+(under load, the requests that arrive while a batch computes form the next one). Requests are grouped by the shape of their non-batch dimensions and dtype
 (only identical ones can be concatenated). While a batch runs (in a thread), the next one fills.
 """
 
@@ -98,7 +99,9 @@ class DynamicBatcher:
             key = min(self._groups, key=lambda k: self._groups[k][0].enqueued)
             group = self._groups[key]
             deadline = group[0].enqueued + self.delay
-            while sum(p.rows for p in group) < self.max_batch_size and not self._closed:
+            # Adaptive: while the model is idle, a request goes at once (no added latency at low load);
+            # while a batch computes, the next one fills up to the size or the delay.
+            while sum(p.rows for p in group) < self.max_batch_size and not self._closed and self._running:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

@@ -25,6 +25,9 @@ def _list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+KINDS = ("mlp", "fixed", "dtypes", "slow", "heavy")  # continuum_worker.modelgen.KINDS (onnx not imported here)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="continuum-worker", description=__doc__)
     parser.add_argument("--version", action="version", version=f"continuum-worker {__version__}")
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log-level", default=_env("CONTINUUM_LOG_LEVEL", "INFO"), help="[CONTINUUM_LOG_LEVEL]")
 
     make = sub.add_parser("make-model", help="write a tiny ONNX test model (needs the onnx package)")
-    make.add_argument("kind", choices=("mlp", "fixed", "dtypes", "slow"))
+    make.add_argument("kind", choices=KINDS)
     make.add_argument("out", type=Path)
     make.add_argument("--seed", type=int, default=0)
     return parser

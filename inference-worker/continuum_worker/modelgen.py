@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("mlp", "fixed", "dtypes", "slow")
+KINDS = ("mlp", "fixed", "dtypes", "slow", "heavy")
 
 
 def _save(model: object, path: Path) -> Path:
@@ -121,6 +121,31 @@ def slow(path: Path, features: int = 256, depth: int = 24, seed: int = 0) -> Pat
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
+def heavy(path: Path, width: int = 1024, depth: int = 8, seed: int = 0) -> Path:
+    """INPUT0 FP32 [-1, 64] -> ``depth`` ReLU layers of ``width`` -> OUTPUT0 [-1, 10]: small I/O, ~1 ms of
+    compute per row alone and far less per row in a batch (what dynamic batching is for)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev, fan_in = [], [], "INPUT0", 64
+    for i in range(depth):
+        w = rng.normal(0, 1 / np.sqrt(fan_in), (fan_in, width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"]))
+        prev, fan_in = f"r{i}", width
+    inits.append(numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, 10)).astype(np.float32), "WO"))
+    nodes.append(helper.make_node("MatMul", [prev, "WO"], ["OUTPUT0"]))
+    graph = helper.make_graph(
+        nodes,
+        "heavy",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
 def make(kind: str, path: Path, seed: int = 0) -> Path:
     if kind == "mlp":
         return mlp(path, seed=seed)
@@ -130,4 +155,6 @@ def make(kind: str, path: Path, seed: int = 0) -> Path:
         return dtypes(path)
     if kind == "slow":
         return slow(path, seed=seed)
+    if kind == "heavy":
+        return heavy(path, seed=seed)
     raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
