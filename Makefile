@@ -70,6 +70,8 @@ plan: $(STAMP) ## Decide placements for examples/ offline (the GitOps review)
 bench: $(STAMP) ## Run every benchmark; tables go to docs/benchmarks.md
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/state.py
 
 .PHONY: e2e-kind
 e2e-kind: $(STAMP) $(HELM) ## Real-cluster suite on kind (skipped cleanly without Docker)

@@ -107,6 +107,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "fixed": modelgen.fixed(root / "fixed.onnx"),
         "dtypes": modelgen.dtypes(root / "dtypes.onnx"),
         "slow": modelgen.slow(root / "slow.onnx"),
+        "heavy": modelgen.heavy(root / "heavy.onnx"),
     }
 
 

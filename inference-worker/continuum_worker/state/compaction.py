@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pycrdt import Doc
 
+from .framing import decode_state_vector
 from .store import Store
 
 
@@ -30,7 +31,7 @@ def build_snapshot(doc: Doc) -> bytes:
     snapshot = doc.get_update()
     fresh = Doc()
     fresh.apply_update(snapshot)
-    if fresh.get_state() != doc.get_state():
+    if decode_state_vector(fresh.get_state()) != decode_state_vector(doc.get_state()):
         raise CompactionError("snapshot does not reload to the same state")
     return snapshot
 

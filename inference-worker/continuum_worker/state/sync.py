@@ -61,7 +61,7 @@ def check_token(request: web.Request, token: str | None) -> bool:
 async def read_capped(request: web.Request, cap: int) -> bytes:
     """The request body, or HTTPRequestEntityTooLarge as soon as it exceeds ``cap`` bytes."""
     if request.content_length is not None and request.content_length > cap:
-        raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=request.content_length)
+        raise _too_large(cap, request.content_length)
     chunks, size = [], 0
     while True:
         chunk = await request.content.read(65536)
@@ -69,9 +69,15 @@ async def read_capped(request: web.Request, cap: int) -> bytes:
             break
         size += len(chunk)
         if size > cap:
-            raise web.HTTPRequestEntityTooLarge(max_size=cap, actual_size=size)
+            raise _too_large(cap, size)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(cap: int, size: int) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(
+        max_size=cap, actual_size=size, text=_error(f"body of {size} bytes exceeds {cap}"), content_type="application/json"
+    )
 
 
 @dataclass

@@ -95,7 +95,8 @@ class StateHandle:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        report = self.store.open(self.state.load)
+        with self.state.bulk_load():
+            report = self.store.open(self.state.load)
         if report.damage:
             log.warning("state recovery in %s: %s", self.settings.state_dir, "; ".join(report.damage))
         self.metrics.recovery_seconds.set(report.seconds)
@@ -194,6 +195,7 @@ class StateHandle:
         for output, value in outputs.items():
             array = np.asarray(value)
             self.raw_result_bytes += int(array.nbytes)
+            self.metrics.raw_result_bytes.inc(int(array.nbytes))
             if array.dtype.kind != "f" or array.size == 0:
                 continue
             rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
