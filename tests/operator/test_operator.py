@@ -167,6 +167,9 @@ def test_workloads_get_worker_objects_status_and_events(harness: Harness) -> Non
     assert sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert h.cluster.get("v1/secrets", "line-defect-inspection-state-token", "manufacturing") is not None
     assert h.cluster.get("v1/services", "line-defect-inspection", "manufacturing") is not None
+    peers = h.cluster.get("v1/services", "line-defect-inspection-peers", "manufacturing")
+    assert peers is not None and peers["spec"]["clusterIP"] == "None"  # pod DNS for replica sync
+    assert sts["spec"]["serviceName"] == "line-defect-inspection-peers"
     assert h.cluster.get(DEPLOYMENTS, "quality-assistant", "manufacturing") is None
 
     # Status: placement, every pool as a candidate, conditions following readiness.
