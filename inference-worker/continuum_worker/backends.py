@@ -10,6 +10,8 @@ openvino the options are devices. The first backend that loads the model wins.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -48,6 +50,28 @@ ORT_TYPES = {
     "tensor(bool)": "BOOL",
     "tensor(string)": "BYTES",
 }
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: its affinity, capped by a cgroup v2 CPU quota (a pod's limit),
+    which onnxruntime's own default (one thread per core of the node) ignores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def auto_intra_op_threads(concurrent_runs: int) -> int:
+    """Threads per onnxruntime run so that ``concurrent_runs`` runs together fill the usable CPUs, no more
+    (oversubscribed cores also starve the event loop that serves HTTP)."""
+    return max(1, usable_cpus() // max(1, concurrent_runs))
 
 
 class BackendError(RuntimeError):
@@ -151,6 +175,7 @@ class OrtBackend(Backend):
         self.providers = list(self.session.get_providers())
         if self.providers[0] != usable[0]:
             log.warning("asked onnxruntime for %s, it runs on %s", usable, self.providers)
+        log.info("onnxruntime runs %s on %s (%s intra-op threads)", path.name, self.providers, threads or "auto")
         self.inputs = [_ort_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_ort_spec(o) for o in self.session.get_outputs()]
         self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}

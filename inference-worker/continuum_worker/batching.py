@@ -2,8 +2,10 @@
 
 A batch closes when it holds ``max_batch_size`` rows or when its first request has waited
 ``max_queue_delay_us`` — or at once while no batch is computing, so a lone request pays no delay
-(under load, the requests that arrive while a batch computes form the next one). Requests are grouped by the shape of their non-batch dimensions and dtype
-(only identical ones can be concatenated). While a batch runs (in a thread), the next one fills.
+(under load, the requests that arrive while a batch computes form the next one). Requests are grouped
+by the shape of their non-batch dimensions and dtype (only identical ones can be concatenated).
+Slow models run in the executor, and the next batch fills while one computes; fast ones (compute
+below ``inline_below_seconds``) run in the event loop, batching the requests that arrived together.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class DynamicBatcher:
         max_queue_delay_us: int,
         executor: Executor | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
+        inline_below_seconds: float = 0.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -59,6 +62,10 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._running = 0
+        # batches faster than this run in the event loop: a thread hop would cost more than the model
+        self.inline_below = inline_below_seconds
+        self.compute_ema = 0.0
+        self._flush_scheduled = False
 
     @staticmethod
     def _signature(inputs: dict[str, np.ndarray]) -> Any:
@@ -74,12 +81,38 @@ class DynamicBatcher:
         (n,) = rows
         if n > self.max_batch_size:
             raise ValueError(f"batch of {n} rows exceeds max_batch_size {self.max_batch_size}")
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        pending = _Pending(inputs, n, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, n, loop.create_future())
         self._groups.setdefault(self._signature(inputs), []).append(pending)
-        self._wakeup.set()
+        if not self._running and self.compute_ema and self.compute_ema < self.inline_below:
+            # A fast model runs in the event loop: every request that reaches the batcher in this loop
+            # iteration joins one batch, run on the next iteration (no task, no thread hop).
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        else:
+            if self._task is None:
+                self._task = loop.create_task(self._loop())
+            self._wakeup.set()
         return await pending.future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._groups:
+            key = next(iter(self._groups))
+            group = self._groups[key]
+            batch = self._take(group)
+            if not group:
+                self._groups.pop(key, None)
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                outputs = self.infer(self._merge(batch))
+            except Exception as exc:
+                self._fail(batch, exc)
+                continue
+            self._deliver(batch, outputs, started)
 
     def _take(self, group: list[_Pending]) -> list[_Pending]:
         taken, rows = [], 0
@@ -112,7 +145,9 @@ class DynamicBatcher:
                     break
             batch = self._take(group)
             if not group:
-                del self._groups[key]
+                self._groups.pop(key, None)  # (a flush may have emptied it meanwhile)
+            if not batch:
+                continue
             self._running += 1
             asyncio.get_running_loop().create_task(self._run(batch))
             # at most two batches at once: one computing, one being handed back
@@ -122,27 +157,41 @@ class DynamicBatcher:
                     self._wakeup.clear()
                     await self._wakeup.wait()
 
+    @staticmethod
+    def _merge(batch: list[_Pending]) -> dict[str, np.ndarray]:
+        if len(batch) == 1:
+            return batch[0].inputs
+        return {k: np.concatenate([p.inputs[k] for p in batch]) for k in batch[0].inputs}
+
+    def _deliver(self, batch: list[_Pending], outputs: dict[str, np.ndarray], started: float) -> None:
+        compute = time.perf_counter() - started
+        self.compute_ema = compute if not self.compute_ema else 0.9 * self.compute_ema + 0.1 * compute
+        offset = 0
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result({k: v[offset : offset + p.rows] for k, v in outputs.items()})
+            offset += p.rows
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(len(batch), offset, [started - p.enqueued for p in batch], compute))
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        """The whole batch fails together: each request gets the error."""
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
     async def _run(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            if len(batch) == 1:
-                merged = batch[0].inputs
+            merged = self._merge(batch)
+            if self.compute_ema and self.compute_ema < self.inline_below:
+                outputs = self.infer(merged)
             else:
-                merged = {k: np.concatenate([p.inputs[k] for p in batch]) for k in batch[0].inputs}
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self.infer, merged)
-            compute = time.perf_counter() - started
-            offset = 0
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_result({k: v[offset : offset + p.rows] for k, v in outputs.items()})
-                offset += p.rows
-            if self.on_batch is not None:
-                self.on_batch(BatchStats(len(batch), offset, [started - p.enqueued for p in batch], compute))
-        except Exception as exc:  # the whole batch fails together, each request gets the error
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+                outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.infer, merged)
+            self._deliver(batch, outputs, started)
+        except Exception as exc:
+            self._fail(batch, exc)
         finally:
             self._running -= 1
             self._wakeup.set()

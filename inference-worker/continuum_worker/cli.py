@@ -10,10 +10,14 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from continuum_worker import __version__
+
+if TYPE_CHECKING:
+    from continuum_worker.server import WorkerSettings
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -133,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("CONTINUUM_THREADS", "2") or 2),
         help="executor threads [CONTINUUM_THREADS]",
     )
+    add(
+        "--intra-op-threads",
+        type=int,
+        default=int(_env("CONTINUUM_INTRA_OP_THREADS", "0") or 0),
+        help="onnxruntime threads per run; 0: usable CPUs (cgroup quota) / --threads [CONTINUUM_INTRA_OP_THREADS]",
+    )
     add("--log-level", default=_env("CONTINUUM_LOG_LEVEL", "INFO"), help="[CONTINUUM_LOG_LEVEL]")
 
     make = sub.add_parser("make-model", help="write a tiny ONNX test model (needs the onnx package)")
@@ -142,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     from continuum_worker.backends import parse_backends
     from continuum_worker.server import WorkerSettings
 
@@ -156,6 +166,8 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
     parse_backends(args.backends)  # fail on a typo before anything loads
     if args.max_batch_size < 0 or args.max_queue_delay_us < 0:
         raise ValueError("--max-batch-size and --max-queue-delay-us must be >= 0")
+    if args.threads < 1 or args.intra_op_threads < 0:
+        raise ValueError("--threads must be >= 1 and --intra-op-threads >= 0")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a port")
     return WorkerSettings(
@@ -181,10 +193,11 @@ def settings_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def
         replica_id=args.replica_id,
         admin_token=args.admin_token,
         threads=args.threads,
+        intra_op_threads=args.intra_op_threads,
     )
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
+def _run(coro: Coroutine[Any, Any, None]) -> None:
     """uvloop when installed (about a third less per-request overhead here), else asyncio."""
     try:
         import uvloop
@@ -209,10 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"continuum-worker: error: {exc}", file=sys.stderr)
         return 2
     from continuum_worker.models import ModelError
-    from continuum_worker.server import serve
+    from continuum_worker.server import ConfigError, serve
 
     try:
         _run(serve(settings))
+    except ConfigError as exc:
+        print(f"continuum-worker: error: {exc}", file=sys.stderr)
+        return 2
     except ModelError as exc:
         print(f"continuum-worker: error: {exc}", file=sys.stderr)
         return 1

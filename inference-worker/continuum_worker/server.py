@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from continuum_worker import __version__
-from continuum_worker.backends import parse_backends
+from continuum_worker.backends import auto_intra_op_threads, parse_backends
 from continuum_worker.metrics import WorkerMetrics
 from continuum_worker.models import LoadedModel, ModelError, load_model
 from continuum_worker.protocol import (
@@ -66,6 +67,7 @@ class WorkerSettings:
     replica_id: str | None = None
     admin_token: str | None = None
     threads: int = 2  # executor threads for model loads and heavier models
+    intra_op_threads: int = 0  # onnxruntime threads per run; 0: usable CPUs / executor threads
     drain_seconds: float = 25.0
 
 
@@ -106,6 +108,7 @@ class Worker:
                     s.max_queue_delay_us,
                     self.executor,
                     self.metrics.batch_hook(s.model_name, version),
+                    s.intra_op_threads or auto_intra_op_threads(s.threads),
                 )
             except ModelError:
                 self.metrics.model_loads.labels(s.model_name, "failed").inc()
@@ -201,7 +204,9 @@ class Worker:
             if self.upstream is not None:
                 forwarded = await self._offload(name, body, request)
                 if forwarded is not None:
-                    stats.add("nv_inference_request_success", name, version)
+                    # the upstream's 4xx is the request's fault: pass it on, count it as Triton would
+                    ok = forwarded.status < 400
+                    stats.add("nv_inference_request_success" if ok else "nv_inference_request_failure", name, version)
                     stats.add(
                         "nv_inference_request_duration_us",
                         name,
@@ -236,7 +241,10 @@ class Worker:
                 "nv_inference_request_duration_us", name, version, (time.perf_counter() - started) * 1e6
             )
             if self.state is not None:
-                self.state.record_inference(name, results)
+                try:
+                    self.state.record_inference(name, results)
+                except Exception:  # the answer is computed: a state failure must not turn it into an error
+                    log.exception("recording the inference of model %s in the state failed", name)
             return web.Response(body=payload, headers=headers)
         except ProtocolError as exc:
             stats.add("nv_inference_request_failure", name, version)
@@ -252,7 +260,7 @@ class Worker:
         assert self.upstream is not None
         up = self.upstream
         try:
-            answer = await up.forward(f"/v2/models/{name}/infer", body, dict(request.headers))
+            answer = await up.forward(f"/v2/models/{name}/infer", body, request.headers)
         except UpstreamFailure as exc:
             self.metrics.fallbacks.labels(name, exc.reason).inc()
             self.metrics.upstream_up.labels(up.base_url).set(1 if up.up else 0)
@@ -304,6 +312,19 @@ class _NotFound(Exception):
     pass
 
 
+class ConfigError(RuntimeError):
+    """The configuration cannot work on this installation (the CLI exits 2 with the message)."""
+
+
+def is_own_url(url: str, replica_id: str | None) -> bool:
+    """Whether ``url`` is this replica's own pod address (``http://<pod>.<service>...`` or ``http://<pod>``):
+    a replica never syncs with itself. ``pod-1`` is not ``pod-10``."""
+    if not replica_id:
+        return False
+    host = urllib.parse.urlsplit(url if "//" in url else f"//{url}").hostname or ""
+    return host == replica_id.lower() or host.startswith(replica_id.lower() + ".")
+
+
 def create_app(settings: WorkerSettings) -> tuple[web.Application, Worker]:
     worker = Worker(settings)
     app = web.Application(client_max_size=MAX_BODY)
@@ -321,10 +342,12 @@ def create_app(settings: WorkerSettings) -> tuple[web.Application, Worker]:
     r.add_get("/metrics", worker.metrics_endpoint)
     app.on_startup.append(worker.on_startup)
     if settings.state_dir is not None:
-        from continuum_worker.state.worker_integration import StateSettings, attach
+        try:
+            from continuum_worker.state.worker_integration import StateSettings, attach
+        except ImportError as exc:  # e.g. an image built without pycrdt
+            raise ConfigError(f"--state-dir needs the state library (continuum_worker.state): {exc}") from exc
 
-        own = f"//{settings.replica_id}." if settings.replica_id else None
-        peers = [p for p in settings.sync_peers if own is None or own not in p]  # never sync with oneself
+        peers = [p for p in settings.sync_peers if not is_own_url(p, settings.replica_id)]
         worker.state = attach(
             app,
             StateSettings(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -95,6 +95,7 @@ class Forwarded:
 class Upstream:
     def __init__(self, base_url: str, timeout_ms: float, breaker: CircuitBreaker | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout_ms = timeout_ms
         self.timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
         self.breaker = breaker or CircuitBreaker()
         self._session: aiohttp.ClientSession | None = None
@@ -110,11 +111,12 @@ class Upstream:
             )
         return self._session
 
-    async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> Forwarded:
+    async def forward(self, path: str, body: bytes, headers: Mapping[str, str]) -> Forwarded:
         """POST ``body`` to the upstream; raises :class:`UpstreamFailure` when the local model must answer."""
         if not self.breaker.allow():
             raise UpstreamFailure("breaker_open", f"upstream {self.base_url} is marked down")
-        send = {k: v for k, v in headers.items() if k in FORWARDED_HEADERS}
+        wanted = {h.lower(): h for h in FORWARDED_HEADERS}  # header names are case-insensitive
+        send = {wanted[k.lower()]: v for k, v in headers.items() if k.lower() in wanted}
         try:
             session = await self.session()
             async with session.post(
@@ -133,7 +135,7 @@ class Upstream:
             raise
         except TimeoutError as exc:
             self.breaker.failure()
-            raise UpstreamFailure("timeout", f"no answer within {self.timeout.total * 1000:.0f} ms") from exc
+            raise UpstreamFailure("timeout", f"no answer within {self.timeout_ms:.0f} ms") from exc
         except (aiohttp.ClientError, OSError) as exc:
             self.breaker.failure()
             # Pooled keep-alive connections to a dead upstream are dead too: drop them all, or every

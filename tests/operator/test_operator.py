@@ -252,11 +252,11 @@ def test_replaced_after_grace_and_fails_back_after_stabilization(harness: Harnes
         timeout=20,
         what="moved to the MEC",
     )
-    disrupted = h.events("PoolDegraded", "line-defect-inspection")
-    assert disrupted
+    # Events are posted asynchronously (after the status): wait for them.
+    wait_for(lambda: h.events("PoolDegraded", "line-defect-inspection"), what="PoolDegraded event")
     dep = h.cluster.get(DEPLOYMENTS, "line-defect-inspection", "manufacturing")
     assert dep["spec"]["template"]["spec"]["nodeSelector"] == {LABEL_POOL: "mec-frankfurt"}
-    assert h.events("Replaced", "line-defect-inspection")
+    wait_for(lambda: h.events("Replaced", "line-defect-inspection"), what="Replaced event")
     wait_for(
         lambda: h.condition("manufacturing", "line-defect-inspection", "Ready") == "True",
         what="ready on the MEC",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import http.server
 import json
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from tests.worker.conftest import WorkerProcess, free_port
 
@@ -56,6 +58,13 @@ def test_dynamic_batching_keeps_every_response_with_its_request(start_worker, mo
     # ~0.45-0.5 here (2-core machine, clients in this process); unbatched it is exactly 1
     assert executions < 0.75 * success, f"{executions} executions for {success} requests: batching did not happen"
     assert worker.metric("nv_inference_queue_duration_us", model="heavy") > 0
+    # as in Triton, a request larger than max_batch_size is the client's error, not a crash
+    try:
+        infer(worker.url, np.zeros((33, 64), np.float32), model="heavy")
+    except InferenceServerException as exc:
+        assert exc.status() == "400" and "exceeds the model's max_batch_size 32" in str(exc.message())
+    else:
+        raise AssertionError("a 33-row request was accepted with max_batch_size 32")
 
 
 def test_provider_preference_reports_what_really_runs(start_worker, models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -101,6 +110,12 @@ def test_configuration_errors_exit_non_zero_naming_the_flag(models: dict[str, Pa
     assert out.returncode == 1 and "checksum mismatch" in out.stderr
     out = run("--model-name", "m", "--model-uri", str(tmp_path / "missing.onnx"))
     assert out.returncode == 1 and "does not exist" in out.stderr
+    # an installation without the state library: --state-dir is refused with a clear message
+    hide = "import sys; sys.modules['continuum_worker.state.worker_integration'] = None; "
+    main = "from continuum_worker.cli import main; sys.exit(main(sys.argv[1:]))"
+    args = ["serve", "--model-name", "m", "--model-uri", str(models["mlp"]), "--state-dir", str(tmp_path / "s")]
+    out = subprocess.run([sys.executable, "-c", hide + main, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--state-dir needs the state library" in out.stderr, out.stderr
 
 
 def test_environment_configuration_and_http_model_uri(
@@ -252,3 +267,44 @@ def test_sigterm_drains_in_flight_requests(start_worker, models: dict[str, Path]
         results = [f.result(timeout=60) for f in futures]
     assert all(r.shape == (64, 256) for r in results)
     assert worker.proc.wait(30) == 0
+
+
+def test_offload_relays_binary_requests_and_client_errors_unchanged(start_worker, models: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    upstream = start_worker("--model-name", "mlp", "--model-uri", str(models["mlp"]))
+    edge = start_worker(
+        "--model-name", "mlp", "--model-uri", str(models["mlp"]),
+        "--fallback-model-uri", str(models["mlp_small"]), "--upstream", f"http://{upstream.url}",
+    )  # fmt: skip
+    x = np.random.default_rng(5).random((2, 64), dtype=np.float32)
+    header = json.dumps(
+        {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 64], "parameters": {"binary_data_size": x.nbytes}}],
+         "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]}
+    ).encode()  # fmt: skip
+    # header names in lower case (as HTTP/2 proxies send them) must still reach the upstream
+    conn = http.client.HTTPConnection(edge.url, timeout=10)  # sends header names exactly as given
+    conn.request(
+        "POST",
+        "/v2/models/mlp/infer",
+        body=header + x.tobytes(),
+        headers={"inference-header-content-length": str(len(header)), "content-type": "application/octet-stream"},
+    )
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    size = int(r.headers["Inference-Header-Content-Length"])
+    body = r.read()
+    conn.close()
+    got = np.frombuffer(body[size:], dtype=np.float32).reshape(2, 10)
+    assert which(models, x[:1], got[:1]) == "mlp"  # answered by the upstream, not the small fallback
+    assert edge.metric("continuum_worker_offloaded_total") == 1
+    # the upstream's 400 is the client's fault: relayed as is, no fallback, counted as a failure
+    bad = urllib.request.Request(
+        f"http://{edge.url}/v2/models/mlp/infer", data=b'{"inputs": []}', method="POST"
+    )
+    try:
+        urllib.request.urlopen(bad, timeout=10)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400 and "inputs" in json.loads(exc.read())["error"]
+    else:
+        raise AssertionError("an empty request was accepted")
+    assert edge.metric("continuum_worker_fallbacks_total") == 0
+    assert edge.metric("nv_inference_request_failure", model="mlp") == 1

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+from continuum_worker import cli
 from continuum_worker.backends import BackendChoice, parse_backends
 from continuum_worker.batching import DynamicBatcher
 from continuum_worker.protocol import (
@@ -17,6 +21,7 @@ from continuum_worker.protocol import (
     encode_infer_response,
     parse_infer_request,
 )
+from continuum_worker.server import is_own_url
 from continuum_worker.upstream import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,10 +74,41 @@ def test_garbage_is_a_protocol_error_never_a_crash(body: bytes, header: str | No
         pass
 
 
-def test_json_integers_out_of_range_are_rejected() -> None:
-    body = json.dumps({"inputs": [{"name": "a", "datatype": "UINT8", "shape": [1], "data": [300]}]}).encode()
-    with pytest.raises(ProtocolError, match="out of range for UINT8"):
-        parse_infer_request(body)
+def _json_input(datatype: str, shape: list[int], data: object) -> bytes:
+    return json.dumps({"inputs": [{"name": "a", "datatype": datatype, "shape": shape, "data": data}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data", "error"),
+    [
+        ("UINT8", [1], [300], "out of range for UINT8"),
+        ("UINT64", [1], [-1], "out of range for UINT64"),
+        ("INT64", [1], [2**70], "out of range for INT64"),
+        ("INT32", [2], [1, True], "must be integers"),  # numpy alone would read true as 1
+        ("FP32", [2], [[1.0], [False]], "must be numbers"),
+        ("INT32", [1], [1.5], "must be integers"),
+        ("FP32", [1], ["1"], "must be numbers"),
+        ("FP32", [3], [1, 2], "needs 3 elements"),
+        ("FP32", [2, 2], [[1, 2], [3]], "elements"),
+    ],
+)
+def test_json_data_is_checked_strictly(datatype: str, shape: list[int], data: object, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        parse_infer_request(_json_input(datatype, shape, data))
+
+
+def test_json_numbers_take_the_declared_datatype() -> None:
+    cases = [
+        ("FP32", [2, 2], [[1.5, 2], [3, 4]]),
+        ("FP64", [3], [1, 2.25, -3]),
+        ("UINT64", [1], [2**64 - 1]),
+        ("INT8", [2], [-128, 127]),
+        ("BOOL", [2], [True, False]),
+    ]
+    for datatype, shape, data in cases:
+        got = parse_infer_request(_json_input(datatype, shape, data)).inputs["a"]
+        assert got.dtype == DATATYPES[datatype] and list(got.shape) == shape
+        np.testing.assert_array_equal(got, np.array(data, dtype=DATATYPES[datatype]))
 
 
 def test_breaker_opens_probes_and_backs_off() -> None:
@@ -106,7 +142,8 @@ def test_breaker_opens_probes_and_backs_off() -> None:
     assert b.state == CLOSED and b.reset == 1.0 and b.allow()
 
 
-async def test_batcher_splits_results_back_and_fails_batches_together() -> None:
+@pytest.mark.parametrize("inline", [False, True], ids=["executor", "event-loop"])
+async def test_batcher_splits_results_back_and_fails_batches_together(inline: bool) -> None:
     calls: list[int] = []
 
     def double(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -115,7 +152,11 @@ async def test_batcher_splits_results_back_and_fails_batches_together() -> None:
             raise RuntimeError("negative input")
         return {"y": inputs["x"] * 2}
 
-    batcher = DynamicBatcher(double, max_batch_size=8, max_queue_delay_us=20_000)
+    batcher = DynamicBatcher(
+        double, max_batch_size=8, max_queue_delay_us=20_000, inline_below_seconds=1.0 if inline else 0.0
+    )
+    if inline:  # as after warm-up of a fast model: batches run in the event loop, not in a thread
+        batcher.compute_ema = 1e-5
     xs = [np.full((n, 2), i, dtype=np.float32) for i, n in enumerate([1, 3, 2, 2, 1, 4, 1])]
     results = await asyncio.gather(*(batcher.submit({"x": x}) for x in xs))
     for x, r in zip(xs, results, strict=True):
@@ -134,6 +175,7 @@ async def test_batcher_splits_results_back_and_fails_batches_together() -> None:
         batcher.submit({"x": np.ones((1, 3), np.float32)}), batcher.submit({"x": np.ones((2, 2), np.float32)})
     )
     assert odd[0]["y"].shape == (1, 3) and odd[1]["y"].shape == (2, 2)
+    assert (batcher._task is None) == inline  # the inline path never starts the batching task
     await batcher.close()
 
 
@@ -147,3 +189,45 @@ def test_backend_list() -> None:
         parse_backends("onnxruntime:tpu")
     with pytest.raises(ValueError, match="unknown backend"):
         parse_backends("tflite")
+
+
+def _contract_rows() -> list[tuple[str, str]]:
+    """(flag, variable) of every row of the worker table in docs/contracts.md (what the operator renders)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "contracts.md").read_text()
+    table = text.split("## Worker configuration", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(--[a-z0-9-]+)` \| `(CONTINUUM_[A-Z0-9_]+)` \|", table, re.M)
+
+
+SPECIAL = {"--backends": ("openvino:CPU", "onnxruntime:cpu"), "--port": ("8123", "8124")}
+
+
+def test_every_contract_flag_reads_its_variable_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _contract_rows()
+    assert len(rows) >= 19 and ("--state-dir", "CONTINUUM_STATE_DIR") in rows
+    actions = {a.option_strings[0]: a for a in _serve_parser()._actions if a.option_strings}
+    for flag, variable in rows:
+        action = actions[flag]  # every flag of the contract exists
+        from_env, from_flag = SPECIAL.get(flag, ("7", "9"))
+        convert = action.type or str
+        monkeypatch.setenv(variable, from_env)
+        args = cli.build_parser().parse_args(["serve"])
+        assert getattr(args, action.dest) == convert(from_env), flag
+        args = cli.build_parser().parse_args(["serve", flag, from_flag])
+        assert getattr(args, action.dest) == convert(from_flag), flag
+    settings = cli.settings_from_args(cli.build_parser().parse_args(["serve"]))  # all from the environment
+    assert settings.model_name == "7" and settings.max_batch_size == 7 and settings.sync_to == ["7"]
+    assert settings.upstream_timeout_ms == 7.0 and str(settings.state_dir) == "7"
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["serve"]
+
+
+def test_a_replica_recognises_its_own_peer_url() -> None:
+    assert is_own_url("http://edge-7f9c-0.edge-peers.ns.svc:8000", "edge-7f9c-0")
+    assert is_own_url("http://EDGE-1:8000", "edge-1")
+    assert is_own_url("edge-1.peers:8000", "edge-1")
+    assert not is_own_url("http://edge-10.edge-peers.ns.svc:8000", "edge-1")
+    assert not is_own_url("http://edge-2.edge-peers:8000", "edge-1")
+    assert not is_own_url("http://edge-1.peers:8000", None)

@@ -95,6 +95,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._cv = threading.Condition()
+        self._commit_lock = threading.Lock()  # held around every commit; see append()
         self._pending: list[tuple[int, bytes] | _Job] = []
         self._retry: list[tuple[int, bytes] | _Job] = []
         self._last_seq = 0
@@ -355,7 +356,41 @@ class Store:
             return self._last_seq
 
     def append(self, payload: bytes, timeout: float | None = None) -> int:
-        """Write one update and return once it is durable (one commit per call when nothing else is queued)."""
+        """Write one update and return once it is durable (one commit per call when nothing else is queued).
+
+        Fast path: when nothing is queued, the caller commits the record itself instead of handing it to
+        the writer thread and waiting to be woken (two thread switches, about half the time of a commit
+        on fast flash). ``_commit_lock`` is taken before the sequence number is assigned, by this path and
+        by the writer alike, so records are committed in sequence order and the log never has a gap."""
+        with self._commit_lock:
+            with self._cv:
+                self._check_open()
+                inline = not self._pending and not self._retry
+                if inline:
+                    self._last_seq += 1
+                    seq = self._last_seq
+                    rec = frame_record(seq, payload)
+                    self._cum_bytes += len(rec)
+                    self._queued += 1
+            if inline:
+                started = time.perf_counter()
+                try:
+                    self._commit([(seq, rec)])
+                except Exception as exc:
+                    with self._cv:  # never dropped: the writer retries it, the caller learns it failed
+                        self._retry = [(seq, rec)]
+                        self._error, self._failed_upto = exc, seq
+                        self._wake(exc, seq)
+                    raise StoreWriteError(f"write failed: {exc}") from exc
+                with self._cv:
+                    self._durable_seq = max(self._durable_seq, seq)
+                    self._error = None
+                    self._done += 1
+                    self.commits += 1
+                    self._wake(None, 0)
+                if self.on_commit is not None:
+                    self.on_commit(1, len(rec), time.perf_counter() - started)
+                return seq
         seq = self.submit(payload)
         self.wait(seq, timeout)
         return seq
@@ -438,17 +473,25 @@ class Store:
                         if remaining <= 0:
                             break
                         self._cv.wait(remaining)
-                batch = self._retry + self._pending
-                self._retry, self._pending = [], []
-                closing = self._closing
-            if not batch:
-                if closing:
-                    return
-                continue
-            started = time.perf_counter()
-            try:
-                self._commit(batch)
-            except Exception as exc:
+            # Take the commit lock before the batch, so an inline append (see ``append``) can never
+            # commit a later sequence number ahead of this batch.
+            with self._commit_lock:
+                with self._cv:
+                    batch = self._retry + self._pending
+                    self._retry, self._pending = [], []
+                    closing = self._closing
+                if not batch:
+                    if closing:
+                        return
+                    continue
+                started = time.perf_counter()
+                try:
+                    self._commit(batch)
+                    failure = None
+                except Exception as exc:
+                    failure = exc
+            if failure is not None:
+                exc = failure
                 upto = max((item[0] if isinstance(item, tuple) else item.seq) for item in batch)
                 with self._cv:
                     self._retry = batch
