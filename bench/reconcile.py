@@ -28,7 +28,7 @@ from continuum.emulator import EmulatedCluster
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import machine, markdown_table, write_section
+from bench.report import machine, markdown_table, percentile, write_section
 
 TIERS = ("device", "near-edge", "regional-mec", "cloud")
 EW_PATH = "/apis/continuum.dev/v1alpha1/namespaces/{ns}/edgeworkloads"
@@ -196,10 +196,6 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> int:

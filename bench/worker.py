@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from continuum_worker.backends import auto_intra_op_threads  # noqa: E402
 
-from bench.report import machine, markdown_table, write_section  # noqa: E402
+from bench.report import machine, markdown_table, percentile, write_section  # noqa: E402
 
 BENCH_VENV = ROOT / ".venv-bench"
 ROUNDS = 5
@@ -237,8 +237,7 @@ def bare_latencies(model: Path, x: np.ndarray, n: int) -> list[float]:
 
 
 def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+    return percentile(values, q) * 1000
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
