@@ -7,16 +7,13 @@ Exit codes of ``continuum plan``: 0 every workload placed, 2 some unschedulable,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from continuum import __version__
+from continuum import plan as plan_cli
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -35,32 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"continuum {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    plan = sub.add_parser(
-        "plan",
-        help="decide placements offline from manifests (GitOps review)",
-        description="Read Node, EdgeNodePool and EdgeWorkload manifests and print the placement decisions. "
-        "Exit 0: all placed; 2: some unschedulable; 1: invalid input.",
-    )
-    plan.add_argument(
-        "-f",
-        "--filename",
-        dest="paths",
-        action="append",
-        required=True,
-        metavar="PATH",
-        help="file or folder of YAML (repeatable)",
-    )
-    plan.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
-    plan.add_argument(
-        "--solver",
-        choices=("batch", "in-order"),
-        default="batch",
-        help="batch: all workloads at once (default); in-order: one at a time in file order, as a "
-        "per-pod scheduler would",
-    )
-    plan.add_argument(
-        "--explain", action="store_true", help="table output: list every rejected pool with reasons"
-    )
+    plan_cli.add_parser(sub)
 
     crds = sub.add_parser("crds", help="generate the CustomResourceDefinitions from the API models")
     crds.add_argument("--out", type=Path, help="folder to write (default: print to stdout)")
@@ -153,141 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- plan -------------------------------------------------------------------------------------------
-
-
-def plan_result(paths: Sequence[str], solver: str = "batch") -> dict[str, Any]:
-    """The ``-o json`` document for manifests at ``paths`` (raises ManifestError on invalid input)."""
-    from continuum.api.loader import load_manifests
-    from continuum.placement import build_snapshot, decide_batch, decide_in_order
-    from continuum.placement.problem import WorkloadRequest
-
-    manifests = load_manifests(paths)
-    snapshot = build_snapshot(manifests.pools, manifests.nodes)
-    requests = [
-        WorkloadRequest(w.key, w.spec, w.status.placement.pool if w.status and w.status.placement else None)
-        for w in manifests.workloads
-    ]
-    decide = decide_batch if solver == "batch" else decide_in_order
-    decisions = decide(requests, snapshot)
-    placements = []
-    for d in decisions:
-        namespace, _, name = d.key.partition("/")
-        p = d.placement
-        placements.append(
-            {
-                "namespace": namespace,
-                "name": name,
-                "phase": d.phase.value,
-                "pool": p.pool if p else None,
-                "tier": p.tier.value if p else None,
-                "site": p.site if p else None,
-                "estimatedLatencyMs": p.estimated_latency_ms if p else None,
-                "wanMbps": p.wan_mbps if p else None,
-                "hourlyCost": p.hourly_cost if p else None,
-                "candidates": [
-                    {
-                        "pool": c.pool,
-                        "tier": c.tier.value,
-                        "feasible": c.feasible,
-                        "estimatedLatencyMs": c.estimated_latency_ms,
-                        "hourlyCost": c.hourly_cost,
-                        "reasons": [{"code": r.code.value, "message": r.message} for r in c.reasons],
-                    }
-                    for c in d.candidates
-                ],
-                "hint": d.hint,
-            }
-        )
-    placed = [x for x in placements if x["phase"] == "Placed"]
-    return {
-        "placements": placements,
-        "summary": {
-            "workloads": len(placements),
-            "placed": len(placed),
-            "unschedulable": len(placements) - len(placed),
-            "hourlyCost": round(sum(x["hourlyCost"] or 0.0 for x in placed), 6),
-        },
-        "conflicts": {node: list(pools) for node, pools in sorted(snapshot.conflicts.items())},
-    }
-
-
-def _print_plan_table(result: dict[str, Any], explain: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title="Continuum placement plan", header_style="bold")
-    for col, kw in (
-        ("WORKLOAD", {"no_wrap": True}),
-        ("PHASE", {"no_wrap": True}),
-        ("TIER", {"no_wrap": True}),
-        ("POOL", {"no_wrap": True}),
-        ("LATENCY", {"justify": "right", "no_wrap": True}),
-        ("WAN Mbps", {"justify": "right"}),
-        ("COST/h", {"justify": "right"}),
-        ("FEASIBLE", {"justify": "right"}),
-    ):
-        table.add_column(col, **kw)
-    for row in result["placements"]:
-        placed = row["phase"] == "Placed"
-        feasible = sum(1 for c in row["candidates"] if c["feasible"])
-        table.add_row(
-            f"{row['namespace']}/{row['name']}",
-            f"[green]{row['phase']}[/]" if placed else f"[red]{row['phase']}[/]",
-            row["tier"] or "-",
-            row["pool"] or "-",
-            f"{row['estimatedLatencyMs']:g} ms" if placed else "-",
-            f"{row['wanMbps']:g}" if placed else "-",
-            f"{row['hourlyCost']:.4g}" if placed else "-",
-            f"{feasible}/{len(row['candidates'])}",
-        )
-    console.print(table)
-    for row in result["placements"]:
-        if not explain and row["phase"] == "Placed":
-            continue
-        rejected = [c for c in row["candidates"] if not c["feasible"]]
-        if not rejected:
-            continue
-        console.print(f"[bold]{row['namespace']}/{row['name']}[/] ({row['phase']}) rejected pools:")
-        for cand in rejected:
-            reasons = "; ".join(f"[yellow]{r['code']}[/] {r['message']}" for r in cand["reasons"])
-            console.print(f"  {cand['pool']} ({cand['tier']}): {reasons}", highlight=False)
-        if row["hint"]:
-            console.print(f"  [bold]hint:[/] {row['hint']}", highlight=False)
-    summary = result["summary"]
-    console.print(
-        f"{summary['placed']}/{summary['workloads']} placed, {summary['unschedulable']} unschedulable, "
-        f"total {summary['hourlyCost']:.4g}/h"
-    )
-    for node, pools in result["conflicts"].items():
-        console.print(
-            f"[yellow]warning:[/] node {node} is selected by pools {', '.join(pools)} and joins neither"
-        )
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from continuum.api.loader import ManifestError
-
-    try:
-        result = plan_result(args.paths, args.solver)
-    except ManifestError as exc:
-        print("error: invalid input", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_INVALID
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    if args.output == "json":
-        print(json.dumps(result, indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump(result, sort_keys=False), end="")
-    else:
-        _print_plan_table(result, args.explain)
-    return EXIT_UNSCHEDULABLE if result["summary"]["unschedulable"] else EXIT_OK
-
-
 # --- crds -------------------------------------------------------------------------------------------
 
 
@@ -358,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"plan": cmd_plan, "crds": cmd_crds, "run": cmd_run, "demo": cmd_demo}[args.command]
+    handler = {"plan": plan_cli.cmd_plan, "crds": cmd_crds, "run": cmd_run, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from continuum.cli import main, plan_result
+from continuum.cli import main
+from continuum.plan import plan_result
 
 from tests.conftest import EXAMPLES
 
