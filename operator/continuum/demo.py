@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,13 @@ def _settled(cluster: EmulatedCluster) -> bool:
 
 
 async def _watch(
-    cluster: EmulatedCluster, console: Console, title: str, done: Any, timeout: float, live: bool
+    cluster: EmulatedCluster,
+    console: Console,
+    title: str,
+    done: Callable[[], bool],
+    timeout: float,
+    live: bool,
+    stopped: Callable[[], bool],
 ) -> bool:
     deadline = time.monotonic() + timeout
     ctx = (
@@ -111,7 +119,7 @@ async def _watch(
         while time.monotonic() < deadline:
             if view is not None:
                 view.update(workload_table(cluster, title))
-            if done():
+            if done() or stopped():
                 break
             await asyncio.sleep(0.25)
     if not live:
@@ -159,9 +167,18 @@ async def _demo(options: DemoOptions, console: Console) -> int:
             console.print(
                 f"applied {len(workloads)} EdgeWorkloads from {examples / 'workloads'}; the operator places them:"
             )
-            if not await _watch(
-                cluster, console, "EdgeWorkloads", lambda: _settled(cluster), options.timeout, options.live
-            ):
+            settled = await _watch(
+                cluster,
+                console,
+                "EdgeWorkloads",
+                lambda: _settled(cluster),
+                options.timeout,
+                options.live,
+                run.done,
+            )
+            if run.done():
+                return _stopped_early(console)
+            if not settled:
                 console.print("[red]error:[/] the workloads did not settle in time")
                 return 1
             mark = cluster.store.last_rv
@@ -196,8 +213,16 @@ async def _demo(options: DemoOptions, console: Console) -> int:
                 )
 
             ok = await _watch(
-                cluster, console, "EdgeWorkloads after the node failure", moved, options.timeout, options.live
+                cluster,
+                console,
+                "EdgeWorkloads after the node failure",
+                moved,
+                options.timeout,
+                options.live,
+                run.done,
             )
+            if run.done():
+                return _stopped_early(console)
             events = Table(title="Kubernetes Events", header_style="bold")
             for col in ("TYPE", "REASON", "OBJECT", "MESSAGE"):
                 events.add_column(col, overflow="fold")
@@ -217,12 +242,11 @@ async def _demo(options: DemoOptions, console: Console) -> int:
             if options.keep_open:
                 console.print(
                     f"\nThe emulator stays up. Try:\n  kubectl --kubeconfig {cluster.kubeconfig} get nodes -L continuum.dev/pool\n"
-                    f"  kubectl --kubeconfig {cluster.kubeconfig} get edgeworkloads -A -o custom-columns="
-                    "NAME:.metadata.name,TIER:.status.placement.tier,POOL:.status.placement.pool,PHASE:.status.phase\n"
-                    "Press Ctrl+C to stop."
+                    f"  kubectl --kubeconfig {cluster.kubeconfig} get edgeworkloads -A\n"
+                    "Press Ctrl+C (or send SIGTERM) to stop."
                 )
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.Event().wait()
+                await _until_signal(run)
+                console.print("stopping")
             return 0
         finally:
             stop.set()
@@ -231,6 +255,33 @@ async def _demo(options: DemoOptions, console: Console) -> int:
             kubelet.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await kubelet
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _stopped_early(console: Console) -> int:
+    """kopf took SIGINT/SIGTERM (it installs its own handlers) and the operator stopped."""
+    console.print("[yellow]the operator stopped (interrupted); the demo ends early[/]")
+    return EXIT_INTERRUPTED
+
+
+async def _until_signal(operator_task: asyncio.Task[None]) -> None:
+    """Wait for SIGINT or SIGTERM (or the operator ending). kopf's own signal handlers stop only the
+    operator, so they are replaced here: a signal ends the whole demo, emulator included."""
+    closing = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            loop.add_signal_handler(sig, closing.set)
+    waiter = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({operator_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
 
 
 def run_demo(options: DemoOptions) -> int:

@@ -259,3 +259,80 @@ def test_kubectl_works(tmp_path: Path):
         assert "No resources found" in kubectl("get", "edgeworkloads", "-A")
     finally:
         cluster.stop()
+
+
+TABLE = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+
+
+async def test_table_format_uses_the_crd_printer_columns(api):
+    _, s = api
+    await s.post(EW, json=workload("a"))
+    status = {
+        "phase": "Placed",
+        "placement": {"tier": "near-edge", "pool": "munich-line", "estimatedLatencyMs": 12.5},
+        "conditions": [{"type": "Placed", "status": "True"}, {"type": "Ready", "status": "False"}],
+    }
+    await s.patch(f"{EW}/a/status", json={"status": status}, headers=MERGE)
+    await s.post(EW, json=workload("b"))
+    listed = await (await s.get(EW, headers=TABLE)).json()
+    assert listed["kind"] == "Table" and listed["apiVersion"] == "meta.k8s.io/v1"
+    names = [c["name"] for c in listed["columnDefinitions"]]
+    assert names == ["Name", "Tier", "Pool", "Latency", "Phase", "Ready", "Cost/h", "Age"]
+    rows = {r["cells"][0]: r for r in listed["rows"]}
+    assert rows["a"]["cells"][1:6] == ["near-edge", "munich-line", 12.5, "Placed", "False"]
+    assert rows["b"]["cells"][1:7] == [None, None, None, None, None, None]  # kubectl prints blanks
+    assert rows["a"]["cells"][7].endswith("s")  # an age, as the apiserver renders date columns
+    assert rows["a"]["object"]["kind"] == "PartialObjectMetadata"
+    assert rows["a"]["object"]["metadata"]["namespace"] == "ns"
+    one = await (await s.get(f"{EW}/a", headers=TABLE)).json()
+    assert one["kind"] == "Table" and [r["cells"][0] for r in one["rows"]] == ["a"]
+    full = await (await s.get(EW, params={"includeObject": "Object"}, headers=TABLE)).json()
+    assert full["rows"][0]["object"]["kind"] == "EdgeWorkload"
+    # plain JSON without the Table media type, and for resources without printer columns
+    assert (await (await s.get(EW)).json())["kind"] == "EdgeWorkloadList"
+    assert (await (await s.get("/api/v1/nodes", headers=TABLE)).json())["kind"] == "NodeList"
+
+
+def test_human_duration_matches_kubectl_ages():
+    from continuum.emulator.table import human_duration
+
+    cases = {
+        5: "5s",
+        119: "119s",
+        125: "2m5s",
+        600: "10m",
+        3 * 3600: "3h",
+        3 * 3600 + 300: "3h5m",
+        30 * 3600: "30h",
+    }
+    cases |= {3 * 86400: "3d", 3 * 86400 + 7200: "3d2h", 30 * 86400: "30d", 800 * 86400: "2y70d"}
+    assert {s: human_duration(s) for s in cases} == cases
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_kubectl_get_shows_printer_columns(tmp_path: Path):
+    cluster = EmulatedCluster(workdir=tmp_path).start_in_thread()
+    try:
+        cluster.apply(
+            {
+                **workload("cam", namespace="shop"),
+                "status": {
+                    "phase": "Placed",
+                    "placement": {"tier": "device", "pool": "store-1", "estimatedLatencyMs": 4},
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                },
+            }
+        )
+        proc = subprocess.run(
+            ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "ew", "-A"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        header, row = proc.stdout.splitlines()[:2]
+        assert header.split() == ["NAMESPACE", "NAME", "TIER", "POOL", "LATENCY", "PHASE", "READY", "AGE"]
+        assert row.split()[:7] == ["shop", "cam", "device", "store-1", "4", "Placed", "True"]
+    finally:
+        cluster.stop()

@@ -23,6 +23,7 @@ from kmock._internal import enums, rendering  # kmock 0.8 keeps these in _intern
 from kmock._internal.k8s import KubernetesScaffold
 
 from continuum.emulator.store import ApiError, Key, Store, Watch
+from continuum.emulator.table import printer_columns, table, wants_table
 
 REQUEST_HISTORY = 12  # kmock re-filters every recorded request on each request (O(history)): keep it short
 
@@ -76,6 +77,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         for name, info in CUSTOM_RESOURCES.items():
             self.resources[name] = info
         self.store = Store(status_resources=self._status_resources())
+        self.printer_columns = printer_columns()  # resource id -> the CRD's additionalPrinterColumns
         self._results: dict[int, dict[str, Any]] = {}  # id(request) -> stored object, for the fallbacks
         # kmock renders injected KubernetesErrors with their own status only inside `async with emulator`;
         # outside, they escape to aiohttp as a bare 500. Collect them as that context would.
@@ -146,7 +148,16 @@ class ApiEmulator(kmock.KubernetesEmulator):
         obj = self.store.get(self._key(request))
         if obj is None:
             raise kmock.KubernetesError(404, "NotFound", f"{request.resource} {request.name!r} not found")
-        return obj
+        return self._as_table(request, [obj]) or obj
+
+    def _as_table(self, request: rendering.Request, items: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """A Table (server-side printing) when the client asked for one and the resource has columns."""
+        columns = self.printer_columns.get(self._key(request)[0])
+        accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), None)
+        if columns is None or not wants_table(accept):
+            return None
+        include = request.params.get("includeObject") or "PartialObjectMetadata"
+        return table(columns, items, str(self.store.last_rv), include)
 
     def _list_kind(self, request: rendering.Request) -> tuple[str, str]:
         info = self._info(request)
@@ -175,6 +186,9 @@ class ApiEmulator(kmock.KubernetesEmulator):
             item.setdefault("apiVersion", api_version)
             if info and info.kind:
                 item.setdefault("kind", info.kind)
+        printed = self._as_table(request, items)
+        if printed is not None:
+            return printed
         return {
             "apiVersion": api_version,
             "kind": kind,

@@ -1,0 +1,59 @@
+"""`continuum demo --keep-open`: kubectl sees the printer columns, and SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_keep_open_serves_kubectl_and_stops_on_sigterm(tmp_path: Path):
+    out = tmp_path / "demo.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "continuum", "demo", "--keep-open", "--no-live", "--grace-seconds", "1"],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "stays up" not in out.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            time.sleep(0.25)
+        text = out.read_text()
+        assert "stays up" in text, text
+        if shutil.which("kubectl"):
+            kubeconfig = re.search(r"--kubeconfig (\S+)", text)
+            assert kubeconfig is not None
+            got = subprocess.run(
+                ["kubectl", "--kubeconfig", kubeconfig[1], "get", "ew", "-A"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            assert got.split("\n")[0].split()[:6] == ["NAMESPACE", "NAME", "TIER", "POOL", "LATENCY", "PHASE"]
+            assert re.search(r"line-defect-inspection\s+regional-mec\s+mec-frankfurt\s+\S+\s+Placed", got), (
+                got
+            )
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, out.read_text()
+        assert time.monotonic() - started < 15
+        assert "stopping" in out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            pytest.fail("the demo did not stop on SIGTERM:\n" + out.read_text())
