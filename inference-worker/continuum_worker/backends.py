@@ -122,6 +122,7 @@ def parse_backends(text: str | None) -> list[BackendChoice]:
 
 class Backend(ABC):
     kind: str
+    text_only_strings = False  # whether BYTES tensors must be UTF-8 text (checked before inference)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
@@ -145,6 +146,7 @@ class OrtBackend(Backend):
     """onnxruntime with an execution-provider preference list; ``threads`` 0 is onnxruntime's default."""
 
     kind = "onnxruntime"
+    text_only_strings = True
 
     def __init__(
         self,
@@ -205,7 +207,7 @@ class OrtBackend(Backend):
 def _to_str(array: np.ndarray) -> np.ndarray:
     out = np.empty(array.shape, dtype=np.object_)
     for idx, v in np.ndenumerate(array):
-        out[idx] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        out[idx] = v.decode("utf-8") if isinstance(v, bytes) else str(v)  # checked by LoadedModel.validate
     return out
 
 
@@ -257,7 +259,9 @@ class OpenVinoBackend(Backend):
                 continue
             try:
                 model = self.core.read_model(str(path))
-                self.compiled = self.core.compile_model(model, device)
+                # CPUs with bf16 units default to bf16 inference: a model's FP32 answers would change
+                config = {"INFERENCE_PRECISION_HINT": "f32"} if device.split(".")[0] == "CPU" else {}
+                self.compiled = self.core.compile_model(model, device, config)
                 self._device = device
                 break
             except Exception as exc:  # openvino raises RuntimeError subclasses

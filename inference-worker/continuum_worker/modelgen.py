@@ -146,6 +146,29 @@ def heavy(path: Path, width: int = 1024, depth: int = 8, seed: int = 0) -> Path:
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
+def strings(path: Path) -> Path:
+    """BYTES in and out: ``TEXT`` [-1] -> ``TEXT_OUT`` (identity) and ``NUMBER`` [-1] -> ``VALUE`` INT64
+    (a string->number ``Cast``, which rejects the empty string)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["TEXT"], ["TEXT_OUT"]),
+            helper.make_node("Cast", ["NUMBER"], ["VALUE"], to=TensorProto.INT64),
+        ],
+        "strings",
+        [
+            helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["batch"]),
+            helper.make_tensor_value_info("NUMBER", TensorProto.STRING, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("TEXT_OUT", TensorProto.STRING, ["batch"]),
+            helper.make_tensor_value_info("VALUE", TensorProto.INT64, ["batch"]),
+        ],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
 def make(kind: str, path: Path, seed: int = 0) -> Path:
     if kind == "mlp":
         return mlp(path, seed=seed)

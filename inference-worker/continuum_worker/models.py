@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from continuum_worker.backends import Backend, BackendChoice, TensorSpec, create_backend
+from continuum_worker.backends import Backend, BackendChoice, BackendError, TensorSpec, create_backend
 from continuum_worker.batching import DynamicBatcher
 from continuum_worker.protocol import DATATYPES, ProtocolError
 
@@ -158,12 +158,31 @@ class LoadedModel:
                 )
             if self.batchable:
                 rows.add(array.shape[0])
+        self._check_text(inputs)
         if len(rows) > 1:
             raise ProtocolError(f"inputs disagree on the batch dimension: {sorted(rows)}")
         if self.batcher is not None and rows and max(rows) > self.max_batch_size:
             raise ProtocolError(
                 f"batch size {max(rows)} exceeds the model's max_batch_size {self.max_batch_size}"
             )
+
+    def _check_text(self, inputs: dict[str, np.ndarray]) -> None:
+        """BYTES a backend can only take as text (onnxruntime's strings are UTF-8) must be UTF-8: never
+        replaced by U+FFFD and silently answered."""
+        if not self.backend.text_only_strings:
+            return
+        for spec in self.inputs:
+            array = inputs.get(spec.name)
+            if spec.datatype != "BYTES" or array is None:
+                continue
+            for i, item in enumerate(array.reshape(-1)):
+                try:
+                    item.decode("utf-8") if isinstance(item, bytes) else None
+                except UnicodeDecodeError as exc:
+                    raise ProtocolError(
+                        f"input '{spec.name}': BYTES element {i} is not UTF-8 ({exc.reason} at byte "
+                        f"{exc.start}); {self.backend.kind} takes strings as UTF-8 text"
+                    ) from None
 
     def _valid_fast(self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> bool:
         """The common case in a few comparisons; anything else goes through the full check and its messages."""
@@ -181,6 +200,8 @@ class LoadedModel:
                 if rows not in (-1, array.shape[0]):
                     return False
                 rows = array.shape[0]
+        if self.backend.text_only_strings and any(s.datatype == "BYTES" for s in self.inputs):
+            return False  # the full check looks at the text
         return self.batcher is None or rows <= self.max_batch_size
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
@@ -210,7 +231,14 @@ class LoadedModel:
         loop = asyncio.get_running_loop()
         for _ in range(rounds):
             started = time.perf_counter()
-            await loop.run_in_executor(self.executor, self.backend.infer, sample)
+            try:
+                await loop.run_in_executor(self.executor, self.backend.infer, sample)
+            except BackendError as exc:
+                # Zeros and empty strings are not every model's valid input (a string->number Cast
+                # rejects b""): the model still serves; it only starts cold, in the executor.
+                log.warning("model %s version %s: warm-up skipped (%s)", self.name, self.version, exc)
+                self.compute_ema = 0.0
+                break
             self.compute_ema = time.perf_counter() - started
         if self.batcher is not None:
             self.batcher.compute_ema = self.compute_ema

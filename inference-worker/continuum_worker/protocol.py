@@ -11,10 +11,8 @@ the bytes; FP16 exists only in binary. Every malformed request raises :class:`Pr
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,19 +68,6 @@ class InferRequest:
     outputs: list[RequestedOutput] | None  # None: every output
     binary_default: bool
     parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def _decompress(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as exc:
-        raise ProtocolError(f"request body is not valid {encoding}: {exc}") from None
-    raise ProtocolError(f"unsupported Content-Encoding {encoding!r}")
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -191,10 +176,8 @@ def _from_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str)
         raise ProtocolError(f"input '{name}': data does not fit {datatype}: {exc}") from None
 
 
-def parse_infer_request(
-    body: bytes, header_length: str | None = None, content_encoding: str | None = None
-) -> InferRequest:
-    body = _decompress(body, content_encoding)
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """``body`` as the client meant it: HTTP servers (aiohttp) have already undone ``Content-Encoding``."""
     if header_length is not None:
         try:
             json_size = int(header_length)
@@ -282,6 +265,18 @@ def parse_infer_request(
     )
 
 
+def _json_text(item: Any, name: str, index: int) -> str:
+    if not isinstance(item, bytes):
+        return str(item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(
+            f"output '{name}': BYTES element {index} is not UTF-8 and has no JSON form; "
+            "ask for it as binary data (parameters.binary_data: true)"
+        ) from None
+
+
 def encode_infer_response(
     model_name: str,
     model_version: str,
@@ -305,9 +300,7 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         elif datatype == "BYTES":
-            entry["data"] = [
-                b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in array.reshape(-1)
-            ]
+            entry["data"] = [_json_text(b, req.name, i) for i, b in enumerate(array.reshape(-1))]
         else:
             entry["data"] = array.reshape(-1).tolist()
         outputs.append(entry)

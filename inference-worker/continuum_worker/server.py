@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from continuum_worker import __version__
@@ -200,7 +200,10 @@ class Worker:
                 model = self._model(request)
             except _NotFound as exc:
                 return _error(400, str(exc))
-            body = await request.read()
+            try:
+                body = await request.read()  # aiohttp has already undone Content-Encoding
+            except web_protocol.RequestPayloadError as exc:
+                raise ProtocolError(f"request body cannot be read: {exc}".replace("\n", " ")) from None
             if self.upstream is not None:
                 forwarded = await self._offload(name, body, request)
                 if forwarded is not None:
@@ -214,9 +217,7 @@ class Worker:
                         (time.perf_counter() - started) * 1e6,
                     )
                     return forwarded
-            parsed = parse_infer_request(
-                body, request.headers.get(HEADER_LENGTH), request.headers.get("Content-Encoding")
-            )
+            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
             model.validate(parsed.inputs, parsed.datatypes)
             known = [o.name for o in model.outputs]
             wanted = parsed.outputs or [RequestedOutput(n, parsed.binary_default) for n in known]

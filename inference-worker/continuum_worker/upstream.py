@@ -19,7 +19,10 @@ import aiohttp
 
 log = logging.getLogger("continuum.worker")
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-FORWARDED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
+# The request body is forwarded as aiohttp handed it over, already decompressed: never labelled gzip.
+# Accept-Encoding is the client's own (aiohttp's default one is skipped): a compressed answer goes back as is.
+FORWARDED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Accept-Encoding")
+RETURNED_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 
 
 class UpstreamFailure(Exception):
@@ -120,7 +123,11 @@ class Upstream:
         try:
             session = await self.session()
             async with session.post(
-                self.base_url + path, data=body, headers=send, timeout=self.timeout
+                self.base_url + path,
+                data=body,
+                headers=send,
+                timeout=self.timeout,
+                skip_auto_headers=("Accept-Encoding",),
             ) as response:
                 data = await response.read()
                 if response.status >= 500:
@@ -128,7 +135,7 @@ class Upstream:
                 out = Forwarded(
                     response.status,
                     data,
-                    {k: response.headers[k] for k in FORWARDED_HEADERS if k in response.headers},
+                    {k: response.headers[k] for k in RETURNED_HEADERS if k in response.headers},
                 )
         except UpstreamFailure:
             self.breaker.failure()
