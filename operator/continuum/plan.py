@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from continuum.api.loader import Manifests
+    from continuum.placement.snapshot import ClusterSnapshot, Resources
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -24,7 +28,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan",
         help="decide placements offline from manifests (GitOps review)",
-        description="Read Node, EdgeNodePool and EdgeWorkload manifests and print the placement decisions. "
+        description="Read Node, Pod, EdgeNodePool and EdgeWorkload manifests and print the placement decisions "
+        "(Pods: what already runs, e.g. `kubectl get pods -A -o yaml`; their requests are not free capacity). "
         "Exit 0: all placed; 2: some unschedulable; 1: invalid input.",
     )
     plan.add_argument(
@@ -50,14 +55,35 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return plan
 
 
+def snapshot_of(manifests: Manifests) -> ClusterSnapshot:
+    """The cluster as placement sees it: nodes matched to pools, minus what the given Pods request
+    (the operator's rule, :func:`continuum.placement.snapshot.pod_holds`)."""
+    from continuum.api.loader import ManifestError
+    from continuum.placement.snapshot import ZERO, build_snapshot, pod_holds
+
+    requested: dict[str, Resources] = {}
+    problems = []
+    for pod, origin in zip(manifests.pods, manifests.pod_origins, strict=True):
+        try:
+            held = pod_holds(pod)
+        except ValueError as exc:
+            problems.append(f"{origin}: {exc}")
+            continue
+        if held is not None:
+            requested[held[0]] = requested.get(held[0], ZERO) + held[1]
+    if problems:
+        raise ManifestError(problems)
+    return build_snapshot(manifests.pools, manifests.nodes, requested)
+
+
 def plan_result(paths: Sequence[str], solver: str = "batch") -> dict[str, Any]:
     """The ``-o json`` document for manifests at ``paths`` (raises ManifestError on invalid input)."""
     from continuum.api.loader import load_manifests
-    from continuum.placement import build_snapshot, decide_batch, decide_in_order
+    from continuum.placement import decide_batch, decide_in_order
     from continuum.placement.problem import WorkloadRequest
 
     manifests = load_manifests(paths)
-    snapshot = build_snapshot(manifests.pools, manifests.nodes)
+    snapshot = snapshot_of(manifests)
     requests = [
         WorkloadRequest(w.key, w.spec, w.status.placement.pool if w.status and w.status.placement else None)
         for w in manifests.workloads

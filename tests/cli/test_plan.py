@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -197,3 +198,121 @@ def test_node_in_two_pools_is_reported(tmp_path):
     result = plan_result([str(tmp_path), WORKLOADS])
     assert "munich-ipc-1" in result["conflicts"]
     assert set(result["conflicts"]["munich-ipc-1"]) == {"all-munich", "munich-line"}
+
+
+def _pod(name: str, node: str | None, phase: str = "Running", labels=None, **requests: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "other", "labels": labels or {}},
+        "spec": {
+            **({"nodeName": node} if node else {}),
+            "containers": [{"name": "c", "resources": {"requests": requests}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def _line_defect(result):
+    return next(p for p in result["placements"] if p["name"] == "line-defect-inspection")
+
+
+def test_pods_take_capacity_like_the_operator_says(tmp_path):
+    assert _line_defect(plan_result([CLUSTER, WORKLOADS]))["pool"] == "munich-line"
+    gpu = {"nvidia.com/gpu": "1"}
+    running = [_pod("cuda-a", "munich-ipc-1", **gpu), _pod("cuda-b", "munich-ipc-2", **gpu)]
+    # as `kubectl get pods -A -o yaml` prints them: a List whose items carry kind Pod
+    (tmp_path / "pods.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": running})
+    )
+    moved = _line_defect(plan_result([CLUSTER, WORKLOADS, str(tmp_path)]))
+    assert moved["pool"] == "mec-frankfurt"
+    line = next(c for c in moved["candidates"] if c["pool"] == "munich-line")
+    assert [r["code"] for r in line["reasons"]] == ["Capacity"]
+    # finished, unbound and Continuum's own worker pods hold nothing
+    ignored = [
+        _pod("done", "munich-ipc-1", "Succeeded", **gpu),
+        _pod("crashed", "munich-ipc-2", "Failed", **gpu),
+        _pod("pending", None, "Pending", **gpu),
+        _pod("ours", "munich-ipc-1", labels={"continuum.dev/workload": "x"}, **gpu),
+    ]
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump_all(ignored))
+    assert _line_defect(plan_result([CLUSTER, WORKLOADS, str(tmp_path)]))["pool"] == "munich-line"
+
+
+def test_bad_pod_request_names_the_field(tmp_path, capsys):
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump(_pod("bad", "munich-ipc-1", cpu="lots")))
+    assert main(["plan", "-f", CLUSTER, "-f", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{tmp_path / 'pods.yaml'}: document 1 (Pod other/bad): spec.containers[0].resources.requests.cpu"
+        in err
+    )
+
+
+def test_tainted_nodes_are_not_capacity(tmp_path):
+    doc = yaml.safe_load((EXAMPLES / "cluster" / "nodes.yaml").read_text())
+    for node in doc["items"]:
+        if node["metadata"]["name"] in ("munich-ipc-1", "munich-ipc-2"):
+            node["spec"] = {"taints": [{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]}
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "pools.yaml").write_text((EXAMPLES / "cluster" / "pools.yaml").read_text())
+    moved = _line_defect(plan_result([str(tmp_path), WORKLOADS]))
+    assert moved["pool"] == "mec-frankfurt"
+    line = next(c for c in moved["candidates"] if c["pool"] == "munich-line")
+    assert line["reasons"][0]["code"] == "NoNodes"
+    assert "2 tainted (node.kubernetes.io/disk-pressure:NoSchedule)" in line["reasons"][0]["message"]
+    # PreferNoSchedule is only a preference: the nodes still count
+    for node in doc["items"]:
+        if node["metadata"]["name"] in ("munich-ipc-1", "munich-ipc-2"):
+            node["spec"]["taints"][0]["effect"] = "PreferNoSchedule"
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump(doc))
+    assert _line_defect(plan_result([str(tmp_path), WORKLOADS]))["pool"] == "munich-line"
+
+
+def test_plan_and_the_operator_see_the_same_capacity(tmp_path):
+    """The same nodes, pods and pools through `continuum plan` and through the operator's watch cache."""
+    pytest.importorskip("kopf")
+    from continuum.api.loader import load_manifests
+    from continuum.controller.reconcile import Controller, OperatorConfig
+    from continuum.plan import snapshot_of
+
+    nodes = yaml.safe_load((EXAMPLES / "cluster" / "nodes.yaml").read_text())["items"]
+    nodes[2]["spec"] = {"taints": [{"key": "maintenance", "effect": "NoExecute"}]}  # munich-ipc-1
+    nodes[3]["spec"] = {"unschedulable": True}
+    pods = [
+        _pod("a", "mec-fra-1", cpu="3", memory="5Gi"),
+        _pod("b", "mec-fra-1", cpu="500m"),
+        _pod("c", "munich-ipc-2", cpu="2", memory="1Gi", **{"nvidia.com/gpu": "1"}),
+        _pod("d", "mec-fra-2", "Succeeded", cpu="8"),
+        _pod("e", "mec-fra-2", labels={"continuum.dev/workload": "w"}, cpu="8"),
+        _pod("f", None, "Pending", cpu="8"),
+        _pod("g", "cloud-va-1", cpu="1", memory="2Gi"),
+    ]
+    pods[1]["spec"]["initContainers"] = [{"name": "i", "resources": {"requests": {"cpu": "2"}}}]
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump_all(nodes))
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    (tmp_path / "pools.yaml").write_text((EXAMPLES / "cluster" / "pools.yaml").read_text())
+    manifests = load_manifests([str(tmp_path)])
+    planned = snapshot_of(manifests)
+
+    async def operator_snapshot():
+        controller = Controller(OperatorConfig())
+        for kind, objs in (("Node", nodes), ("Pod", pods), ("EdgeNodePool", manifests_pools)):
+            for obj in objs:
+                controller.observe(kind, "ADDED", obj, enqueue=False)
+        return controller.snapshot()
+
+    manifests_pools = [d for d in yaml.safe_load_all((tmp_path / "pools.yaml").read_text()) if d]
+    operated = asyncio.run(operator_snapshot())
+
+    def picture(snapshot):
+        return {p.name: (p.free, [(n.name, n.usable, n.free) for n in p.nodes]) for p in snapshot.pools}
+
+    assert picture(planned) == picture(operated)
+    mec = planned.pool("mec-frankfurt")
+    assert mec is not None
+    assert next(n for n in mec.nodes if n.name == "mec-fra-1").requested.cpu_millis == 5000  # 3 + max(0.5, 2)
+    line = planned.pool("munich-line")
+    assert line is not None and line.usable_nodes == ()
+    assert [n.unusable_because for n in line.nodes] == ["tainted maintenance:NoExecute", "cordoned"]

@@ -1,4 +1,8 @@
-"""Read Nodes, EdgeNodePools and EdgeWorkloads from YAML files and folders (``continuum plan -f``).
+"""Read Nodes, Pods, EdgeNodePools and EdgeWorkloads from YAML files and folders (``continuum plan -f``).
+
+Pods (``kubectl get pods -A -o yaml``) are what already runs: their requests are taken off their
+node's free capacity by the same rule the operator applies (:func:`continuum.placement.snapshot.pod_holds`,
+applied by ``continuum plan``; this module only reads them).
 
 Accepts multi-document YAML, ``kind: List`` / ``NodeList`` (as ``kubectl get -o yaml`` prints) and
 folders (``*.yaml``/``*.yml``/``*.json``, recursively, in name order). Every error names the file,
@@ -50,6 +54,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]
 @dataclass
 class Manifests:
     nodes: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    pod_origins: list[str] = field(default_factory=list)  # "file: document N (Pod ns/name)", per pod
     pools: list[EdgeNodePool] = field(default_factory=list)
     workloads: list[EdgeWorkload] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -107,6 +113,15 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                         problems.append(f"{where} (Node): metadata.name: Field required")
                         continue
                     out.nodes.append(obj)
+                elif kind == "Pod":
+                    ns = (obj.get("metadata") or {}).get("namespace") or "default"
+                    ident = ("Pod", f"{ns}/{name}")
+                    if ident in seen:
+                        problems.append(f"{where} (Pod {ns}/{name}): duplicate of {seen[ident]}")
+                        continue
+                    seen[ident] = where
+                    out.pods.append(obj)
+                    out.pod_origins.append(f"{where} (Pod {ns}/{name})")
                 elif kind in ("EdgeNodePool", "EdgeWorkload"):
                     model = EdgeNodePool if kind == "EdgeNodePool" else EdgeWorkload
                     ns = (obj.get("metadata") or {}).get("namespace")
@@ -129,7 +144,7 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                     out.skipped.append(f"{where}: {kind} {name}")
                 else:
                     problems.append(
-                        f"{where}: kind {kind!r} is not one of Node, EdgeNodePool, EdgeWorkload (or a List of them)"
+                        f"{where}: kind {kind!r} is not one of Node, Pod, EdgeNodePool, EdgeWorkload (or a List of them)"
                     )
     if problems:
         raise ManifestError(problems)

@@ -139,7 +139,8 @@ def check_nodes(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     if not pool.usable_nodes:
         return Reason(
             code=ReasonCode.NO_NODES,
-            message=f"none of the pool's {len(pool.nodes)} member nodes is ready and schedulable",
+            message=f"none of the pool's {len(pool.nodes)} member nodes can run its workers "
+            f"({pool.unusable_summary}; a worker tolerates only the pool's own taints)",
         )
     return None
 

@@ -8,11 +8,11 @@ same data.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from continuum.api.models import GPU_RESOURCE, EdgeNodePool, Tier
+from continuum.api.models import GPU_RESOURCE, LABEL_WORKLOAD, EdgeNodePool, Tier
 from continuum.api.quantity import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
 
 
@@ -55,6 +55,56 @@ class Resources:
 ZERO = Resources()
 
 
+BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})  # PreferNoSchedule only lowers a score
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTaint:
+    key: str
+    value: str
+    effect: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
+
+
+def tolerates(toleration: Mapping[str, Any], taint: NodeTaint) -> bool:
+    """Kubernetes' ``Toleration.ToleratesTaint``: effect (empty = all), key (empty + Exists = all),
+    operator ``Exists`` (any value) or ``Equal`` (the default: same value)."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.effect:
+        return False
+    key = toleration.get("key") or ""
+    if key and key != taint.key:
+        return False
+    if (toleration.get("operator") or "Equal") == "Exists":
+        return True
+    return bool(key) and (toleration.get("value") or "") == taint.value
+
+
+def node_taints(node: Mapping[str, Any]) -> tuple[NodeTaint, ...]:
+    """The node's taints that keep pods off it (NoSchedule, NoExecute), in the order it lists them."""
+    out = []
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if isinstance(taint, Mapping) and taint.get("effect") in BLOCKING_EFFECTS and taint.get("key"):
+            out.append(NodeTaint(str(taint["key"]), str(taint.get("value") or ""), str(taint["effect"])))
+    return tuple(out)
+
+
+def untolerated(taints: Iterable[NodeTaint], pool: EdgeNodePool) -> tuple[NodeTaint, ...]:
+    """The taints a worker rendered for ``pool`` does not tolerate (it tolerates exactly the pool's taints,
+    see :mod:`continuum.render.worker`). A taint with the key and effect of one the pool puts on its nodes
+    is the operator's to replace (see ``Controller.reconcile_pools``), so it does not count against the node."""
+    own = pool.spec.effective_taints
+    owned = {(t.key, t.effect) for t in own}
+    tolerations = [t.toleration() for t in own]
+    return tuple(
+        t
+        for t in taints
+        if (t.key, t.effect) not in owned and not any(tolerates(tol, t) for tol in tolerations)
+    )
+
+
 @dataclass(frozen=True)
 class NodeView:
     name: str
@@ -63,10 +113,23 @@ class NodeView:
     requested: Resources = ZERO  # by pods Continuum does not manage
     ready: bool = True
     schedulable: bool = True  # spec.unschedulable is not set (not cordoned)
+    taints: tuple[NodeTaint, ...] = ()  # NoSchedule / NoExecute taints on the node
+    blocking: tuple[NodeTaint, ...] = ()  # those the pool's worker does not tolerate (set per pool)
 
     @property
     def usable(self) -> bool:
-        return self.ready and self.schedulable
+        """Pods of the pool's workers can be scheduled here: ready, not cordoned, no untolerated taint."""
+        return self.ready and self.schedulable and not self.blocking
+
+    @property
+    def unusable_because(self) -> str | None:
+        if not self.ready:
+            return "not ready"
+        if not self.schedulable:
+            return "cordoned"
+        if self.blocking:
+            return "tainted " + ", ".join(str(t) for t in self.blocking)
+        return None
 
     @cached_property
     def free(self) -> Resources:
@@ -91,6 +154,27 @@ class PoolView:
     @cached_property
     def usable_nodes(self) -> tuple[NodeView, ...]:
         return tuple(n for n in self.nodes if n.usable)
+
+    @cached_property
+    def unusable_summary(self) -> str:
+        """Why member nodes cannot run the pool's workers, e.g. ``1 not ready, 2 tainted
+        (node.kubernetes.io/disk-pressure:NoSchedule)``."""
+        counts: dict[str, int] = {}
+        taints: list[str] = []
+        for node in self.nodes:
+            why = node.unusable_because
+            if why is None:
+                continue
+            kind = why if not node.blocking else "tainted"
+            counts[kind] = counts.get(kind, 0) + 1
+            for taint in node.blocking:
+                if str(taint) not in taints:
+                    taints.append(str(taint))
+        parts = [f"{counts[k]} {k}" for k in ("not ready", "cordoned") if k in counts]
+        if "tainted" in counts:
+            shown = ", ".join(taints[:3]) + (f", +{len(taints) - 3} more" if len(taints) > 3 else "")
+            parts.append(f"{counts['tainted']} tainted ({shown})")
+        return ", ".join(parts)
 
     @property
     def allocatable(self) -> Resources:
@@ -164,22 +248,29 @@ def node_allocatable(node: Mapping[str, Any]) -> Resources:
 
 
 def pod_requests(pod: Mapping[str, Any]) -> Resources:
-    """Sum of a pod's container requests (init containers: the max, as the scheduler does)."""
+    """Sum of a pod's container requests (init containers: the max, as the scheduler does).
+
+    Raises ``ValueError`` naming the field, e.g. ``spec.containers[1].resources.requests.cpu: ...``."""
     spec = pod.get("spec") or {}
 
-    def one(container: Mapping[str, Any]) -> Resources:
+    def one(container: Mapping[str, Any], where: str) -> Resources:
         req = (container.get("resources") or {}).get("requests") or {}
-        return Resources(
-            cpu_millis(req.get("cpu", 0)),
-            memory_bytes(req.get("memory", 0)),
-            int(cpu_millis(req.get(GPU_RESOURCE, 0)) // 1000),
-        )
+        field_name = "cpu"
+        try:
+            cpu = cpu_millis(req.get("cpu", 0))
+            field_name = "memory"
+            mem = memory_bytes(req.get("memory", 0))
+            field_name = GPU_RESOURCE
+            gpu = int(cpu_millis(req.get(GPU_RESOURCE, 0)) // 1000)
+        except QuantityError as exc:
+            raise ValueError(f"{where}.resources.requests.{field_name}: {exc}") from None
+        return Resources(cpu, mem, gpu)
 
     total = ZERO
-    for container in spec.get("containers") or []:
-        total = total + one(container)
-    for container in spec.get("initContainers") or []:
-        init = one(container)
+    for i, container in enumerate(spec.get("containers") or []):
+        total = total + one(container, f"spec.containers[{i}]")
+    for i, container in enumerate(spec.get("initContainers") or []):
+        init = one(container, f"spec.initContainers[{i}]")
         total = Resources(
             max(total.cpu_millis, init.cpu_millis),
             max(total.memory_bytes, init.memory_bytes),
@@ -197,7 +288,43 @@ def node_view(node: Mapping[str, Any], requested: Resources = ZERO) -> NodeView:
         requested=requested,
         ready=node_ready(node),
         schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+        taints=node_taints(node),
     )
+
+
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def pod_holds(pod: Mapping[str, Any]) -> tuple[str, Resources] | None:
+    """(node, requests) a pod holds against its node's capacity, or None when it holds nothing there.
+
+    The one rule both ``continuum plan`` and the operator apply: a pod counts once it is bound to a node
+    (``spec.nodeName``), until it finishes (phase Succeeded or Failed); Continuum's own worker pods
+    (label ``continuum.dev/workload``) do not, because placement accounts for them per workload.
+    Raises ``ValueError`` (naming the field) on a request that is not a Kubernetes quantity."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    if LABEL_WORKLOAD in (meta.get("labels") or {}) or not spec.get("nodeName"):
+        return None
+    if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+        return None
+    return str(spec["nodeName"]), pod_requests(pod)
+
+
+def requested_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, Resources]:
+    """What pods outside Continuum request per node (see :func:`pod_holds`)."""
+    out: dict[str, Resources] = {}
+    for pod in pods:
+        try:
+            held = pod_holds(pod)
+        except ValueError as exc:
+            meta = pod.get("metadata") or {}
+            raise ValueError(
+                f"pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}: {exc}"
+            ) from None
+        if held is not None:
+            node, requested = held
+            out[node] = out.get(node, ZERO) + requested
+    return out
 
 
 def build_snapshot(
@@ -205,7 +332,10 @@ def build_snapshot(
     nodes: Iterable[Mapping[str, Any]],
     requested_by_node: Mapping[str, Resources] | None = None,
 ) -> ClusterSnapshot:
-    """Match nodes to pools by selector. A node selected by two pools belongs to neither (a conflict)."""
+    """Match nodes to pools by selector. A node selected by two pools belongs to neither (a conflict).
+
+    A member node counts as capacity only when ready, not cordoned and free of NoSchedule/NoExecute
+    taints the pool's workers do not tolerate (:func:`untolerated`)."""
     requested_by_node = requested_by_node or {}
     pool_list = sorted(pools, key=lambda p: p.metadata.name)
     views = [node_view(n, requested_by_node.get(n["metadata"]["name"], ZERO)) for n in nodes]
@@ -216,9 +346,13 @@ def build_snapshot(
                 claims.setdefault(view.name, []).append(pool.metadata.name)
     conflicts = {node: tuple(names) for node, names in claims.items() if len(names) > 1}
     members: dict[str, list[NodeView]] = {p.metadata.name: [] for p in pool_list}
+    by_name = {p.metadata.name: p for p in pool_list}
     for view in sorted(views, key=lambda v: v.name):
         names = claims.get(view.name, [])
         if len(names) == 1:
+            pool = by_name[names[0]]
+            if view.taints:
+                view = replace(view, blocking=untolerated(view.taints, pool))
             members[names[0]].append(view)
     return ClusterSnapshot(
         pools=tuple(PoolView(pool, tuple(members[pool.metadata.name])) for pool in pool_list),
