@@ -31,8 +31,27 @@ demo: $(STAMP) ## Run the operator against an embedded API emulator on the examp
 	$(BIN)/continuum demo $(DEMO_ARGS)
 
 .PHONY: test
-test: $(STAMP) $(HELM) ## Run the whole test suite (unit, property, integration, chart)
+test: $(STAMP) $(HELM) cluster-bin ## Run the whole test suite (unit, property, integration, chart, real control plane)
 	HELM=$(HELM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The real control plane (scripts/cluster.py): etcd, kube-apiserver, controller-manager, scheduler, kwok.
+# Binaries are built once per machine into ~/.cache/continuum (CONTINUUM_CACHE_DIR) and reused;
+# CONTINUUM_K8S_BIN or KUBEBUILDER_ASSETS point at ready ones instead.
+.PHONY: cluster-bin
+cluster-bin: ## Build (once, cached outside the clone) the control-plane binaries when Go is present
+	@if command -v go >/dev/null 2>&1 || [ -n "$${CONTINUUM_K8S_BIN:-}" ]; then \
+		$(PYTHON) scripts/cluster.py build >/dev/null; \
+	else \
+		echo "cluster-bin: no Go toolchain and no CONTINUUM_K8S_BIN: the real-control-plane suite (tests/cluster) will skip"; \
+	fi
+
+.PHONY: cluster
+cluster: ## Start a local control plane (kwok nodes); the last line printed is the admin kubeconfig
+	@$(PYTHON) scripts/cluster.py up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane and remove its files
+	@$(PYTHON) scripts/cluster.py down
 
 $(CURDIR)/.tools/helm:
 	$(PYTHON) scripts/fetch_helm.py $@
