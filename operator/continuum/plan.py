@@ -41,7 +41,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="file or folder of YAML (repeatable)",
     )
-    plan.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    plan.add_argument("-o", "--output", choices=("table", "json", "yaml", "markdown"), default="table")
+    plan.add_argument(
+        "--baseline",
+        action="append",
+        metavar="OLD",
+        help="show what changes against OLD: a previous `-o json` plan, or the manifests (files/folders, "
+        "repeatable) of the target branch; -o markdown renders it for a PR comment (continuum.plandiff)",
+    )
     plan.add_argument(
         "--solver",
         choices=("batch", "in-order"),
@@ -199,10 +206,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    code = EXIT_UNSCHEDULABLE if result["summary"]["unschedulable"] else EXIT_OK
+    if args.baseline or args.output == "markdown":
+        from continuum.plandiff import run_diff
+
+        return run_diff(args, result, code)
     if args.output == "json":
         print(json.dumps(result, indent=2))
     elif args.output == "yaml":
         print(yaml.safe_dump(result, sort_keys=False), end="")
     else:
         _print_plan_table(result, args.explain)
-    return EXIT_UNSCHEDULABLE if result["summary"]["unschedulable"] else EXIT_OK
+    return code
