@@ -8,7 +8,7 @@ from typing import Any
 from continuum.api.models import EdgeNodePool, EdgeWorkloadSpec, Tier
 from continuum.placement import build_snapshot
 from continuum.placement.problem import WorkloadRequest
-from continuum.placement.snapshot import ClusterSnapshot
+from continuum.placement.snapshot import ClusterSnapshot, requested_by_node
 
 REGIONS = ("eu-central", "eu-west", "us-east")
 NODE_SHAPES = {  # cpu, memory GiB, gpus
@@ -26,16 +26,27 @@ PRICES = {  # cpu, memoryGiB, gpu, wanMbps per hour
 
 
 def generate(
-    n_workloads: int, n_pools: int, seed: int = 0, nodes_per_pool: int = 5, load: float = 1.05
+    n_workloads: int,
+    n_pools: int,
+    seed: int = 0,
+    nodes_per_pool: int = 5,
+    load: float = 1.05,
+    variety: bool = False,
 ) -> tuple[ClusterSnapshot, list[WorkloadRequest]]:
-    """``load`` is total CPU demand / total CPU capacity (above 1: not everything can fit)."""
+    """``load`` is total CPU demand / total CPU capacity (above 1: not everything can fit).
+
+    ``variety`` adds what a live cluster has (from a second random stream, so the base instance is
+    the same): nodes not ready, cordoned or carrying a taint the workers do not tolerate, pods already
+    running on nodes, pools whose nodes are all gone, and workloads restricted to some tiers."""
     rng = random.Random(seed)
+    vrng = random.Random(seed * 7919 + 1)
     n_sites = max(2, n_pools // 4)
     sites = [f"site-{i}" for i in range(n_sites)]
     site_region = {s: rng.choice(REGIONS[:2]) for s in sites}
     tiers = rng.choices(list(Tier), weights=(25, 35, 25, 15), k=n_pools)
     pools: list[EdgeNodePool] = []
     nodes: list[dict[str, Any]] = []
+    pods: list[dict[str, Any]] = []
     for i, tier in enumerate(tiers):
         name = f"pool-{i:04d}"
         if tier in (Tier.DEVICE, Tier.NEAR_EDGE):
@@ -84,12 +95,39 @@ def generate(
             labels = {"pool": name}
             if tier is Tier.DEVICE and k % 2 == 0:
                 labels["continuum.dev/accelerator"] = "coral-tpu"
-            nodes.append(
-                {
-                    "metadata": {"name": f"{name}-n{k}", "labels": labels},
-                    "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]},
-                }
-            )
+            node: dict[str, Any] = {
+                "metadata": {"name": f"{name}-n{k}", "labels": labels},
+                "spec": {},
+                "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]},
+            }
+            if variety:
+                roll = vrng.random()
+                if roll < 0.08 or i % 7 == 6:  # every 7th pool loses all its nodes
+                    node["status"]["conditions"][0]["status"] = "False"
+                elif roll < 0.12:
+                    node["spec"]["unschedulable"] = True
+                elif roll < 0.17:
+                    node["spec"]["taints"] = [
+                        {"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}
+                    ]
+                elif roll < 0.22:
+                    node["spec"]["taints"] = [{"key": "soon", "effect": "PreferNoSchedule"}]
+                if vrng.random() < 0.3:  # pods outside Continuum already hold part of the node
+                    held = {
+                        "cpu": f"{vrng.randint(1, cpu * 500)}m",
+                        "memory": f"{vrng.randint(1, mem * 256)}Mi",
+                    }
+                    pods.append(
+                        {
+                            "metadata": {"name": f"p-{name}-{k}", "namespace": "kube-system"},
+                            "spec": {
+                                "nodeName": node["metadata"]["name"],
+                                "containers": [{"resources": {"requests": held}}],
+                            },
+                            "status": {"phase": "Running"},
+                        }
+                    )
+            nodes.append(node)
     capacity_cpu = sum(NODE_SHAPES[t][0] for t in tiers) * nodes_per_pool
     mean_cpu = capacity_cpu * load / n_workloads
     workloads: list[WorkloadRequest] = []
@@ -122,5 +160,9 @@ def generate(
             spec["requirements"]["resources"]["accelerator"] = "coral-tpu"
         if rng.random() < 0.4:
             spec["tiers"] = {"preferred": rng.sample([t.value for t in Tier], k=rng.randint(1, 2))}
+        if variety and vrng.random() < 0.2:
+            tiers_spec = spec.setdefault("tiers", {})
+            allowed = vrng.sample([t.value for t in Tier], k=vrng.randint(1, 3))
+            tiers_spec["allowed"] = sorted({*allowed, *tiers_spec.get("preferred", [])})
         workloads.append(WorkloadRequest(f"ns/w{i:05d}", EdgeWorkloadSpec.model_validate(spec)))
-    return build_snapshot(pools, nodes), workloads
+    return build_snapshot(pools, nodes, requested_by_node(pods)), workloads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -274,7 +273,7 @@ def test_plan_and_the_operator_see_the_same_capacity(tmp_path):
     """The same nodes, pods and pools through `continuum plan` and through the operator's watch cache."""
     pytest.importorskip("kopf")
     from continuum.api.loader import load_manifests
-    from continuum.controller.reconcile import Controller, OperatorConfig
+    from continuum.controller.cache import ClusterCache
     from continuum.plan import snapshot_of
 
     nodes = yaml.safe_load((EXAMPLES / "cluster" / "nodes.yaml").read_text())["items"]
@@ -296,15 +295,12 @@ def test_plan_and_the_operator_see_the_same_capacity(tmp_path):
     manifests = load_manifests([str(tmp_path)])
     planned = snapshot_of(manifests)
 
-    async def operator_snapshot():
-        controller = Controller(OperatorConfig())
-        for kind, objs in (("Node", nodes), ("Pod", pods), ("EdgeNodePool", manifests_pools)):
-            for obj in objs:
-                controller.observe(kind, "ADDED", obj, enqueue=False)
-        return controller.snapshot()
-
-    manifests_pools = [d for d in yaml.safe_load_all((tmp_path / "pools.yaml").read_text()) if d]
-    operated = asyncio.run(operator_snapshot())
+    cache = ClusterCache()  # the operator's watch cache, fed the same objects as watch events
+    pools = [d for d in yaml.safe_load_all((tmp_path / "pools.yaml").read_text()) if d]
+    for kind, objs in (("Node", nodes), ("Pod", pods), ("EdgeNodePool", pools)):
+        for obj in objs:
+            cache.observe_object(kind, "ADDED", obj)
+    operated = cache.snapshot()
 
     def picture(snapshot):
         return {p.name: (p.free, [(n.name, n.usable, n.free) for n in p.nodes]) for p in snapshot.pools}

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from continuum.api.models import Candidate, EdgeWorkloadSpec, Phase, Placement, Reason, ReasonCode
 from continuum.placement import filters
 from continuum.placement.problem import AssignmentProblem, WorkloadRequest, build_problem
-from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, PoolView
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, PoolView, Resources
 
 Solver = Callable[[AssignmentProblem], npt.NDArray[np.int64]]
 
@@ -29,8 +29,11 @@ class PlacementDecision:
     key: str
     phase: Phase
     placement: Placement | None
-    candidates: tuple[Candidate, ...]
+    candidates: tuple[Candidate, ...]  # the pools shown (every pool unless the explanation is compact)
     hint: str | None = None
+    rejected_by_reason: Mapping[str, int] = field(default_factory=dict)  # pools per reason code (all pools)
+    candidates_omitted: int = 0  # pools evaluated but not in candidates
+    proven: bool | None = None  # set by decide_batch from the solver (see solver.SolveInfo)
 
     @property
     def pool(self) -> str | None:
@@ -44,7 +47,7 @@ class PlacementDecision:
                 f"placed on pool {p.pool} ({p.tier.value} at {p.site}): "
                 f"{p.estimated_latency_ms:g} ms estimated, {p.hourly_cost:.4g}/h"
             )
-        rejected = sum(1 for c in self.candidates if not c.feasible)
+        rejected = sum(1 for c in self.candidates if not c.feasible) + self.candidates_omitted
         text = f"no pool can host it ({rejected} rejected)"
         return f"{text}; {self.hint}" if self.hint else text
 
@@ -136,7 +139,7 @@ def _finish(
         assert pool is not None
         return PlacementDecision(key, Phase.PLACED, placement_on(spec, pool), tuple(candidates))
     return PlacementDecision(
-        key, Phase.UNSCHEDULABLE, None, tuple(candidates), hint(spec, snapshot, candidates)
+        key, Phase.UNSCHEDULABLE, None, tuple(candidates), hint(spec, snapshot, candidates, usage)
     )
 
 
@@ -158,8 +161,95 @@ def decide_batch(
     snapshot: ClusterSnapshot,
     fixed_usage: Mapping[str, PoolUsage] | None = None,
     solver: Solver | None = None,
+    compact: bool = False,
+    alternatives: int = 3,
+    misses_per_reason: int = 2,
+    assignment: npt.NDArray[np.int64] | None = None,
 ) -> list[PlacementDecision]:
     """Place many workloads at once (deterministic for the same input, whatever its order).
+
+    The solver works on arrays (:mod:`problem`); each result is then checked against every rule with
+    the final usage of every pool (vectorized, :mod:`fast`), and a workload that would break one is
+    left unschedulable rather than over-committing a pool. Explanations list every pool, or with
+    ``compact`` the chosen pool, ``alternatives`` feasible others and ``misses_per_reason`` nearest misses
+    per reason code, with the count of pools per code. ``assignment`` (pool index per workload, in key
+    order, as the solver returns it) skips the solver. Same result as :func:`decide_batch_reference`.
+    """
+    from continuum.placement import fast
+    from continuum.placement.solver import solve  # the default batch solver
+
+    order = sorted(range(len(workloads)), key=lambda i: workloads[i].key)
+    batch = [workloads[i] for i in order]
+    table = fast.PoolTable(snapshot)
+    if assignment is None:
+        problem = build_problem(batch, snapshot, fixed_usage)
+        assignment = (solver or solve)(problem)
+    used = fast.usage_array(table.names, fixed_usage or {})
+    own: list[tuple[int, npt.NDArray[np.float64]] | None] = [None] * len(batch)
+    for w, p in enumerate(assignment.tolist()):
+        if p >= 0:
+            u = filters.usage_of(batch[w].spec, snapshot.pools[p])
+            row = np.array([u.resources.cpu_millis, u.resources.memory_bytes, u.resources.gpu, u.wan_mbps])
+            used[p] += row
+            own[w] = (p, row)
+
+    def usage_lookup(current: npt.NDArray[np.float64]) -> Callable[[int], PoolUsage]:
+        def usage_of(p: int) -> PoolUsage:
+            r = current[p]
+            return PoolUsage(Resources(int(r[0]), int(r[1]), int(r[2])), float(r[3]))
+
+        return usage_of
+
+    decisions: dict[str, PlacementDecision] = {}
+    for w, req in enumerate(batch):
+        mine = own[w]
+        others = used
+        if mine is not None:
+            others = used.copy()
+            others[mine[0]] -= mine[1]  # what the others use (as UsageLedger.without computes it)
+        v = table.evaluate(req.spec, others)
+        usage_of = usage_lookup(others)
+        chosen = mine[0] if mine is not None else -1
+        if chosen >= 0 and v.bad[chosen].any():
+            chosen = -1  # would break a rule against the final usage: leave it out
+            used = others
+        if compact:
+            shown = fast.explain_compact(
+                req.spec, table, v, usage_of, chosen, alternatives, misses_per_reason
+            )
+        else:
+            shown = fast.explain_all(req.spec, table, v, usage_of)
+        if chosen >= 0:
+            decision = PlacementDecision(
+                req.key,
+                Phase.PLACED,
+                placement_on(req.spec, snapshot.pools[chosen]),
+                tuple(shown.candidates),
+                None,
+                shown.rejected_by_reason,
+                shown.omitted,
+            )
+        else:
+            decision = PlacementDecision(
+                req.key,
+                Phase.UNSCHEDULABLE,
+                None,
+                tuple(shown.candidates),
+                table.hint(req.spec, v, usage_of),
+                shown.rejected_by_reason,
+                shown.omitted,
+            )
+        decisions[req.key] = decision
+    return [decisions[w.key] for w in workloads]
+
+
+def decide_batch_reference(
+    workloads: Sequence[WorkloadRequest],
+    snapshot: ClusterSnapshot,
+    fixed_usage: Mapping[str, PoolUsage] | None = None,
+    solver: Solver | None = None,
+) -> list[PlacementDecision]:
+    """:func:`decide_batch` explained pool by pool with :mod:`filters` (the oracle for tests).
 
     The solver works on arrays (:mod:`problem`); each result is then checked against the exact
     rules with the final usage of every pool, and a workload that would break one is left

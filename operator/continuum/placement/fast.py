@@ -1,0 +1,427 @@
+"""The placement rules vectorized over pools: verdicts, reason codes and margins for every pool at once.
+
+:mod:`filters` is the readable reference, one rule per function; this module evaluates the same rules
+for one workload against all pools as array operations, so explaining a decision costs about what
+deciding it costs. ``tests/placement/test_fast.py`` checks, on random instances, that both give the same
+verdict and the same reason codes in the same order for every pool, the same chosen pool and the same
+hint. Messages are written by :mod:`filters` itself, only for the pools that are shown.
+
+* :class:`PoolTable` compiles a :class:`~continuum.placement.snapshot.ClusterSnapshot` once (the operator
+  keeps one per snapshot version; :meth:`PoolTable.with_snapshot` reuses what did not change).
+* :meth:`PoolTable.evaluate` gives a :class:`Verdicts` for one workload and the usage of every pool.
+* :func:`decide` is the operator's per-workload path: the decision and the candidates its status lists.
+* :func:`explain_compact` picks what ``continuum plan`` shows when there are many pools: the chosen pool,
+  up to ``alternatives`` feasible ones, and per reason code the nearest misses, with counts per code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from continuum.api.models import Candidate, EdgeWorkloadSpec, Privacy, ReasonCode, Tier
+from continuum.api.quantity import gib
+from continuum.placement import filters
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
+
+# Rule slots, in the order filters.evaluate lists reasons; node-fit and aggregate capacity share a code.
+SLOTS: tuple[ReasonCode, ...] = (
+    ReasonCode.TIER_NOT_ALLOWED,
+    ReasonCode.PRIVACY,
+    ReasonCode.RESIDENCY,
+    ReasonCode.LATENCY,
+    ReasonCode.NO_NODES,
+    ReasonCode.ACCELERATOR,
+    ReasonCode.CAPACITY,  # one replica fits on no single node (static)
+    ReasonCode.BANDWIDTH,
+    ReasonCode.CAPACITY,  # aggregate capacity (dynamic)
+)
+TIER, PRIVACY, RESIDENCY, LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY = range(len(SLOTS))
+_FIXABLE_SLOTS = (LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY)
+_TIERS = list(Tier)
+EPS = 1e-9
+
+
+def usage_array(pool_names: Sequence[str], usage: Mapping[str, PoolUsage]) -> npt.NDArray[np.float64]:
+    """(P, 4): cpu millis, memory bytes, gpus and WAN Mbps used per pool by other workloads."""
+    out = np.zeros((len(pool_names), 4))
+    if usage:
+        for i, name in enumerate(pool_names):
+            u = usage.get(name)
+            if u is not None:
+                r = u.resources
+                out[i] = (r.cpu_millis, r.memory_bytes, r.gpu, u.wan_mbps)
+    return out
+
+
+@dataclass
+class Verdicts:
+    """Every rule for one workload against every pool (arrays of length P)."""
+
+    bad: npt.NDArray[np.bool_]  # (P, len(SLOTS)): rule slot broken
+    latency: npt.NDArray[np.float64]  # rtt + inference, NaN without a route
+    cost: npt.NDArray[np.float64]
+    rank: npt.NDArray[np.int64]
+    miss: npt.NDArray[np.float64]  # (P, len(SLOTS)): relative size of the change each broken rule asks
+
+    @property
+    def feasible(self) -> npt.NDArray[np.bool_]:
+        return ~self.bad.any(axis=1)
+
+    def codes(self, p: int) -> list[ReasonCode]:
+        return [SLOTS[s] for s in np.nonzero(self.bad[p])[0]]
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """How many pools break each reason code (a pool breaking two rules counts under both)."""
+        out: dict[str, int] = {}
+        by_code: dict[ReasonCode, npt.NDArray[np.bool_]] = {}
+        for s, code in enumerate(SLOTS):
+            by_code[code] = by_code.get(code, np.zeros(len(self.bad), dtype=np.bool_)) | self.bad[:, s]
+        for code, mask in by_code.items():
+            n = int(mask.sum())
+            if n:
+                out[code.value] = n
+        return out
+
+
+class PoolTable:
+    """A snapshot compiled to arrays (pools sorted by name, as in the snapshot)."""
+
+    def __init__(self, snapshot: ClusterSnapshot) -> None:
+        self.snapshot = snapshot
+        pools = list(snapshot.pools)
+        self.pools = pools
+        self.names = [p.name for p in pools]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        n = len(pools)
+        self.name_rank = np.empty(n, dtype=np.int64)  # position of each pool in name order (tie-breaks)
+        self.name_rank[sorted(range(n), key=lambda i: self.names[i])] = np.arange(n)
+        self.n = n
+        self.tier = np.array([p.tier.order for p in pools], dtype=np.int64)
+        self.privacy = np.array([p.pool.spec.effective_max_privacy.rank for p in pools], dtype=np.int64)
+        self.sites = [p.pool.spec.site for p in pools]
+        self._site_ids: dict[str, int] = {}
+        self.site = np.array(
+            [self._site_ids.setdefault(s, len(self._site_ids)) for s in self.sites], dtype=np.int64
+        )
+        self._region_ids: dict[str, int] = {}
+        self.region = np.array(
+            [
+                -1 if r is None else self._region_ids.setdefault(r, len(self._region_ids))
+                for r in (p.pool.spec.region for p in pools)
+            ],
+            dtype=np.int64,
+        )
+        self.wan_limit = np.array(
+            [np.inf if (w := p.pool.spec.network.wan_ingress_mbps) is None else w for p in pools],
+            dtype=np.float64,
+        )
+        self.cost = np.array(
+            [(c.cpu, c.memory_gi_b, c.gpu, c.wan_mbps) for c in (p.pool.spec.cost for p in pools)],
+            dtype=np.float64,
+        ).reshape(n, 4)
+        self.has_usable = np.array([bool(p.usable_nodes) for p in pools], dtype=np.bool_)
+        node_pool, node_free, node_labels = [], [], []
+        for i, pool in enumerate(pools):
+            for node in pool.usable_nodes:
+                node_pool.append(i)
+                f = node.free
+                node_free.append((f.cpu_millis, f.memory_bytes, f.gpu))
+                node_labels.append(dict(node.labels))
+        self.node_pool = np.asarray(node_pool, dtype=np.int64)
+        self.node_free = np.asarray(node_free, dtype=np.float64).reshape(len(node_pool), 3)
+        self.node_labels = node_labels
+        self._rtt: dict[str, npt.NDArray[np.float64]] = {}
+        self._accel: dict[
+            str | None, tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]
+        ] = {}
+        self._rank: dict[tuple[Tier, ...], npt.NDArray[np.int64]] = {}
+
+    # --- per-key caches (sites, accelerators and preference lists repeat across workloads) ----------
+    def rtt(self, site: str) -> npt.NDArray[np.float64]:
+        out = self._rtt.get(site)
+        if out is None:
+            vals = [p.pool.spec.network.rtt_from(site) for p in self.pools]
+            out = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+            self._rtt[site] = out
+        return out
+
+    def accelerator(
+        self, spec: EdgeWorkloadSpec
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+        """(eligible node mask, pool has an eligible node, aggregate free of eligible nodes (P, 3))."""
+        res = spec.requirements.resources
+        key = res.accelerator
+        hit = self._accel.get(key)
+        if hit is None:
+            node_ok = np.fromiter(
+                (res.accelerator_matches(lbl) for lbl in self.node_labels),
+                dtype=np.bool_,
+                count=len(self.node_labels),
+            )
+            pool_ok = np.zeros(self.n, dtype=np.bool_)
+            pool_ok[self.node_pool[node_ok]] = True
+            agg = np.zeros((self.n, 3))
+            np.add.at(agg, self.node_pool[node_ok], self.node_free[node_ok])
+            hit = (node_ok, pool_ok, agg)
+            self._accel[key] = hit
+        return hit
+
+    def ranks(self, spec: EdgeWorkloadSpec) -> npt.NDArray[np.int64]:
+        key = tuple(spec.tiers.preferred)
+        out = self._rank.get(key)
+        if out is None:
+            out = np.array([spec.tiers.rank(t) for t in _TIERS], dtype=np.int64)[self.tier]
+            self._rank[key] = out
+        return out
+
+    # --- the rules -----------------------------------------------------------------------------------
+    def evaluate(self, spec: EdgeWorkloadSpec, used: npt.NDArray[np.float64]) -> Verdicts:
+        """Every rule of :func:`filters.evaluate` for ``spec`` against every pool; ``used``: (P, 4)."""
+        n = self.n
+        reqs = spec.requirements
+        res = reqs.resources
+        bad = np.zeros((n, len(SLOTS)), dtype=np.bool_)
+        miss = np.zeros((n, len(SLOTS)))
+        if spec.tiers.allowed is not None:
+            allowed = np.zeros(len(_TIERS), dtype=np.bool_)
+            allowed[[t.order for t in spec.tiers.allowed]] = True
+            bad[:, TIER] = ~allowed[self.tier]
+        site_id = self._site_ids.get(spec.source.site, -1)
+        offsite = self.site != site_id
+        priv = self.privacy < reqs.privacy.rank
+        if reqs.privacy is Privacy.RESTRICTED:
+            priv = priv | offsite
+        bad[:, PRIVACY] = priv
+        if reqs.residency is not None:
+            ok_regions = [self._region_ids[r] for r in reqs.residency if r in self._region_ids]
+            bad[:, RESIDENCY] = ~np.isin(self.region, ok_regions) if ok_regions else True
+        inference = np.array([reqs.inference_ms.get(t, 0.0) for t in _TIERS])[self.tier]
+        latency = self.rtt(spec.source.site) + inference
+        budget = reqs.latency_budget_ms
+        no_route = np.isnan(latency)
+        with np.errstate(invalid="ignore"):
+            bad[:, LATENCY] = no_route | (latency > budget)
+        miss[:, LATENCY] = np.where(no_route, 1.0, latency / budget - 1)
+        bad[:, NO_NODES] = ~self.has_usable
+        node_ok, pool_ok, agg = self.accelerator(spec)
+        if res.accelerator is not None:
+            bad[:, ACCEL] = self.has_usable & ~pool_ok
+        one = np.array([res.cpu_millis, res.memory_bytes, res.gpu], dtype=np.float64)
+        if len(node_ok):
+            fits = node_ok & np.all(self.node_free >= one, axis=1)
+            fit_pool = np.zeros(n, dtype=np.bool_)
+            fit_pool[self.node_pool[fits]] = True
+            bad[:, NODE_FIT] = pool_ok & ~fit_pool
+        miss[:, NODE_FIT] = np.inf  # needs a bigger node than any there: no small change
+        miss[:, NO_NODES] = miss[:, ACCEL] = 1.0
+        ingest = reqs.bandwidth.ingest_mbps
+        wan_need = np.where(offsite, ingest, 0.0)
+        wan_free = np.maximum(self.wan_limit - used[:, 3], 0.0)
+        bad[:, BANDWIDTH] = (wan_need != 0) & np.isfinite(self.wan_limit) & (wan_need > wan_free + 1e-9)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            miss[:, BANDWIDTH] = np.where(
+                wan_free > 0, wan_need / wan_free - 1, 1.0 + wan_need / max(ingest, 1.0)
+            )
+        need = one * spec.replicas
+        free = np.maximum(agg - used[:, :3], 0.0)
+        node_level = bad[:, NO_NODES] | bad[:, ACCEL] | bad[:, NODE_FIT]
+        bad[:, CAPACITY] = ~node_level & np.any(need > free, axis=1)
+        short = np.maximum(need - free, 0.0)
+        nz = need > 0
+        if nz.any():
+            miss[:, CAPACITY] = np.max(short[:, nz] / need[nz], axis=1)
+        per_replica = (
+            res.cpu_millis / 1000 * self.cost[:, 0]
+            + gib(res.memory_bytes) * self.cost[:, 1]
+            + res.gpu * self.cost[:, 2]
+        )
+        cost = spec.replicas * per_replica + wan_need * self.cost[:, 3]
+        return Verdicts(bad=bad, latency=latency, cost=cost, rank=self.ranks(spec), miss=miss)
+
+    # --- ordering and choosing ---------------------------------------------------------------------------
+    def choice_order(self, v: Verdicts, pools: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """``pools`` in the order :func:`engine.explain` ranks feasible pools: rank, cost, tier, name."""
+        idx = np.asarray(pools, dtype=np.int64)
+        cost = np.array([round(c, 9) for c in v.cost[idx].tolist()])  # Python's rounding, as the reference
+        keys = (self.name_rank[idx], self.tier[idx], cost, v.rank[idx])
+        return idx[np.lexsort(keys)]
+
+    def chosen(self, v: Verdicts) -> int:
+        """The pool :func:`engine.decide` chooses, or -1."""
+        feasible = np.nonzero(v.feasible)[0]
+        if not len(feasible):
+            return -1
+        return int(self.choice_order(v, feasible)[0])
+
+    def nearest_misses(
+        self, v: Verdicts, pools: npt.NDArray[np.int64], slots: Sequence[int] | None = None
+    ) -> npt.NDArray[np.int64]:
+        """Rejected ``pools`` nearest first: fewest broken rules, smallest change asked (by ``slots``), then
+        preferred tiers, cost, name."""
+        idx = np.asarray(pools, dtype=np.int64)
+        n_broken = v.bad[idx].sum(axis=1)
+        if slots:
+            size = np.max(np.where(v.bad[idx][:, slots], v.miss[idx][:, slots], -np.inf), axis=1)
+            size = np.nan_to_num(size, nan=np.inf, posinf=np.inf)
+        else:
+            size = np.zeros(len(idx))
+        return idx[np.lexsort((self.name_rank[idx], np.round(v.cost[idx], 9), v.rank[idx], size, n_broken))]
+
+    # --- candidates with messages ------------------------------------------------------------------------
+    def candidate(self, spec: EdgeWorkloadSpec, v: Verdicts, p: int, usage: PoolUsage) -> Candidate:
+        """The candidate row for pool ``p``; reasons written by :func:`filters.evaluate` (the reference)."""
+        pool = self.pools[p]
+        feasible = not v.bad[p].any()
+        reasons = [] if feasible else filters.evaluate(spec, pool, usage)
+        est = v.latency[p]
+        return Candidate.model_construct(
+            pool=pool.name,
+            tier=pool.tier,
+            feasible=feasible,
+            estimated_latency_ms=None if np.isnan(est) else round(float(est), 3),
+            hourly_cost=round(float(v.cost[p]), 6),
+            reasons=reasons,
+        )
+
+    def hint(self, spec: EdgeWorkloadSpec, v: Verdicts, usage_of: Any) -> str | None:
+        """:func:`engine.hint` from the arrays: the pool asking for the smallest fixable change."""
+        from continuum.placement.engine import _fix  # the wording lives with the reference
+
+        if self.n == 0:
+            return "no EdgeNodePool exists yet"
+        rejected = ~v.feasible
+        fixable_only = rejected & ~v.bad[:, [TIER, PRIVACY, RESIDENCY]].any(axis=1)
+        size = np.where(v.bad, v.miss, 0.0)[:, list(_FIXABLE_SLOTS)].sum(axis=1)
+        ok = fixable_only & np.isfinite(size)
+        cands = np.nonzero(ok)[0]
+        if not len(cands):
+            codes = sorted({SLOTS[s].value for s in np.nonzero(v.bad.any(axis=0))[0]})
+            return (
+                "every pool breaks a rule no small change fixes ("
+                + ", ".join(codes)
+                + "): relax tiers, privacy or residency, or add a pool"
+            )
+        keys = (
+            self.name_rank[cands],
+            np.array([round(c, 6) for c in v.cost[cands].tolist()]),
+            v.rank[cands],
+            np.array([round(s, 9) for s in size[cands].tolist()]),
+        )
+        best = int(cands[np.lexsort(keys)[0]])
+        pool = self.pools[best]
+        fixes: list[str] = []
+        for reason in filters.evaluate(spec, pool, usage_of(best)):
+            text = _fix(spec, pool, reason)
+            if text not in fixes:
+                fixes.append(text)
+        return f"to fit on pool {pool.name}: " + "; ".join(fixes)
+
+
+def _usage_lookup(table: PoolTable, usage: Mapping[str, PoolUsage]) -> Any:
+    return lambda p: usage.get(table.names[p], PoolUsage())
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What is shown of one workload's evaluation: candidate rows and counts of the rest."""
+
+    candidates: list[Candidate]
+    rejected_by_reason: dict[str, int]
+    omitted: int
+
+
+def explain_all(spec: EdgeWorkloadSpec, table: PoolTable, v: Verdicts, usage_of: Any) -> Shown:
+    """Every pool, feasible first in choice order, then the rejected by name (as :func:`engine.explain`)."""
+    feasible = v.feasible
+    rejected = np.nonzero(~feasible)[0]
+    order = list(table.choice_order(v, np.nonzero(feasible)[0])) + list(
+        rejected[np.argsort(table.name_rank[rejected])]
+    )
+    rows = [table.candidate(spec, v, int(p), usage_of(int(p))) for p in order]
+    return Shown(rows, v.rejected_by_reason(), 0)
+
+
+def explain_compact(
+    spec: EdgeWorkloadSpec,
+    table: PoolTable,
+    v: Verdicts,
+    usage_of: Any,
+    chosen: int,
+    alternatives: int = 3,
+    misses_per_reason: int = 2,
+) -> Shown:
+    """The chosen pool, up to ``alternatives`` feasible others in choice order, then for each reason code
+    (most frequent first) its ``misses_per_reason`` nearest misses; the rest is counted, not listed."""
+    feasible = np.nonzero(v.feasible)[0]
+    order = table.choice_order(v, feasible)
+    picked: list[int] = []
+    if chosen >= 0:
+        picked.append(chosen)
+    for p in order:
+        if len(picked) >= alternatives + (1 if chosen >= 0 else 0):
+            break
+        if int(p) != chosen:
+            picked.append(int(p))
+    counts = v.rejected_by_reason()
+    rejected = np.nonzero(~v.feasible)[0]
+    seen = set(picked)
+    for code in sorted(counts, key=lambda c: (-counts[c], c)):
+        slots = [s for s, sc in enumerate(SLOTS) if sc.value == code]
+        members = rejected[v.bad[rejected][:, slots].any(axis=1)]
+        for p in table.nearest_misses(v, members, slots)[:misses_per_reason]:
+            if int(p) not in seen:
+                seen.add(int(p))
+                picked.append(int(p))
+    rows = [table.candidate(spec, v, p, usage_of(p)) for p in picked]
+    return Shown(rows, counts, table.n - len(rows))
+
+
+@dataclass(frozen=True)
+class FastDecision:
+    """A decision for the operator: what ``engine.decide`` + ``status_candidates`` give, from arrays."""
+
+    pool: str | None
+    candidates: list[Candidate]  # what status lists (feasible in choice order, then nearest misses)
+    candidates_omitted: int
+    rejected_by_reason: dict[str, int]
+    hint: str | None
+
+
+def decide(
+    spec: EdgeWorkloadSpec,
+    table: PoolTable,
+    usage: Mapping[str, PoolUsage] | None = None,
+    limit: int = 20,
+    used: npt.NDArray[np.float64] | None = None,
+) -> FastDecision:
+    """One workload against every pool, given what the others use (``usage`` by pool name, or the
+    same as a (P, 4) array ``used``): the chosen pool, the first ``limit`` candidates in the order the
+    operator's status lists them (feasible ones as they would be chosen, then the rejected with the
+    fewest broken rules, preferred tiers first), the count per reason code, and the hint."""
+    usage = usage or {}
+    if used is None:
+        used = usage_array(table.names, usage)
+    v = table.evaluate(spec, used)
+    usage_of = _usage_lookup(table, usage)
+    feasible = v.feasible
+    order = list(table.choice_order(v, np.nonzero(feasible)[0]))
+    if len(order) < limit:
+        rejected = np.nonzero(~feasible)[0]
+        idx = rejected
+        n_broken = v.bad[idx].sum(axis=1)
+        near = idx[np.lexsort((table.name_rank[idx], v.rank[idx], n_broken))]
+        order += list(near[: limit - len(order)])
+    shown = [table.candidate(spec, v, int(p), usage_of(int(p))) for p in order[:limit]]
+    chosen = int(order[0]) if order and feasible[order[0]] else -1
+    return FastDecision(
+        pool=table.names[chosen] if chosen >= 0 else None,
+        candidates=shown,
+        candidates_omitted=max(table.n - limit, 0),
+        rejected_by_reason=v.rejected_by_reason(),
+        hint=None if chosen >= 0 else table.hint(spec, v, usage_of),
+    )
