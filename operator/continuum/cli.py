@@ -7,7 +7,6 @@ Exit codes of ``continuum plan``: 0 every workload placed, 2 some unschedulable,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,17 @@ EXIT_INVALID = 1
 EXIT_UNSCHEDULABLE = 2
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+EXTRA_HINT = "pip install 'continuum[{extra}]'"
+
+
+def _add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The ``run`` flags, derived from the operator's settings class (needs the operator extra)."""
+    try:
+        from continuum.controller.settings import add_arguments
+    except ImportError as exc:  # base install: plan and crds work; run needs the operator extra
+        run.epilog = f"unavailable: {exc}; install the operator extra: {EXTRA_HINT.format(extra='operator')}"
+        return
+    add_arguments(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,70 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--chart", type=Path, help="also write the chart's copy under CHART/files/crds")
     crds.add_argument("--check", action="store_true", help="exit 1 if the files on disk differ")
 
-    run = sub.add_parser("run", help="run the operator (kubeconfig or in-cluster)")
-    run.add_argument(
-        "--namespace",
-        "-n",
-        dest="namespaces",
-        action="append",
-        default=None,
-        help="namespace to watch for EdgeWorkloads (repeatable; default: all) [CONTINUUM_NAMESPACES]",
+    run = sub.add_parser(
+        "run",
+        help="run the operator (kubeconfig or in-cluster)",
+        description="Run the operator. Every setting is also read from the CONTINUUM_* environment "
+        "variable named in brackets; a flag wins over its variable.",
     )
-    run.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
-    run.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("CONTINUUM_METRICS_PORT", "9090") or 9090),
-        help="Prometheus /metrics port, 0 to disable [CONTINUUM_METRICS_PORT]",
-    )
-    run.add_argument(
-        "--liveness-port",
-        type=int,
-        default=int(_env("CONTINUUM_LIVENESS_PORT", "8080") or 8080),
-        help="kopf liveness endpoint port, 0 to disable [CONTINUUM_LIVENESS_PORT]",
-    )
-    run.add_argument(
-        "--peering",
-        default=_env("CONTINUUM_PEERING"),
-        help="kopf peering name for HA; unset: standalone [CONTINUUM_PEERING]",
-    )
-    run.add_argument(
-        "--worker-image",
-        default=_env("CONTINUUM_WORKER_IMAGE"),
-        help="default worker image [CONTINUUM_WORKER_IMAGE]",
-    )
-    run.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=float(_env("CONTINUUM_GRACE_SECONDS", "60") or 60),
-        help="how long a pool may be unhealthy before its workloads move [CONTINUUM_GRACE_SECONDS]",
-    )
-    run.add_argument(
-        "--stabilization-seconds",
-        type=float,
-        default=float(_env("CONTINUUM_STABILIZATION_SECONDS", "300") or 300),
-        help="how long a more preferred pool must stay feasible before fail-back "
-        "[CONTINUUM_STABILIZATION_SECONDS]",
-    )
-    run.add_argument(
-        "--resync-seconds",
-        type=float,
-        default=float(_env("CONTINUUM_RESYNC_SECONDS", "10") or 10),
-        help="how often every workload and pool is re-evaluated (grace, fail-back, readiness) [CONTINUUM_RESYNC_SECONDS]",
-    )
-    run.add_argument(
-        "--worker-url-template",
-        default=_env("CONTINUUM_WORKER_URL_TEMPLATE", "http://{service}.{namespace}.svc:{port}"),
-        help="where workers are asked for their state's sync health; outside the cluster e.g. "
-        "http://127.0.0.1:8001/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy "
-        "[CONTINUUM_WORKER_URL_TEMPLATE]",
-    )
-    run.add_argument(
-        "--state-poll-seconds",
-        type=float,
-        default=float(_env("CONTINUUM_STATE_POLL_SECONDS", "30") or 30),
-        help="how often workers with state are asked for their sync health [CONTINUUM_STATE_POLL_SECONDS]",
-    )
+    _add_run_arguments(run)
     run.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, then $KUBECONFIG)"
     )
@@ -157,27 +108,26 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from continuum.controller.runner import RunOptions, run_operator
+    try:
+        from pydantic import ValidationError
 
-    namespaces = args.namespaces
-    if namespaces is None and not args.all_namespaces:
-        env = _env("CONTINUUM_NAMESPACES")
-        namespaces = [n.strip() for n in env.split(",") if n.strip()] if env else None
-    options = RunOptions(
-        namespaces=None if args.all_namespaces else namespaces,
-        metrics_port=args.metrics_port,
-        liveness_port=args.liveness_port,
-        peering=args.peering,
-        worker_image=args.worker_image,
-        grace_seconds=args.grace_seconds,
-        stabilization_seconds=args.stabilization_seconds,
-        kubeconfig=args.kubeconfig,
-        verbose=args.verbose,
-        resync_seconds=args.resync_seconds,
-        worker_url_template=args.worker_url_template,
-        state_poll_seconds=args.state_poll_seconds,
-    )
-    return run_operator(options)
+        from continuum.controller.runner import run_operator
+        from continuum.controller.settings import env_name, flag_name, from_args
+    except ImportError as exc:
+        print(
+            f"error: {exc}; `continuum run` needs the operator extra: {EXTRA_HINT.format(extra='operator')}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        settings = from_args(args)
+    except ValidationError as exc:
+        print("error: invalid operator settings", file=sys.stderr)
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            print(f"  {flag_name(name)} / {env_name(name)}: {err['msg']}", file=sys.stderr)
+        return EXIT_INVALID
+    return run_operator(settings, kubeconfig=args.kubeconfig, verbose=args.verbose)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

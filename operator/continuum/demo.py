@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from continuum.controller.runner import RunOptions, operator
+from continuum.controller.runner import operator
+from continuum.controller.settings import OperatorSettings
 from continuum.emulator import EmulatedCluster
 from continuum.emulator.kubelet import run_fake_kubelet
 
@@ -149,14 +150,14 @@ async def _demo(options: DemoOptions, console: Console) -> int:
         stop = asyncio.Event()
         run = asyncio.create_task(
             operator(
-                RunOptions(
-                    kubeconfig=str(cluster.kubeconfig),
+                OperatorSettings(
                     metrics_port=0,
                     liveness_port=0,
                     grace_seconds=options.grace_seconds,
                     stabilization_seconds=3600,
                     resync_seconds=1.0,
                 ),
+                str(cluster.kubeconfig),
                 stop_flag=stop,
             )
         )

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from continuum.controller.runner import RunOptions, run_in_thread
+from continuum.controller.runner import run_in_thread
+from continuum.controller.settings import OperatorSettings
 from continuum.emulator import EmulatedCluster
 
 from tests.conftest import EXAMPLES
@@ -47,17 +48,17 @@ class Harness:
         self._threads: list[Any] = []
 
     def start_operator(self, **overrides: Any) -> None:
-        options = RunOptions(
-            kubeconfig=str(self.cluster.kubeconfig),
-            metrics_port=0,
-            liveness_port=0,
-            grace_seconds=2.0,
-            stabilization_seconds=3.0,
-            resync_seconds=0.5,
+        options = OperatorSettings(
+            **{
+                "metrics_port": 0,
+                "liveness_port": 0,
+                "grace_seconds": 2.0,
+                "stabilization_seconds": 3.0,
+                "resync_seconds": 0.5,
+                **overrides,
+            }
         )
-        for key, value in overrides.items():
-            setattr(options, key, value)
-        thread, stop = run_in_thread(options)
+        thread, stop = run_in_thread(options, str(self.cluster.kubeconfig))
         self._threads.append(thread)
         self._stops.append(stop)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from continuum.api.models import StateSyncStatus
-from continuum.controller.state_health import parse_sync_report, synced_condition
+from continuum.controller.state_health import parse_sync_report
+from continuum.controller.status import synced_condition
 
 from tests.conftest import EXAMPLES
 from tests.operator.conftest import Harness, docs, wait_for

@@ -1,4 +1,4 @@
-"""kopf handlers. Each is a few lines: feed a watch event to the :class:`Controller`'s caches and queue.
+"""kopf handlers. Each is a few lines: feed a watch event to the :class:`Controller`'s cache and queue.
 
 kopf does what it is good at — credentials, watch streams that survive disconnects, peering, the
 liveness probe, posting Events. The reconciling is done by a pool of workers pulling keys from a work
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Hashable
 from typing import Any
 
 import aiohttp
@@ -21,9 +20,10 @@ import kopf
 from continuum.api.models import GROUP, LABEL_WORKLOAD, VERSION
 from continuum.controller import metrics
 from continuum.controller.events import EventPoster
+from continuum.controller.keys import RENDERED, QueueKey
 from continuum.controller.kube import ApiError, KubeApi
 from continuum.controller.leader import Leadership
-from continuum.controller.reconcile import Controller
+from continuum.controller.manager import Controller
 from continuum.controller.state_health import StateProbe
 
 POOLS = (GROUP, VERSION, "edgenodepools")
@@ -42,7 +42,7 @@ async def worker(controller: Controller, leadership: Leadership, number: int) ->
     queue = controller.queue
     while True:
         await leadership.active.wait()
-        key: Hashable = await queue.get()
+        key: QueueKey = await queue.get()  # type: ignore[assignment]  # the queue holds only QueueKeys
         if not leadership.active.is_set():  # lost the peering while waiting: leave the key queued
             queue.done(key)
             queue.add(key)
@@ -80,7 +80,6 @@ def register(
     controller: Controller,
     leadership: Leadership,
     poster: EventPoster,
-    workers: int = 16,
 ) -> None:
     """Register every handler of the operator on ``registry``."""
     tasks: list[asyncio.Task[None]] = []
@@ -93,18 +92,25 @@ def register(
             controller.api = KubeApi.from_connection_info(info)
             leadership.api = controller.api
             poster.api = controller.api
-            controller.api_ready.set()
         return info
 
     @kopf.on.startup(registry=registry)
     async def start(**_: Any) -> None:
         tasks.append(asyncio.create_task(poster.run(controller.api_ready)))
-        tasks.extend(asyncio.create_task(worker(controller, leadership, i)) for i in range(workers))
-        tasks.append(asyncio.create_task(resync(controller, leadership, controller.config.resync_seconds)))
-        tasks.append(asyncio.create_task(leadership.run(controller)))
-        config = controller.config
-        probe = StateProbe(controller, config.worker_url_template, config.state_poll_seconds)
-        tasks.append(asyncio.create_task(probe.run(leadership)))
+        tasks.extend(
+            asyncio.create_task(worker(controller, leadership, i)) for i in range(controller.settings.workers)
+        )
+        settings = controller.settings
+        tasks.append(asyncio.create_task(resync(controller, leadership, settings.resync_seconds)))
+        tasks.append(asyncio.create_task(leadership.run(controller.api_ready, controller.on_leadership)))
+        probe = StateProbe(
+            controller.state_targets,
+            controller.state_health,
+            controller.requeue,
+            settings.worker_url_template,
+            settings.state_poll_seconds,
+        )
+        tasks.append(asyncio.create_task(probe.run(leadership.active)))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
@@ -132,7 +138,7 @@ def register(
 
         @kopf.on.event("apps", "v1", kind, labels={LABEL_WORKLOAD: kopf.PRESENT}, registry=registry)
         async def rendered_event(event: kopf.RawEvent, **_: Any) -> None:
-            controller.observe("Rendered", event.get("type"), event["object"])
+            controller.observe(RENDERED, event.get("type"), event["object"])
 
     @kopf.on.event(*POOLS, registry=registry)
     async def pool_event(event: kopf.RawEvent, **_: Any) -> None:

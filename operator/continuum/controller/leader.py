@@ -15,14 +15,11 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from continuum.controller.kube import ApiError, KubeApi
-
-if TYPE_CHECKING:
-    from continuum.controller.reconcile import Controller
 
 log = logging.getLogger("continuum.operator")
 
@@ -98,11 +95,12 @@ class Leadership:
                 return False
         return True
 
-    async def run(self, controller: Controller) -> None:
-        """Follow the peering object; on becoming active, re-list the cluster and reconcile everything."""
+    async def run(self, api_ready: asyncio.Event, on_acquired: Callable[[], None]) -> None:
+        """Follow the peering object; on becoming active, call ``on_acquired`` (re-list the cluster and
+        reconcile everything) before the workers resume."""
         if self.peering is None:
             return
-        await controller.api_ready.wait()
+        await api_ready.wait()
         while True:
             try:
                 acting = await self.check()
@@ -111,8 +109,7 @@ class Leadership:
                 acting = False
             if acting and not self.active.is_set():
                 log.info("acting: %s has the highest priority in peering %s", self.identity, self.peering)
-                controller.primed.clear()  # the caches went stale while kopf's watches were paused
-                controller.queue.add(("all",))
+                on_acquired()
                 self.active.set()
             elif not acting and self.active.is_set():
                 log.info("standing by: another replica acts in peering %s", self.peering)

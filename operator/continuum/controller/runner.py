@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -15,26 +14,8 @@ import kopf
 from continuum.controller.events import EventPoster
 from continuum.controller.handlers import register
 from continuum.controller.leader import Leadership, own_identity
-from continuum.controller.reconcile import Controller, OperatorConfig
-from continuum.render.worker import DEFAULT_WORKER_IMAGE
-
-
-@dataclass
-class RunOptions:
-    namespaces: list[str] | None = None  # None: every namespace
-    metrics_port: int = 9090
-    liveness_port: int = 8080
-    peering: str | None = None  # None: standalone
-    worker_image: str | None = None
-    grace_seconds: float = 60.0
-    stabilization_seconds: float = 300.0
-    kubeconfig: str | None = None
-    verbose: bool = False
-    resync_seconds: float = 60.0  # full reconcile with fresh decisions (events drive everything else)
-    workers: int = 16  # concurrent reconciles (decisions themselves are serialized)
-    min_cost_gain: float = 0.5  # move a running workload for cost alone only if it saves this fraction
-    worker_url_template: str = "http://{service}.{namespace}.svc:{port}"  # where /state/sync is asked
-    state_poll_seconds: float = 30.0
+from continuum.controller.manager import Controller
+from continuum.controller.settings import OperatorSettings
 
 
 class WatchOnlyDiffBase(kopf.DiffBaseStorage):
@@ -71,7 +52,7 @@ class NoProgress(kopf.ProgressStorage):
         return essence
 
 
-def configure(settings: kopf.OperatorSettings, options: RunOptions) -> None:
+def configure(settings: kopf.OperatorSettings, options: OperatorSettings) -> None:
     # Only Events the operator posts itself (Placed, Replaced, ...), not kopf's own log lines.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
@@ -87,31 +68,21 @@ def configure(settings: kopf.OperatorSettings, options: RunOptions) -> None:
 
 
 async def operator(
-    options: RunOptions, stop_flag: asyncio.Event | None = None, ready_flag: Any = None
+    options: OperatorSettings,
+    kubeconfig: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: Any = None,
 ) -> None:
     """Run the operator in the current event loop (what ``continuum run`` and the demo call)."""
-    if options.kubeconfig:
-        os.environ["KUBECONFIG"] = options.kubeconfig
-    if options.resync_seconds <= 0:
-        raise ValueError("resync_seconds must be > 0")
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
     poster = EventPoster()
-    controller = Controller(
-        OperatorConfig(
-            worker_image=options.worker_image or DEFAULT_WORKER_IMAGE,
-            grace_seconds=options.grace_seconds,
-            stabilization_seconds=options.stabilization_seconds,
-            resync_seconds=options.resync_seconds,
-            min_cost_gain=options.min_cost_gain,
-            worker_url_template=options.worker_url_template,
-            state_poll_seconds=options.state_poll_seconds,
-        ),
-        post_event=poster,
-    )
+    controller = Controller(options, post_event=poster)
     identity = own_identity()
     priority = random.randint(1, 1_000_000)  # distinct priorities: exactly one replica acts
     leadership = Leadership(options.peering, identity, priority, options.namespaces)
     registry = kopf.OperatorRegistry()
-    register(registry, controller, leadership, poster, workers=options.workers)
+    register(registry, controller, leadership, poster)
     settings = kopf.OperatorSettings()
     configure(settings, options)
     if options.metrics_port:
@@ -139,28 +110,28 @@ async def operator(
             await controller.api.close()
 
 
-def run_operator(options: RunOptions) -> int:
+def run_operator(options: OperatorSettings, kubeconfig: str | None = None, verbose: bool = False) -> int:
     logging.basicConfig(
-        level=logging.DEBUG if options.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not options.verbose:
+    if not verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        asyncio.run(operator(options))
+        asyncio.run(operator(options, kubeconfig))
     except KeyboardInterrupt:
         return 0
     return 0
 
 
-def run_in_thread(options: RunOptions) -> tuple[threading.Thread, Any]:
+def run_in_thread(options: OperatorSettings, kubeconfig: str | None = None) -> tuple[threading.Thread, Any]:
     """Start the operator in a background thread with its own loop; returns (thread, stop())."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
 
     def target() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(operator(options, stop_flag=stop))
+        loop.run_until_complete(operator(options, kubeconfig, stop_flag=stop))
 
     thread = threading.Thread(target=target, name="continuum-operator", daemon=True)
     thread.start()

@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
 from continuum.api.models import StateSyncStatus
 from continuum.controller import metrics
+from continuum.controller.keys import WorkloadKey
+from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
 from continuum.render.worker import service_name_for
 
-if TYPE_CHECKING:
-    from continuum.controller.leader import Leadership
-    from continuum.controller.reconcile import Controller
-
-DEFAULT_URL_TEMPLATE = "http://{service}.{namespace}.svc:{port}"
+Targets = Callable[[], list[tuple[WorkloadKey, int]]]  # placed state-enabled workloads and their port
 log = logging.getLogger("continuum.operator")
 
 
@@ -68,52 +66,32 @@ def significant(status: StateSyncStatus | None) -> tuple[Any, ...] | None:
     )
 
 
-def synced_condition(status: StateSyncStatus | None, sync_to: str | None) -> tuple[bool | None, str, str]:
-    """(ok, reason, message) of the ``StateSynced`` condition; ok None is Unknown."""
-    if status is None:
-        return None, "NotObserved", "the worker's state has not been asked yet"
-    if not status.reachable:
-        return False, "Unreachable", status.message or "the worker did not answer /state/sync"
-    if status.message:
-        return False, "SyncFailing", status.message
-    if sync_to is None:
-        return True, "LocalOnly", f"state is local (no syncTo); {status.peers} peer(s)"
-    if status.last_sync_time is None:
-        return False, "NeverSynced", f"no successful sync to {sync_to} yet; {status.pending_updates} pending"
-    return (
-        status.pending_updates == 0,
-        "Synced" if status.pending_updates == 0 else "Pending",
-        f"{status.pending_updates} update(s) not yet acknowledged by {sync_to}",
-    )
-
-
 class StateProbe:
-    """Polls the workers; results land in ``controller.state_health`` and queue the workload."""
+    """Polls the workers; results land in ``health`` and a change that matters requeues the workload."""
 
     def __init__(
         self,
-        controller: Controller,
-        url_template: str = DEFAULT_URL_TEMPLATE,
+        targets: Targets,
+        health: MutableMapping[WorkloadKey, StateSyncStatus],
+        requeue: Callable[[WorkloadKey], None],
+        url_template: str = DEFAULT_WORKER_URL_TEMPLATE,
         interval: float = 30.0,
         timeout: float = 3.0,
         concurrency: int = 8,
     ) -> None:
-        self.controller = controller
+        self._targets = targets
+        self.health = health
+        self.requeue = requeue
         self.url_template = url_template
         self.interval = interval
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.limit = asyncio.Semaphore(concurrency)
 
-    def targets(self) -> list[tuple[tuple[str, str], str]]:
+    def targets(self) -> list[tuple[WorkloadKey, str]]:
         out = []
-        for key, raw in list(self.controller.cache.workloads.items()):
-            spec = self.controller._spec(raw)
-            placement = (raw.get("status") or {}).get("placement")
-            if spec is None or not spec.state.enabled or not placement:
-                continue
-            ns, name = key
+        for key, port in self._targets():
             url = self.url_template.format(
-                service=service_name_for(name), namespace=ns, port=spec.worker.port
+                service=service_name_for(key.name), namespace=key.namespace, port=port
             )
             out.append((key, url.rstrip("/") + "/state/sync"))
         return out
@@ -121,7 +99,7 @@ class StateProbe:
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         targets = self.targets()
         results = await asyncio.gather(*(self._ask(session, url) for _, url in targets))
-        health = self.controller.state_health
+        health = self.health
         live = {key for key, _ in targets}
         for key in [k for k in health if k not in live]:
             del health[key]
@@ -129,7 +107,7 @@ class StateProbe:
             changed = significant(health.get(key)) != significant(status)
             health[key] = status
             if changed:
-                self.controller.queue.add(("workload", *key))
+                self.requeue(key)
 
     async def _ask(self, session: aiohttp.ClientSession, url: str) -> StateSyncStatus:
         now = datetime.now(UTC)
@@ -151,10 +129,11 @@ class StateProbe:
         metrics.STATE_PROBES.labels("ok").inc()
         return parse_sync_report(payload, now)
 
-    async def run(self, leadership: Leadership) -> None:
+    async def run(self, active: asyncio.Event) -> None:
+        """Poll every ``interval`` seconds while ``active`` (this replica acts)."""
         async with aiohttp.ClientSession() as session:
             while True:
-                await leadership.active.wait()
+                await active.wait()
                 try:
                     await self.poll_once(session)
                 except asyncio.CancelledError:

@@ -1,0 +1,317 @@
+"""The watch cache: the latest objects seen, the placement snapshot built from them, and the full list
+that primes it. No decisions here.
+
+* :meth:`ClusterCache.observe_object` / :meth:`observe_workload` / :meth:`observe_rendered` take a
+  watch event (or the result of the operator's own write) and say what changed; events older than
+  what is cached (by ``resourceVersion``) are ignored.
+* :meth:`ClusterCache.snapshot` is the :class:`ClusterSnapshot` placement reads, rebuilt only when a
+  fingerprint of what it reads (node labels, allocatable, readiness; pod requests; pool specs) changed.
+* :meth:`ClusterCache.prime` lists everything once and feeds it through the caller's ``observe``,
+  so the first decisions (and the first after becoming the leader) see the whole cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from continuum.api.loader import format_validation_error
+from continuum.api.models import (
+    API_VERSION,
+    LABEL_POOL,
+    LABEL_SITE,
+    LABEL_TIER,
+    LABEL_WORKLOAD,
+    EdgeNodePool,
+    EdgeWorkloadSpec,
+    Phase,
+)
+from continuum.controller.keys import RENDERED, WorkloadKey
+from continuum.controller.kube import KubeApi
+from continuum.placement.snapshot import ClusterSnapshot, Resources, build_snapshot, node_taints, pod_holds
+
+RENDERED_KINDS = (("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
+OWN_NODE_LABELS = frozenset(
+    {LABEL_POOL, LABEL_TIER, LABEL_SITE}
+)  # set by the operator, not read by placement
+
+Observe = Callable[[str, "str | None", Mapping[str, Any]], None]  # (kind, event type, object)
+
+
+def plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep, plain-dict copy of an object (kopf's Body views included)."""
+    return json.loads(json.dumps(body, default=dict))
+
+
+def resource_version(obj: Mapping[str, Any]) -> int:
+    raw = (obj.get("metadata") or {}).get("resourceVersion") or "0"
+    return int(raw) if str(raw).isdigit() else 0
+
+
+def node_fingerprint(node: Mapping[str, Any]) -> Hashable:
+    """What placement reads of a node: labels (not ours), allocatable, readiness, cordon and blocking
+    taints (heartbeats and our own annotation are not part of it)."""
+    meta, status = node.get("metadata") or {}, node.get("status") or {}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in OWN_NODE_LABELS}
+    ready = next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    return (
+        json.dumps(labels, sort_keys=True),
+        json.dumps(status.get("allocatable") or status.get("capacity") or {}, sort_keys=True),
+        ready,
+        bool((node.get("spec") or {}).get("unschedulable")),
+        node_taints(node),
+    )
+
+
+def pod_fingerprint(pod: Mapping[str, Any]) -> Hashable:
+    """(node, requests) the pod holds against its node's capacity (:func:`pod_holds`), or None; a pod
+    whose requests are not quantities holds nothing (kube-scheduler would not have bound it)."""
+    try:
+        return pod_holds(pod)
+    except ValueError:
+        return None
+
+
+class WorkloadChange(enum.Enum):
+    STALE = "stale"  # older than (or the echo of) what is cached: nothing changed
+    DELETED = "deleted"
+    UPDATED = "updated"
+    RECREATED = "recreated"  # deleted and created again under the same name (a new uid)
+
+
+class ClusterCache:
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.pools: dict[str, dict[str, Any]] = {}
+        self.workloads: dict[WorkloadKey, dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        # Deployments/StatefulSets by owning workload, then (kind, name)
+        self.rendered: dict[WorkloadKey, dict[tuple[str, str], dict[str, Any]]] = {}
+        self.unschedulable: set[WorkloadKey] = set()  # workloads whose status says Unschedulable
+        self.primed = asyncio.Event()
+        self._prime_lock = asyncio.Lock()
+        # the placement snapshot, rebuilt when a fingerprint of a node, pod or pool spec changes
+        self._fingerprints: dict[tuple[str, Any], Hashable] = {}
+        self.version = 0
+        self._snapshot: ClusterSnapshot | None = None
+        self.built = -1  # the version the snapshot was built from
+        self._pool_models: dict[str, tuple[str, EdgeNodePool | None, str | None]] = {}
+        self._specs: dict[tuple[Any, ...], EdgeWorkloadSpec | None] = {}
+        self._by_model: dict[tuple[str, str], set[str]] = {}  # (namespace, model) -> workload names
+        self._model_of: dict[WorkloadKey, tuple[str, str | None]] = {}  # -> (model, placed tier)
+
+    # ------------------------------------------------------------------ watch events --
+    def observe_object(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """A Node, EdgeNodePool or Pod; returns whether the placement snapshot is now stale."""
+        meta = body.get("metadata") or {}
+        store: dict[Any, dict[str, Any]] = {"Node": self.nodes, "EdgeNodePool": self.pools, "Pod": self.pods}[
+            kind
+        ]
+        key: Any = meta.get("name") if kind != "Pod" else (meta.get("namespace"), meta.get("name"))
+        deleted = event_type == "DELETED"
+        current = store.get(key)
+        if not deleted and current is not None and resource_version(current) >= resource_version(body) > 0:
+            return False  # older than (or the echo of) what we already have
+        if deleted:
+            store.pop(key, None)
+        else:
+            store[key] = body if isinstance(body, dict) else plain(body)
+        if deleted:
+            print_ = None
+        elif kind == "Node":
+            print_ = node_fingerprint(body)
+        elif kind == "Pod":
+            print_ = pod_fingerprint(body)
+        else:
+            print_ = json.dumps(body.get("spec") or {}, sort_keys=True)
+        if self._fingerprints.get((kind, key)) == print_:
+            return False
+        if print_ is None:
+            self._fingerprints.pop((kind, key), None)
+        else:
+            self._fingerprints[(kind, key)] = print_
+        self.version += 1
+        return True
+
+    def observe_workload(
+        self, event_type: str | None, body: Mapping[str, Any]
+    ) -> tuple[WorkloadKey, WorkloadChange]:
+        meta = body.get("metadata") or {}
+        key = WorkloadKey(meta.get("namespace") or "default", meta.get("name") or "")
+        current = self.workloads.get(key)
+        if event_type == "DELETED":
+            self.workloads.pop(key, None)
+            self.unschedulable.discard(key)
+            return key, WorkloadChange.DELETED
+        if current is not None and resource_version(current) >= resource_version(body) > 0:
+            return key, WorkloadChange.STALE
+        raw = body if isinstance(body, dict) else plain(body)
+        recreated = current is not None and (current.get("metadata") or {}).get("uid") != meta.get("uid")
+        self.workloads[key] = raw
+        if (raw.get("status") or {}).get("phase") == Phase.UNSCHEDULABLE.value:
+            self.unschedulable.add(key)
+        else:
+            self.unschedulable.discard(key)
+        return key, WorkloadChange.RECREATED if recreated else WorkloadChange.UPDATED
+
+    def observe_rendered(self, event_type: str | None, body: Mapping[str, Any]) -> WorkloadKey | None:
+        """A Deployment/StatefulSet the operator rendered; returns its workload (None: not ours, or stale)."""
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(LABEL_WORKLOAD)
+        if not owner:
+            return None
+        key = WorkloadKey(meta.get("namespace") or "default", owner)
+        objs = self.rendered.setdefault(key, {})
+        obj_key = (str(body.get("kind") or ""), str(meta.get("name")))
+        if event_type == "DELETED":
+            objs.pop(obj_key, None)
+            if not objs:
+                self.rendered.pop(key, None)
+        else:
+            current = objs.get(obj_key)
+            if current is not None and resource_version(current) >= resource_version(body) > 0:
+                return None
+            objs[obj_key] = body if isinstance(body, dict) else plain(body)
+        return key
+
+    def index_model(self, key: WorkloadKey, raw: Mapping[str, Any] | None) -> set[str]:
+        """Index workloads by (namespace, model); returns the peers (same namespace and model) whose
+        upstreams changed because this copy's model or tier changed."""
+        old = self._model_of.pop(key, None)
+        new: tuple[str, str | None] | None = None
+        if raw is not None:
+            model = ((raw.get("spec") or {}).get("model") or {}).get("name")
+            tier = ((raw.get("status") or {}).get("placement") or {}).get("tier")
+            if isinstance(model, str):
+                new = (model, tier)
+                self._model_of[key] = new
+                self._by_model.setdefault((key.namespace, model), set()).add(key.name)
+        if old is not None and (new is None or new[0] != old[0]):
+            names = self._by_model.get((key.namespace, old[0]))
+            if names is not None:
+                names.discard(key.name)
+                if not names:
+                    del self._by_model[(key.namespace, old[0])]
+        peers: set[str] = set()
+        if old != new:
+            for model_tier in (old, new):
+                if model_tier is not None:
+                    peers |= self._by_model.get((key.namespace, model_tier[0]), set()) - {key.name}
+        return peers
+
+    def same_model(self, namespace: str, model: str) -> list[str]:
+        return sorted(self._by_model.get((namespace, model), ()))
+
+    # ------------------------------------------------------------------ the full list --
+    async def ensure_primed(self, api: KubeApi, observe: Observe) -> None:
+        if self.primed.is_set():
+            return
+        async with self._prime_lock:
+            if not self.primed.is_set():
+                await self.prime(api, observe)
+
+    async def prime(self, api: KubeApi, observe: Observe) -> None:
+        """Replace the caches with a full list (at start, and when this replica becomes the leader);
+        every object, and every deletion missed, goes through ``observe``."""
+        nodes = await api.list("v1", "Node")
+        pools = await api.list(API_VERSION, "EdgeNodePool")
+        workloads = await api.list(API_VERSION, "EdgeWorkload")
+        pods = await api.list("v1", "Pod")
+        rendered = [
+            obj
+            for api_version, kind in RENDERED_KINDS
+            for obj in await api.list(api_version, kind, label_selector=LABEL_WORKLOAD)
+        ]
+        listed_nodes = {o["metadata"]["name"] for o in nodes}
+        listed_pools = {o["metadata"]["name"] for o in pools}
+        listed_pods = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in pods}
+        for name in set(self.nodes) - listed_nodes:
+            observe("Node", "DELETED", self.nodes[name])
+        for name in set(self.pools) - listed_pools:
+            observe("EdgeNodePool", "DELETED", self.pools[name])
+        for pod in set(self.pods) - listed_pods:
+            observe("Pod", "DELETED", self.pods[pod])
+        live = {
+            WorkloadKey(o["metadata"].get("namespace") or "default", o["metadata"]["name"]) for o in workloads
+        }
+        for gone in set(self.workloads) - live:
+            observe("EdgeWorkload", "DELETED", self.workloads[gone])
+        self.rendered.clear()
+        for kind, objs in (("Node", nodes), ("EdgeNodePool", pools), ("Pod", pods), (RENDERED, rendered)):
+            for obj in objs:
+                observe(kind, None, obj)
+        for obj in workloads:
+            observe("EdgeWorkload", None, obj)
+        self.primed.set()
+
+    # ------------------------------------------------------------------ parsed views --
+    def pool_model(self, raw: Mapping[str, Any]) -> tuple[EdgeNodePool | None, str | None]:
+        """The parsed pool (or None and the validation error), parsed once per spec."""
+        name = raw["metadata"]["name"]
+        spec_key = json.dumps([raw.get("spec"), raw["metadata"].get("uid")], sort_keys=True, default=str)
+        cached = self._pool_models.get(name)
+        if cached is not None and cached[0] == spec_key:
+            return cached[1], cached[2]
+        try:
+            model: EdgeNodePool | None = EdgeNodePool.model_validate(
+                {k: raw[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in raw}
+            )
+            error = None
+        except ValidationError as exc:
+            model, error = None, "; ".join(format_validation_error(exc))
+        self._pool_models[name] = (spec_key, model, error)
+        return model, error
+
+    def spec(self, raw: Mapping[str, Any]) -> EdgeWorkloadSpec | None:
+        """The parsed spec of a cached workload (None: invalid), validated once per (uid, generation)."""
+        meta = raw.get("metadata") or {}
+        generation = meta.get("generation")
+        key = (
+            meta.get("uid"),
+            generation if generation is not None else json.dumps(raw.get("spec"), sort_keys=True),
+            meta.get("namespace"),
+            meta.get("name"),
+        )
+        if key not in self._specs:
+            try:
+                self._specs[key] = EdgeWorkloadSpec.model_validate(raw.get("spec") or {})
+            except ValidationError:
+                self._specs[key] = None
+            if len(self._specs) > 2 * len(self.workloads) + 100:  # drop entries of old generations
+                live = {
+                    (r["metadata"].get("uid"), r["metadata"].get("generation"))
+                    for r in self.workloads.values()
+                }
+                self._specs = {k: v for k, v in self._specs.items() if k[:2] in live or k == key}
+        return self._specs[key]
+
+    def _requested_by_node(self) -> dict[str, Resources]:
+        out: dict[str, Resources] = {}
+        for (kind, _), print_ in self._fingerprints.items():
+            if kind == "Pod" and isinstance(print_, tuple):
+                node, requested = print_
+                out[node] = out.get(node, Resources()) + requested
+        return out
+
+    @property
+    def stale(self) -> bool:
+        return self._snapshot is None or self.built != self.version
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The placement view of the cluster, rebuilt only when something it reads changed."""
+        if self._snapshot is None or self.built != self.version:
+            version = self.version
+            pools = [m for raw in self.pools.values() if (m := self.pool_model(raw)[0]) is not None]
+            self._snapshot = build_snapshot(pools, list(self.nodes.values()), self._requested_by_node())
+            self.built = version
+        return self._snapshot
+
+    @property
+    def current_snapshot(self) -> ClusterSnapshot | None:
+        """The last snapshot built (possibly stale), without rebuilding."""
+        return self._snapshot

@@ -1,0 +1,146 @@
+"""The claims ledger: what every workload holds of each pool, summed per pool. Pure (no I/O, no clock).
+
+A workload claims the pool of its ``status.placement`` and, while a move drains, the pool of its
+``status.previousPlacement`` (:data:`~continuum.controller.keys.CLAIM_PLACEMENT`,
+:data:`~continuum.controller.keys.CLAIM_PREVIOUS`). A decision made but not yet written to status is
+*reserved* so that two workloads decided back to back never take the same room. Usage of a claim
+depends on the pool (site, hence WAN), so the ledger is recomputed when the snapshot changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from continuum.api.models import EdgeWorkloadSpec, Phase
+from continuum.controller.keys import CLAIM_PLACEMENT, CLAIM_PREVIOUS, WorkloadKey
+from continuum.placement import filters
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
+
+Claims = Mapping[str, str]  # claim entry (CLAIM_PLACEMENT, CLAIM_PREVIOUS) -> pool name
+
+
+@dataclass(frozen=True)
+class Claim:
+    pool: str
+    usage: PoolUsage
+
+
+@dataclass(frozen=True)
+class ClaimChange:
+    """What :meth:`ClaimsLedger.set` did: ``changed`` (per-pool sums moved), ``freed`` (some pool
+    has more room than before, so unschedulable workloads deserve another look)."""
+
+    changed: bool = False
+    freed: bool = False
+
+
+UNCHANGED = ClaimChange()
+
+
+def claims_in_status(status: Mapping[str, Any] | None) -> dict[str, str]:
+    """The claims a workload's written status holds (only placed or unschedulable workloads hold any)."""
+    status = status or {}
+    if status.get("phase") not in (Phase.PLACED.value, Phase.UNSCHEDULABLE.value):
+        return {}
+    out = {}
+    for fieldname, entry in (("placement", CLAIM_PLACEMENT), ("previousPlacement", CLAIM_PREVIOUS)):
+        pool = (status.get(fieldname) or {}).get("pool")
+        if pool:
+            out[entry] = pool
+    return out
+
+
+class ClaimsLedger:
+    def __init__(self) -> None:
+        self._claims: dict[WorkloadKey, dict[str, Claim]] = {}
+        self.by_pool: dict[str, PoolUsage] = {}
+        self._reserved: dict[WorkloadKey, dict[str, str]] = {}  # decided, not yet in status
+        self.epoch = 0  # bumped whenever capacity is freed (cached decisions become stale)
+
+    def reserve(self, key: WorkloadKey, claims: Claims) -> None:
+        self._reserved[key] = dict(claims)
+
+    def release(self, key: WorkloadKey) -> None:
+        self._reserved.pop(key, None)
+
+    def wanted(self, key: WorkloadKey, status: Mapping[str, Any] | None) -> dict[str, str]:
+        """The reservation if there is one, else what the workload's status holds."""
+        if key in self._reserved:
+            return dict(self._reserved[key])
+        return claims_in_status(status)
+
+    def claims(self, key: WorkloadKey) -> dict[str, Claim]:
+        return dict(self._claims.get(key, {}))
+
+    def set(
+        self,
+        key: WorkloadKey,
+        wanted: Claims,
+        spec: EdgeWorkloadSpec | None,
+        snapshot: ClusterSnapshot | None,
+    ) -> ClaimChange:
+        """Make ``key``'s claims ``wanted`` (pools unknown to the snapshot, or no valid spec: none)."""
+        old = self._claims.get(key, {})
+        new: dict[str, Claim] = {}
+        for entry, pool in wanted.items():
+            view = snapshot.pool(pool) if snapshot is not None else None
+            if spec is None or view is None:
+                continue
+            previous = old.get(entry)
+            usage = filters.usage_of(spec, view)
+            new[entry] = (
+                Claim(pool, usage)
+                if previous is None or previous.usage != usage or previous.pool != pool
+                else previous
+            )
+        if {e: (c.pool, c.usage) for e, c in old.items()} == {e: (c.pool, c.usage) for e, c in new.items()}:
+            return UNCHANGED
+        freed = False
+        for entry, claim in old.items():
+            self.by_pool[claim.pool] = self.by_pool.get(claim.pool, PoolUsage()) - claim.usage
+            now = new.get(entry)
+            if (
+                now is None
+                or now.pool != claim.pool
+                or not claim.usage.resources.fits_in(now.usage.resources)
+            ):
+                freed = True
+        for claim in new.values():
+            self.by_pool[claim.pool] = self.by_pool.get(claim.pool, PoolUsage()) + claim.usage
+        if new:
+            self._claims[key] = new
+        else:
+            self._claims.pop(key, None)
+        if freed:
+            self.epoch += 1
+        return ClaimChange(changed=True, freed=freed)
+
+    def drop(self, key: WorkloadKey) -> ClaimChange:
+        self._reserved.pop(key, None)
+        return self.set(key, {}, None, None)
+
+    def rebuild(
+        self,
+        keys: list[WorkloadKey],
+        claim_inputs: Callable[[WorkloadKey], tuple[Claims, EdgeWorkloadSpec | None]],
+        snapshot: ClusterSnapshot,
+    ) -> bool:
+        """Recompute every claim against a new snapshot (a pool's site, hence usage, may have changed);
+        returns whether any workload holds a claim."""
+        self._claims.clear()
+        self.by_pool.clear()
+        held = False
+        for key in keys:
+            wanted, spec = claim_inputs(key)
+            held |= self.set(key, wanted, spec, snapshot).changed
+        self.epoch += 1
+        return held
+
+    def usage_excluding(self, key: WorkloadKey) -> dict[str, PoolUsage]:
+        """Per-pool usage of every other placed workload."""
+        out = dict(self.by_pool)
+        for claim in self._claims.get(key, {}).values():
+            out[claim.pool] = out[claim.pool] - claim.usage
+        return out

@@ -1,0 +1,308 @@
+"""Status of EdgeWorkloads and EdgeNodePools, built as the API models. Pure: inputs in, models out.
+
+The reconcilers write ``dump(model)`` (the models' own serialisation, camelCase, no nulls) and replace
+the whole status (:func:`status_patch` nulls out keys that are gone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from continuum.api.models import (
+    Candidate,
+    Condition,
+    Disruption,
+    EdgeNodePoolStatus,
+    EdgeWorkload,
+    EdgeWorkloadSpec,
+    EdgeWorkloadStatus,
+    Phase,
+    Placement,
+    ResourceAmounts,
+    StateSyncStatus,
+)
+from continuum.api.quantity import format_cpu, format_memory
+from continuum.placement.engine import PlacementDecision
+from continuum.placement.hysteresis import Action, Verdict
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, Resources
+
+STATUS_CANDIDATES = 20  # pools listed in status.candidates
+
+PLACED_REASON = {
+    Action.PLACE: "Placed",
+    Action.STAY: "Placed",
+    Action.MOVE: "Replaced",
+    Action.FAIL_BACK: "FailedBack",
+    Action.REBALANCE: "Rebalanced",
+    Action.WAIT_GRACE: "PoolDegraded",
+    Action.WAIT_STABILIZATION: "Placed",
+    Action.UNSCHEDULABLE: "Unschedulable",
+}
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """A status model as written to the API (camelCase, no nulls)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that replaces the whole status: top-level keys that are gone are nulled."""
+    return {"status": {**{k: None for k in old if k not in new}, **new}}
+
+
+def parse_conditions(raw: Iterable[Any] | None) -> list[Condition]:
+    """The readable conditions of a written status (others are dropped, then rebuilt)."""
+    out = []
+    for cond in raw or []:
+        try:
+            out.append(Condition.model_validate(cond))
+        except ValidationError:
+            continue
+    return out
+
+
+def condition(
+    ctype: str,
+    ok: bool | None,
+    reason: str,
+    message: str,
+    generation: int | None,
+    previous: list[Condition],
+    now: datetime | None = None,
+) -> Condition:
+    """A condition whose ``lastTransitionTime`` moves only when its status changes; ok None is Unknown."""
+    status: Literal["True", "False", "Unknown"] = "Unknown" if ok is None else "True" if ok else "False"
+    old = next((c for c in previous if c.type == ctype), None)
+    since = (
+        old.last_transition_time
+        if old is not None and old.status == status and old.last_transition_time
+        else now or now_utc()
+    )
+    return Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message[:1024],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def readiness(obj: Mapping[str, Any] | None, replicas: int) -> tuple[int, bool]:
+    """(ready replicas, rollout complete): every replica updated and ready, no old replica left."""
+    if not obj:
+        return 0, False
+    status = obj.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    done = (
+        int(status.get("observedGeneration") or 0) >= generation
+        and updated >= replicas
+        and ready >= replicas
+        and int(status.get("replicas") or 0) <= updated
+    )
+    return ready, done
+
+
+def status_candidates(
+    candidates: Iterable[Candidate], spec: EdgeWorkloadSpec, limit: int = STATUS_CANDIDATES
+) -> tuple[list[Candidate], int]:
+    """What status lists of the evaluated pools: the feasible ones in the order they would be chosen,
+    then the nearest misses (fewest broken rules, preferred tiers first); (listed, omitted count).
+
+    Status stays small with many pools (every watcher decodes it on every change); `continuum plan`
+    lists every pool."""
+    feasible = [c for c in candidates if c.feasible]
+    rejected = sorted(
+        (c for c in candidates if not c.feasible),
+        key=lambda c: (len(c.reasons), spec.tiers.rank(c.tier), c.pool),
+    )
+    everything = feasible + rejected
+    return everything[:limit], max(len(everything) - limit, 0)
+
+
+def synced_condition(status: StateSyncStatus | None, sync_to: str | None) -> tuple[bool | None, str, str]:
+    """(ok, reason, message) of the ``StateSynced`` condition; ok None is Unknown."""
+    if status is None:
+        return None, "NotObserved", "the worker's state has not been asked yet"
+    if not status.reachable:
+        return False, "Unreachable", status.message or "the worker did not answer /state/sync"
+    if status.message:
+        return False, "SyncFailing", status.message
+    if sync_to is None:
+        return True, "LocalOnly", f"state is local (no syncTo); {status.peers} peer(s)"
+    if status.last_sync_time is None:
+        return False, "NeverSynced", f"no successful sync to {sync_to} yet; {status.pending_updates} pending"
+    return (
+        status.pending_updates == 0,
+        "Synced" if status.pending_updates == 0 else "Pending",
+        f"{status.pending_updates} update(s) not yet acknowledged by {sync_to}",
+    )
+
+
+def invalid_workload_status(
+    message: str, generation: int | None, previous: list[Condition], now: datetime | None = None
+) -> EdgeWorkloadStatus:
+    return EdgeWorkloadStatus(
+        phase=Phase.INVALID,
+        message=message,
+        conditions=[
+            condition("Placed", False, "InvalidSpec", message, generation, previous, now),
+            condition("Ready", False, "InvalidSpec", message, generation, previous, now),
+        ],
+        observed_generation=generation,
+    )
+
+
+def workload_status(
+    workload: EdgeWorkload,
+    old: EdgeWorkloadStatus,
+    decision: PlacementDecision,
+    verdict: Verdict,
+    *,
+    target: Placement | None,
+    previous: Placement | None,
+    ready: int,
+    state: StateSyncStatus | None,
+    now: datetime | None = None,
+) -> EdgeWorkloadStatus:
+    """The status after a decision: ``target`` and ``previous`` are where the workload runs now and
+    what still drains (after the apply), ``ready`` its ready replicas, ``state`` its sync health."""
+    now = now or now_utc()
+    generation = workload.metadata.generation
+    action, reason = verdict.action, verdict.reason
+    placed = target is not None
+    if target is not None:
+        since = (
+            old.placement.since if old.placement is not None and old.placement.pool == target.pool else None
+        )
+        target = target.model_copy(update={"since": since or now})
+    phase = Phase.PLACED if placed and action is not Action.UNSCHEDULABLE else Phase.UNSCHEDULABLE
+    replicas = workload.spec.replicas
+    placed_message = (
+        decision.message if action in (Action.PLACE, Action.UNSCHEDULABLE) and target is None else reason
+    )
+    ready_ok = placed and ready >= replicas and previous is None
+    ready_message = f"{ready}/{replicas} replicas ready" + (
+        f", draining pool {previous.pool}" if previous else ""
+    )
+    listed, omitted = status_candidates(decision.candidates, workload.spec)
+    extra: list[Condition] = []
+    if workload.spec.state.enabled:
+        sync_to = workload.spec.state.sync_to.value if workload.spec.state.sync_to else None
+        ok, why, text = synced_condition(state, sync_to)
+        extra.append(condition("StateSynced", ok, why, text, generation, old.conditions, now))
+    disruption_since = verdict.disruption_since
+    return EdgeWorkloadStatus(
+        phase=phase,
+        placement=target,
+        previous_placement=previous,
+        candidates=listed,
+        candidates_omitted=omitted,
+        hint=decision.hint if decision.placement is None else None,
+        message=reason,
+        ready_replicas=ready,
+        disruption=Disruption(since=disruption_since, reason=reason) if disruption_since else None,
+        better_since=verdict.better_since,
+        conditions=[
+            condition(
+                "Placed",
+                phase is Phase.PLACED and action is not Action.WAIT_GRACE,
+                PLACED_REASON[action],
+                placed_message,
+                generation,
+                old.conditions,
+                now,
+            ),
+            condition(
+                "Ready",
+                ready_ok,
+                "ReplicasReady" if ready_ok else "ReplicasNotReady",
+                ready_message,
+                generation,
+                old.conditions,
+                now,
+            ),
+            *extra,
+        ],
+        state=state if workload.spec.state.enabled else None,
+        observed_generation=generation,
+    )
+
+
+def invalid_pool_status(
+    error: str, generation: int | None, previous: list[Condition], now: datetime | None = None
+) -> EdgeNodePoolStatus:
+    return EdgeNodePoolStatus(
+        conditions=[
+            condition("Ready", False, "InvalidSpec", f"invalid spec: {error}", generation, previous, now)
+        ],
+        observed_generation=generation,
+    )
+
+
+def _amounts(res: Resources) -> ResourceAmounts:
+    return ResourceAmounts(
+        cpu=format_cpu(max(res.cpu_millis, 0)),
+        memory=format_memory(max(res.memory_bytes, 0)),
+        gpu=max(res.gpu, 0),
+    )
+
+
+def pool_status(
+    name: str,
+    generation: int | None,
+    snapshot: ClusterSnapshot,
+    used: PoolUsage,
+    previous: list[Condition],
+    now: datetime | None = None,
+) -> EdgeNodePoolStatus:
+    """Members, readiness, allocatable and what Continuum workloads request of one (valid) pool."""
+    view = snapshot.pool(name)
+    nodes = view.nodes if view else ()
+    conflicts = sorted(n for n, pools in snapshot.conflicts.items() if name in pools)
+    alloc = view.allocatable if view else Resources()
+    ready = sum(1 for n in nodes if n.usable)
+    return EdgeNodePoolStatus(
+        member_nodes=[n.name for n in nodes],
+        node_count=len(nodes),
+        ready_nodes=ready,
+        allocatable=_amounts(alloc),
+        requested=_amounts(used.resources),
+        workloads=max(used.workloads, 0),
+        conflicts=conflicts,
+        conditions=[
+            condition(
+                "Ready",
+                ready > 0,
+                "NodesReady" if ready else "NoReadyNodes",
+                f"{ready}/{len(nodes)} member nodes ready",
+                generation,
+                previous,
+                now,
+            ),
+            condition(
+                "Conflict",
+                bool(conflicts),
+                "NodesInSeveralPools" if conflicts else "NoConflict",
+                (
+                    f"nodes also selected by another pool (they join neither): {', '.join(conflicts)}"
+                    if conflicts
+                    else "no node is selected by another pool"
+                ),
+                generation,
+                previous,
+                now,
+            ),
+        ],
+        observed_generation=generation,
+    )

@@ -1,0 +1,318 @@
+"""The EdgeWorkload reconciler: parse → snapshot → :func:`placement.decide` → :func:`hysteresis.judge`
+→ :func:`render.render_worker_manifests` → apply → status (:mod:`continuum.controller.status`) and Events.
+
+A workload's placement decision is reused while nothing it depends on changed (its spec, the cluster
+snapshot, capacity freed by others); decisions that would place or move a workload are always made
+fresh. Decisions are serialized by one lock (decide + reserve the capacity in the ledger); the API
+calls run outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Hashable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from continuum.api.loader import format_validation_error
+from continuum.api.models import (
+    API_VERSION,
+    EdgeWorkload,
+    EdgeWorkloadStatus,
+    Phase,
+    Placement,
+    StateSyncStatus,
+)
+from continuum.controller import metrics
+from continuum.controller.cache import ClusterCache
+from continuum.controller.diff import digest, rendered_pool, unchanged
+from continuum.controller.keys import CLAIM_PLACEMENT, CLAIM_PREVIOUS, RENDERED, WorkloadKey
+from continuum.controller.kube import KubeApi
+from continuum.controller.ledger import ClaimsLedger
+from continuum.controller.settings import OperatorSettings
+from continuum.controller.status import (
+    dump,
+    invalid_workload_status,
+    now_utc,
+    readiness,
+    status_patch,
+    workload_status,
+)
+from continuum.placement import engine
+from continuum.placement.hysteresis import Action, Verdict, judge
+from continuum.placement.snapshot import ClusterSnapshot
+from continuum.render.worker import RenderSettings, render_worker_manifests, rendered_name, service_url
+
+FRESH_EVERY = 10  # every 10th resync makes every decision fresh (others reuse unchanged decisions)
+
+EventFn = Callable[[Mapping[str, Any], str, str, str], None]  # (body, type, reason, message)
+ObserveOwn = Callable[[str, "str | None", Mapping[str, Any]], None]  # our own write into the caches
+
+
+class WorkloadReconciler:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        cache: ClusterCache,
+        ledger: ClaimsLedger,
+        lock: asyncio.Lock,
+        *,
+        snapshot: Callable[[], ClusterSnapshot],
+        refresh_claims: Callable[[WorkloadKey], None],
+        observe_own: ObserveOwn,
+        post_event: EventFn,
+        state_health: Mapping[WorkloadKey, StateSyncStatus],
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.ledger = ledger
+        self.lock = lock
+        self.snapshot = snapshot
+        self.refresh_claims = refresh_claims
+        self.observe_own = observe_own
+        self.post_event = post_event
+        self.state_health = state_health
+        self.api: KubeApi | None = None
+        self.resyncs = 0
+        self.resync_epoch = 0
+        self._decisions: dict[WorkloadKey, tuple[Hashable, engine.PlacementDecision]] = {}
+        self._applied: dict[tuple[str, str, str], tuple[str, int]] = {}  # Services/Secrets: (digest, resync)
+
+    def on_resync(self) -> None:
+        self.resyncs += 1
+        if self.resyncs % FRESH_EVERY == 0:
+            self.resync_epoch += 1  # candidates' reasons (others' usage) are refreshed now and then
+
+    def forget(self, key: WorkloadKey, secret: str) -> None:
+        """The workload is gone (or was re-created): drop its decision and applied-manifest memos."""
+        self._decisions.pop(key, None)
+        for memo in [m for m in self._applied if m[1] == key.namespace and m[2] in (key.name, secret)]:
+            del self._applied[memo]
+
+    def forget_decision(self, key: WorkloadKey) -> None:
+        self._decisions.pop(key, None)
+
+    # ------------------------------------------------------------------ reconcile --
+    async def reconcile(self, body: Mapping[str, Any]) -> float | None:
+        """Decide, apply and record one workload. Returns when to look again (seconds) or None."""
+        assert self.api is not None
+        started = time.perf_counter()
+        try:
+            workload = EdgeWorkload.model_validate(
+                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+            )
+        except ValidationError as exc:
+            await self.write_invalid(body, exc)
+            return None
+        key = WorkloadKey(workload.namespace, workload.name)
+        try:
+            old = EdgeWorkloadStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            old = EdgeWorkloadStatus()  # a status we cannot read is rebuilt from scratch
+        async with self.lock:
+            current = old.placement if old.phase in (Phase.PLACED, Phase.UNSCHEDULABLE) else None
+            now = now_utc()
+            decision, fresh = self._decide(workload, key, fresh=False)
+            args = (self.settings.policy, old.disruption.since if old.disruption else None, old.better_since)
+            verdict = judge(workload.spec, current, decision, now, *args)
+            if not fresh and verdict.action in (Action.PLACE, Action.MOVE, Action.FAIL_BACK):
+                decision, _ = self._decide(workload, key, fresh=True)  # act only on a fresh decision
+                verdict = judge(workload.spec, current, decision, now, *args)
+            target = verdict.target
+            previous = old.previous_placement
+            if verdict.moves and current is not None:
+                previous = current
+            if previous is not None and target is not None and previous.pool == target.pool:
+                previous = None  # moved back before the drain finished
+            # Reserve the capacity now; the API calls below run outside the lock.
+            self.ledger.reserve(
+                key,
+                {entry: p.pool for entry, p in ((CLAIM_PLACEMENT, target), (CLAIM_PREVIOUS, previous)) if p},
+            )
+            self.refresh_claims(key)
+        try:
+            ready, rolled_out, drained = await self._apply(workload, target, previous)
+            if previous is not None and rolled_out and drained:
+                self.post_event(body, "Normal", "Drained", f"old replicas on pool {previous.pool} are gone")
+                previous = None
+            status = workload_status(
+                workload,
+                old,
+                decision,
+                verdict,
+                target=target,
+                previous=previous,
+                ready=ready,
+                state=self.state_health.get(key),
+                now=now,
+            )
+            await self._write_status(body, status)
+        finally:
+            self.ledger.release(key)
+            self.refresh_claims(key)
+        self._record(body, old, status, verdict, decision)
+        metrics.RECONCILE_SECONDS.labels("EdgeWorkload").observe(time.perf_counter() - started)
+        return self._look_again(verdict.action, status, now)
+
+    def _decide(
+        self, workload: EdgeWorkload, key: WorkloadKey, fresh: bool
+    ) -> tuple[engine.PlacementDecision, bool]:
+        """The placement decision, reused while nothing it depends on changed; (decision, was_fresh)."""
+        snapshot = self.snapshot()
+        fingerprint = (
+            workload.metadata.uid,
+            workload.metadata.generation,
+            self.cache.built,
+            self.ledger.epoch,
+            self.resync_epoch,
+        )
+        cached = self._decisions.get(key)
+        if not fresh and cached is not None and cached[0] == fingerprint:
+            return cached[1], False
+        decision = engine.decide(workload.spec, snapshot, self.ledger.usage_excluding(key), workload.key)
+        self._decisions[key] = (fingerprint, decision)
+        return decision, True
+
+    def _look_again(self, action: Action, new: EdgeWorkloadStatus, now: datetime) -> float | None:
+        """Deadlines: the end of a grace period or of a stabilization window; a drain in progress."""
+        policy = self.settings.policy
+        if action is Action.WAIT_GRACE and new.disruption is not None:
+            elapsed = (now - new.disruption.since).total_seconds()
+            return max(policy.grace_seconds - elapsed, 0.0) + 0.05
+        if action is Action.WAIT_STABILIZATION and new.better_since is not None:
+            elapsed = (now - new.better_since).total_seconds()
+            return max(policy.stabilization_seconds - elapsed, 0.0) + 0.05
+        if new.previous_placement is not None:
+            return 5.0  # the Deployment's events drive the drain; this is a safety net
+        return None
+
+    # ------------------------------------------------------------------ apply --
+    def _upstreams(self, workload: EdgeWorkload) -> dict[str, str]:
+        """Service URL of the same model (same namespace) placed on each other tier."""
+        out: dict[str, str] = {}
+        for name in self.cache.same_model(workload.namespace, workload.spec.model.name):
+            if name == workload.name:
+                continue
+            raw = self.cache.workloads.get(WorkloadKey(workload.namespace, name)) or {}
+            placement = (raw.get("status") or {}).get("placement") or {}
+            if placement.get("tier"):
+                port = int(((raw.get("spec") or {}).get("worker") or {}).get("port", 8000))
+                out.setdefault(placement["tier"], service_url(name, workload.namespace, port))
+        return out
+
+    async def _apply(
+        self, workload: EdgeWorkload, target: Placement | None, previous: Placement | None
+    ) -> tuple[int, bool, bool]:
+        """Render and apply the worker on ``target``; return (ready replicas, rolled out, old ones gone).
+
+        Make-before-break: objects of this workload that are not the target's (a StatefulSet on the
+        previous pool, a Deployment after state was switched on) are deleted only once the target's
+        replicas are all Ready."""
+        assert self.api is not None
+        key = WorkloadKey(workload.namespace, workload.name)
+        if target is None:
+            return 0, False, True
+        view = self.snapshot().pool(target.pool)
+        kind = "StatefulSet" if workload.spec.state.enabled else "Deployment"
+        name = rendered_name(workload, target.pool)
+        if view is not None:
+            settings = RenderSettings(
+                worker_image=self.settings.worker_image,
+                upstreams=self._upstreams(workload),
+                state_token=secrets.token_hex(32) if workload.spec.state.enabled else None,
+            )
+            for obj in render_worker_manifests(workload, target, view.pool, settings):
+                obj_kind, obj_name = obj["kind"], obj["metadata"]["name"]
+                watched = obj_kind in ("Deployment", "StatefulSet")
+                if watched:
+                    existing = self.cache.rendered.get(key, {}).get((obj_kind, obj_name))
+                    if existing is not None and unchanged(existing, obj):
+                        continue
+                else:  # Services and Secrets are not watched: skip what this resync already applied
+                    memo_key = (obj_kind, workload.namespace, obj_name)
+                    identity = digest(obj)
+                    if self._applied.get(memo_key) == (identity, self.resyncs):
+                        continue
+                result = await self.api.apply(obj, create_only=obj_kind == "Secret")
+                if watched and result:
+                    self.observe_own(RENDERED, "MODIFIED", result)
+                elif not watched:
+                    self._applied[memo_key] = (identity, self.resyncs)
+        # else: the pool was deleted during the grace period: leave what runs alone
+        objs = self.cache.rendered.get(key, {})
+        current = objs.get((kind, name))
+        ready, rolled_out = readiness(current, workload.spec.replicas)
+        if current is not None and rendered_pool(current) != target.pool:
+            rolled_out = False  # the patch has not been seen yet
+        stale = [k for k in objs if k != (kind, name)]
+        if rolled_out:
+            for stale_kind, stale_name in stale:
+                await self.api.delete("apps/v1", stale_kind, stale_name, workload.namespace)
+                self.observe_own(RENDERED, "DELETED", objs.get((stale_kind, stale_name)) or {})
+            stale = []
+        return ready, rolled_out, not stale
+
+    # ------------------------------------------------------------------ record --
+    async def _write_status(self, body: Mapping[str, Any], status: EdgeWorkloadStatus) -> None:
+        assert self.api is not None
+        meta = body["metadata"]
+        new = dump(status)
+        old = body.get("status") or {}
+        if old == new:
+            return
+        result = await self.api.patch(
+            API_VERSION,
+            "EdgeWorkload",
+            meta["name"],
+            status_patch(old, new),
+            meta.get("namespace"),
+            subresource="status",
+        )
+        self.observe_own("EdgeWorkload", "MODIFIED", result)
+
+    async def write_invalid(self, body: Mapping[str, Any], exc: ValidationError) -> None:
+        message = "invalid spec: " + "; ".join(format_validation_error(exc))
+        old = body.get("status") or {}
+        try:
+            previous = EdgeWorkloadStatus.model_validate(old).conditions
+        except ValidationError:
+            previous = []
+        status = invalid_workload_status(message, (body.get("metadata") or {}).get("generation"), previous)
+        if old.get("phase") != Phase.INVALID.value or old.get("message") != message:
+            self.post_event(body, "Warning", "InvalidSpec", message)
+            metrics.PLACEMENTS.labels("none", "invalid").inc()
+        await self._write_status(body, status)
+
+    def _record(
+        self,
+        body: Mapping[str, Any],
+        old: EdgeWorkloadStatus,
+        new: EdgeWorkloadStatus,
+        verdict: Verdict,
+        decision: engine.PlacementDecision,
+    ) -> None:
+        action, reason = verdict.action, verdict.reason
+        tier = new.placement.tier.value if new.placement else "none"
+        if action is Action.PLACE:
+            if old.phase is not Phase.PLACED or old.placement is None:
+                metrics.PLACEMENTS.labels(tier, "placed").inc()
+                self.post_event(body, "Normal", "Placed", decision.message)
+        elif action in (Action.MOVE, Action.FAIL_BACK, Action.REBALANCE):
+            metrics.PLACEMENTS.labels(tier, "replaced").inc()
+            why = {Action.MOVE: "pool-lost", Action.FAIL_BACK: "failback", Action.REBALANCE: "cost"}[action]
+            metrics.REPLACEMENTS.labels(why).inc()
+            src = old.placement.pool if old.placement else "?"
+            dst = new.placement.pool if new.placement else "?"
+            self.post_event(body, "Normal", "Replaced", f"moved from pool {src} to {dst}: {reason}")
+        elif action is Action.WAIT_GRACE and old.disruption is None:
+            self.post_event(body, "Warning", "PoolDegraded", reason)
+        elif action is Action.UNSCHEDULABLE and (
+            old.phase is not Phase.UNSCHEDULABLE or old.message != new.message
+        ):
+            metrics.PLACEMENTS.labels(tier, "unschedulable").inc()
+            self.post_event(body, "Warning", "Unschedulable", new.message or decision.message)
+        metrics.UNSCHEDULABLE.set(len(self.cache.unschedulable))
