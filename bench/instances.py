@@ -33,6 +33,34 @@ def generate(
     load: float = 1.05,
     variety: bool = False,
 ) -> tuple[ClusterSnapshot, list[WorkloadRequest]]:
+    """The instance as placement sees it (see :func:`generate_objects`)."""
+    pools, nodes, pods, workloads = generate_objects(
+        n_workloads, n_pools, seed, nodes_per_pool, load, variety
+    )
+    requests = [
+        WorkloadRequest(f"ns/{w['metadata']['name']}", EdgeWorkloadSpec.model_validate(w["spec"]))
+        for w in workloads
+    ]
+    return build_snapshot(pools, nodes, requested_by_node(pods)), requests
+
+
+def manifests(n_workloads: int, n_pools: int, seed: int = 0, **kw: Any) -> list[dict[str, Any]]:
+    """The same instance as Kubernetes objects, for ``continuum plan -f`` (Nodes, Pods, pools, workloads)."""
+    pools, nodes, pods, workloads = generate_objects(n_workloads, n_pools, seed, **kw)
+    docs = [{"apiVersion": "v1", "kind": "Node", **n} for n in nodes]
+    docs += [{"apiVersion": "v1", "kind": "Pod", **p} for p in pods]
+    docs += [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in pools]
+    return docs + workloads
+
+
+def generate_objects(
+    n_workloads: int,
+    n_pools: int,
+    seed: int = 0,
+    nodes_per_pool: int = 5,
+    load: float = 1.05,
+    variety: bool = False,
+) -> tuple[list[EdgeNodePool], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """``load`` is total CPU demand / total CPU capacity (above 1: not everything can fit).
 
     ``variety`` adds what a live cluster has (from a second random stream, so the base instance is
@@ -130,7 +158,7 @@ def generate(
             nodes.append(node)
     capacity_cpu = sum(NODE_SHAPES[t][0] for t in tiers) * nodes_per_pool
     mean_cpu = capacity_cpu * load / n_workloads
-    workloads: list[WorkloadRequest] = []
+    workloads: list[dict[str, Any]] = []
     for i in range(n_workloads):
         replicas = rng.choice([1, 1, 1, 2, 3])
         cpu = max(0.1, min(rng.expovariate(1 / (mean_cpu / (replicas * 1.4))), 12.0))
@@ -164,5 +192,13 @@ def generate(
             tiers_spec = spec.setdefault("tiers", {})
             allowed = vrng.sample([t.value for t in Tier], k=vrng.randint(1, 3))
             tiers_spec["allowed"] = sorted({*allowed, *tiers_spec.get("preferred", [])})
-        workloads.append(WorkloadRequest(f"ns/w{i:05d}", EdgeWorkloadSpec.model_validate(spec)))
-    return build_snapshot(pools, nodes, requested_by_node(pods)), workloads
+        EdgeWorkloadSpec.model_validate(spec)  # fail here, not in the caller, on a generator bug
+        workloads.append(
+            {
+                "apiVersion": "continuum.dev/v1alpha1",
+                "kind": "EdgeWorkload",
+                "metadata": {"name": f"w{i:05d}", "namespace": "ns"},
+                "spec": spec,
+            }
+        )
+    return pools, nodes, pods, workloads

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import Field
+
+from continuum.api.models import Candidate, Phase, StatusModel, Tier
 
 if TYPE_CHECKING:
     from continuum.api.loader import Manifests
@@ -21,6 +24,45 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_UNSCHEDULABLE = 2
+
+
+class PlanPlacement(StatusModel):
+    """One workload's decision and its explanation (``candidates``: the pools shown)."""
+
+    namespace: str
+    name: str
+    phase: Phase
+    pool: str | None = None
+    tier: Tier | None = None
+    site: str | None = None
+    estimated_latency_ms: float | None = None
+    wan_mbps: float | None = None
+    hourly_cost: float | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    rejected_by_reason: dict[str, int] = Field(
+        default_factory=dict,
+        description="Pools rejected per reason code, over every pool (one pool may count under two codes)",
+    )
+    candidates_omitted: int = Field(default=0, description="Pools evaluated but not listed in candidates")
+    feasible_pools: int = Field(default=0, description="Pools that could host it, over every pool")
+    hint: str | None = None
+
+
+class PlanSummary(StatusModel):
+    workloads: int
+    placed: int
+    unschedulable: int
+    hourly_cost: float
+    pools: int = 0
+
+
+class PlanDocument(StatusModel):
+    """What ``continuum plan -o json`` prints (camelCase, by the models' own serialisation)."""
+
+    schema_version: int = 2
+    placements: list[PlanPlacement] = Field(default_factory=list)
+    summary: PlanSummary
+    conflicts: dict[str, list[str]] = Field(default_factory=dict)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -50,6 +92,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "repeatable) of the target branch; -o markdown renders it for a PR comment (continuum.plandiff)",
     )
     plan.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write a self-contained HTML report with plots (continuum.report)",
+    )
+    plan.add_argument(
         "--solver",
         choices=("batch", "in-order"),
         default="batch",
@@ -57,7 +104,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "per-pod scheduler would",
     )
     plan.add_argument(
-        "--explain", action="store_true", help="table output: list every rejected pool with reasons"
+        "--explain",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NS/NAME",
+        help="table output: list the rejected pools shown with their reasons; with NS/NAME: every pool "
+        "for that one workload (table and JSON), whatever the number of pools",
+    )
+    plan.add_argument(
+        "--all-candidates",
+        action="store_true",
+        help=f"list every pool for every workload (default only up to {SHOW_ALL_POOLS} pools; beyond, each "
+        "workload lists its chosen pool, feasible alternatives and the nearest misses per reason, with counts)",
     )
     return plan
 
@@ -83,9 +142,25 @@ def snapshot_of(manifests: Manifests) -> ClusterSnapshot:
     return build_snapshot(manifests.pools, manifests.nodes, requested)
 
 
-def plan_result(paths: Sequence[str], solver: str = "batch") -> dict[str, Any]:
-    """The ``-o json`` document for manifests at ``paths`` (raises ManifestError on invalid input)."""
-    from continuum.api.loader import load_manifests
+SCHEMA_VERSION = 2  # 1: the unversioned document before rejectedByReason/candidatesOmitted
+SHOW_ALL_POOLS = 50  # up to this many pools every pool is listed per workload by default
+
+
+def plan_document(
+    paths: Sequence[str],
+    solver: str = "batch",
+    all_candidates: bool | None = None,
+    explain: str | None = None,
+    alternatives: int = 3,
+    misses_per_reason: int = 2,
+) -> PlanDocument:
+    """The plan for manifests at ``paths`` (raises ManifestError on invalid input).
+
+    Each workload lists every pool when there are at most :data:`SHOW_ALL_POOLS` (or ``all_candidates``);
+    otherwise its chosen pool, up to ``alternatives`` feasible others, and per reason code the
+    ``misses_per_reason`` nearest misses, with ``rejectedByReason`` counts and ``candidatesOmitted``.
+    ``explain`` (``namespace/name``) lists every pool for that workload whatever the size."""
+    from continuum.api.loader import ManifestError, load_manifests
     from continuum.placement import decide_batch, decide_in_order
     from continuum.placement.problem import WorkloadRequest
 
@@ -95,51 +170,75 @@ def plan_result(paths: Sequence[str], solver: str = "batch") -> dict[str, Any]:
         WorkloadRequest(w.key, w.spec, w.status.placement.pool if w.status and w.status.placement else None)
         for w in manifests.workloads
     ]
-    decide = decide_batch if solver == "batch" else decide_in_order
-    decisions = decide(requests, snapshot)
+    if explain is not None and explain not in {r.key for r in requests}:
+        raise ManifestError([f"--explain {explain}: no EdgeWorkload with that namespace/name in the input"])
+    compact = (len(snapshot.pools) > SHOW_ALL_POOLS) if all_candidates is None else not all_candidates
+    if solver == "batch":
+        decisions = decide_batch(
+            requests,
+            snapshot,
+            compact=compact,
+            alternatives=alternatives,
+            misses_per_reason=misses_per_reason,
+            full_for=(explain,) if explain else (),
+        )
+    else:
+        decisions = decide_in_order(requests, snapshot)
     placements = []
     for d in decisions:
         namespace, _, name = d.key.partition("/")
         p = d.placement
         placements.append(
-            {
-                "namespace": namespace,
-                "name": name,
-                "phase": d.phase.value,
-                "pool": p.pool if p else None,
-                "tier": p.tier.value if p else None,
-                "site": p.site if p else None,
-                "estimatedLatencyMs": p.estimated_latency_ms if p else None,
-                "wanMbps": p.wan_mbps if p else None,
-                "hourlyCost": p.hourly_cost if p else None,
-                "candidates": [
-                    {
-                        "pool": c.pool,
-                        "tier": c.tier.value,
-                        "feasible": c.feasible,
-                        "estimatedLatencyMs": c.estimated_latency_ms,
-                        "hourlyCost": c.hourly_cost,
-                        "reasons": [{"code": r.code.value, "message": r.message} for r in c.reasons],
-                    }
-                    for c in d.candidates
-                ],
-                "hint": d.hint,
-            }
+            PlanPlacement.model_construct(
+                namespace=namespace,
+                name=name,
+                phase=d.phase,
+                pool=p.pool if p else None,
+                tier=p.tier if p else None,
+                site=p.site if p else None,
+                estimated_latency_ms=p.estimated_latency_ms if p else None,
+                wan_mbps=p.wan_mbps if p else None,
+                hourly_cost=p.hourly_cost if p else None,
+                candidates=list(d.candidates),
+                rejected_by_reason=dict(d.rejected_by_reason) or _count_reasons(d.candidates),
+                candidates_omitted=d.candidates_omitted,
+                feasible_pools=d.feasible_pools
+                if d.feasible_pools is not None
+                else sum(1 for c in d.candidates if c.feasible),
+                hint=d.hint,
+            )
         )
-    placed = [x for x in placements if x["phase"] == "Placed"]
-    return {
-        "placements": placements,
-        "summary": {
-            "workloads": len(placements),
-            "placed": len(placed),
-            "unschedulable": len(placements) - len(placed),
-            "hourlyCost": round(sum(x["hourlyCost"] or 0.0 for x in placed), 6),
-        },
-        "conflicts": {node: list(pools) for node, pools in sorted(snapshot.conflicts.items())},
-    }
+    placed = [x for x in placements if x.phase is Phase.PLACED]
+    return PlanDocument.model_construct(
+        schema_version=SCHEMA_VERSION,
+        placements=placements,
+        summary=PlanSummary.model_construct(
+            workloads=len(placements),
+            placed=len(placed),
+            unschedulable=len(placements) - len(placed),
+            hourly_cost=round(sum(x.hourly_cost or 0.0 for x in placed), 6),
+            pools=len(snapshot.pools),
+        ),
+        conflicts={node: list(pools) for node, pools in sorted(snapshot.conflicts.items())},
+    )
 
 
-def _print_plan_table(result: dict[str, Any], explain: bool) -> None:
+def _count_reasons(candidates: Sequence[Candidate]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in candidates:
+        for code in dict.fromkeys(r.code.value for r in c.reasons):
+            out[code] = out.get(code, 0) + 1
+    return out
+
+
+def plan_result(paths: Sequence[str], solver: str = "batch", **options: Any) -> dict[str, Any]:
+    """The ``-o json`` document as plain data (see :func:`plan_document` for ``options``)."""
+    return plan_document(paths, solver, **options).model_dump(mode="json", by_alias=True)
+
+
+def _print_plan_table(result: dict[str, Any], explain: bool, only: str | None = None) -> None:
+    """The plan as a table; then, per unschedulable workload (every workload with ``explain``, or only
+    ``only``), the rejected pools shown with their reasons, the count of the others per reason, the hint."""
     from rich.console import Console
     from rich.table import Table
 
@@ -156,9 +255,9 @@ def _print_plan_table(result: dict[str, Any], explain: bool) -> None:
         ("FEASIBLE", {"justify": "right"}),
     ):
         table.add_column(col, **kw)
+    n_pools = result["summary"]["pools"]
     for row in result["placements"]:
         placed = row["phase"] == "Placed"
-        feasible = sum(1 for c in row["candidates"] if c["feasible"])
         table.add_row(
             f"{row['namespace']}/{row['name']}",
             f"[green]{row['phase']}[/]" if placed else f"[red]{row['phase']}[/]",
@@ -167,19 +266,31 @@ def _print_plan_table(result: dict[str, Any], explain: bool) -> None:
             f"{row['estimatedLatencyMs']:g} ms" if placed else "-",
             f"{row['wanMbps']:g}" if placed else "-",
             f"{row['hourlyCost']:.4g}" if placed else "-",
-            f"{feasible}/{len(row['candidates'])}",
+            f"{row['feasiblePools']}/{n_pools}",
         )
     console.print(table)
     for row in result["placements"]:
-        if not explain and row["phase"] == "Placed":
+        key = f"{row['namespace']}/{row['name']}"
+        if only is not None and key != only:
+            continue
+        if only is None and not explain and row["phase"] == "Placed":
             continue
         rejected = [c for c in row["candidates"] if not c["feasible"]]
-        if not rejected:
+        if not rejected and not row["candidatesOmitted"]:
             continue
-        console.print(f"[bold]{row['namespace']}/{row['name']}[/] ({row['phase']}) rejected pools:")
+        console.print(f"[bold]{key}[/] ({row['phase']}) rejected pools:")
         for cand in rejected:
             reasons = "; ".join(f"[yellow]{r['code']}[/] {r['message']}" for r in cand["reasons"])
             console.print(f"  {cand['pool']} ({cand['tier']}): {reasons}", highlight=False)
+        if row["candidatesOmitted"]:
+            counts = ", ".join(
+                f"{code} {n}" for code, n in sorted(row["rejectedByReason"].items(), key=lambda x: -x[1])
+            )
+            console.print(
+                f"  … {row['candidatesOmitted']} more pools not listed; rejected per reason: {counts} "
+                f"(--explain {key} lists every pool)",
+                highlight=False,
+            )
         if row["hint"]:
             console.print(f"  [bold]hint:[/] {row['hint']}", highlight=False)
     summary = result["summary"]
@@ -196,8 +307,11 @@ def _print_plan_table(result: dict[str, Any], explain: bool) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from continuum.api.loader import ManifestError
 
+    explain_key = args.explain or None  # bare --explain: "" (rejected pools of every workload)
     try:
-        result = plan_result(args.paths, args.solver)
+        doc = plan_document(
+            args.paths, args.solver, all_candidates=True if args.all_candidates else None, explain=explain_key
+        )
     except ManifestError as exc:
         print("error: invalid input", file=sys.stderr)
         for line in exc.problems:
@@ -206,7 +320,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    code = EXIT_UNSCHEDULABLE if result["summary"]["unschedulable"] else EXIT_OK
+    code = EXIT_UNSCHEDULABLE if doc.summary.unschedulable else EXIT_OK
+    if args.output == "json" and not (args.report or args.baseline):
+        print(doc.model_dump_json(indent=2, by_alias=True))
+        return code
+    result = doc.model_dump(mode="json", by_alias=True)
+    if args.report:
+        from continuum.report import write_report_for
+
+        if not write_report_for(args, result):
+            return EXIT_INVALID
     if args.baseline or args.output == "markdown":
         from continuum.plandiff import run_diff
 
@@ -216,5 +339,5 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.output == "yaml":
         print(yaml.safe_dump(result, sort_keys=False), end="")
     else:
-        _print_plan_table(result, args.explain)
+        _print_plan_table(result, args.explain is not None, explain_key)
     return code

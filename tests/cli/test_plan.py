@@ -30,7 +30,9 @@ def test_examples_json_contract():
     assert proc.returncode == 2, proc.stderr  # quality-assistant cannot fit
     doc = json.loads(proc.stdout)
     assert set(doc) >= {"placements", "summary"}
+    assert doc["schemaVersion"] == 2
     assert doc["summary"] == {
+        "pools": 8,
         "workloads": 8,
         "placed": 7,
         "unschedulable": 1,
@@ -53,7 +55,13 @@ def test_examples_json_contract():
             "candidates",
             "hint",
         }
-        assert len(row["candidates"]) == 8  # every pool, with a verdict
+        assert len(row["candidates"]) == 8  # every pool, with a verdict (at most 50 pools: all shown)
+        assert row["candidatesOmitted"] == 0
+        counts: dict[str, int] = {}
+        for cand in row["candidates"]:
+            for code in {r["code"] for r in cand["reasons"]}:
+                counts[code] = counts.get(code, 0) + 1
+        assert row["rejectedByReason"] == counts
         for cand in row["candidates"]:
             assert set(cand) >= {"pool", "feasible", "reasons"}
             assert cand["feasible"] == (not cand["reasons"])
@@ -312,3 +320,58 @@ def test_plan_and_the_operator_see_the_same_capacity(tmp_path):
     line = planned.pool("munich-line")
     assert line is not None and line.usable_nodes == ()
     assert [n.unusable_because for n in line.nodes] == ["tainted maintenance:NoExecute", "cordoned"]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """60 pools (more than SHOW_ALL_POOLS), 40 workloads, with nodes down, tainted, pods running."""
+    from bench.instances import manifests
+
+    folder = tmp_path_factory.mktemp("fleet")
+    (folder / "fleet.yaml").write_text(yaml.safe_dump_all(manifests(40, 60, seed=4, variety=True, load=1.3)))
+    return str(folder)
+
+
+def test_many_pools_compact_explanations(fleet):
+    doc = plan_result([fleet])
+    assert doc["schemaVersion"] == 2 and doc["summary"]["pools"] == 60
+    full = {(p["namespace"], p["name"]): p for p in plan_result([fleet], all_candidates=True)["placements"]}
+    unschedulable = 0
+    for row in doc["placements"]:
+        ref = full[(row["namespace"], row["name"])]
+        assert len(ref["candidates"]) == 60 and ref["candidatesOmitted"] == 0
+        assert (row["phase"], row["pool"], row["hint"]) == (ref["phase"], ref["pool"], ref["hint"])
+        assert row["rejectedByReason"] == ref["rejectedByReason"]
+        assert row["feasiblePools"] == ref["feasiblePools"] == sum(c["feasible"] for c in ref["candidates"])
+        assert row["candidatesOmitted"] == 60 - len(row["candidates"]) > 0
+        every = {c["pool"]: c for c in ref["candidates"]}
+        for cand in row["candidates"]:
+            assert cand == every[cand["pool"]]  # a shown pool carries its full verdict and reasons
+        if row["pool"]:
+            assert row["candidates"][0]["pool"] == row["pool"]
+        else:
+            unschedulable += 1
+        for code in row["rejectedByReason"]:  # every reason code has its nearest misses listed
+            assert any(code in {r["code"] for r in c["reasons"]} for c in row["candidates"])
+    assert unschedulable > 0
+
+
+def test_explain_one_workload_lists_every_pool(fleet, capsys):
+    doc = plan_result([fleet], explain="ns/w00007")
+    rows = {p["name"]: p for p in doc["placements"]}
+    assert len(rows["w00007"]["candidates"]) == 60 and rows["w00007"]["candidatesOmitted"] == 0
+    assert rows["w00008"]["candidatesOmitted"] > 0
+    main(["plan", "-f", fleet, "--explain", "ns/w00007"])
+    out = capsys.readouterr().out
+    assert "ns/w00007" in out and "more pools not listed" not in out.split("ns/w00007 (")[1]
+    main(["plan", "-f", fleet, "--explain"])
+    assert "more pools not listed; rejected per reason:" in capsys.readouterr().out
+    assert main(["plan", "-f", fleet, "--explain", "ns/nope"]) == 1
+    assert "--explain ns/nope: no EdgeWorkload" in capsys.readouterr().err
+
+
+def test_json_comes_from_the_models(fleet, capsys):
+    code = main(["plan", "-f", fleet, "-o", "json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 2
+    assert printed == plan_result([fleet])

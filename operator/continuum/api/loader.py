@@ -13,6 +13,7 @@ Input should be greater than 0``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,19 @@ def _files(paths: Iterable[str | Path]) -> Iterator[Path]:
             raise ManifestError([f"{path}: no such file or directory"])
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
+
+
 def _documents(path: Path) -> Iterator[tuple[int, Any]]:
+    if path.suffix == ".json":  # `kubectl get -o json`: the JSON parser is much faster than YAML's
+        try:
+            yield 1, json.loads(path.read_text())
+            return
+        except ValueError:
+            pass  # not plain JSON: let the YAML parser read it (and name the problem)
     try:
         with path.open() as handle:
-            yield from enumerate(yaml.safe_load_all(handle), start=1)
+            yield from enumerate(yaml.load_all(handle, Loader=_YAML_LOADER), start=1)
     except yaml.YAMLError as exc:
         raise ManifestError([f"{path}: not valid YAML: {exc}"]) from None
 

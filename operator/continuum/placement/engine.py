@@ -10,7 +10,7 @@ gets a hint of the smallest change that would make it fit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +33,7 @@ class PlacementDecision:
     hint: str | None = None
     rejected_by_reason: Mapping[str, int] = field(default_factory=dict)  # pools per reason code (all pools)
     candidates_omitted: int = 0  # pools evaluated but not in candidates
-    proven: bool | None = None  # set by decide_batch from the solver (see solver.SolveInfo)
+    feasible_pools: int | None = None  # pools that could host it (all pools, shown or not)
 
     @property
     def pool(self) -> str | None:
@@ -165,6 +165,7 @@ def decide_batch(
     alternatives: int = 3,
     misses_per_reason: int = 2,
     assignment: npt.NDArray[np.int64] | None = None,
+    full_for: Collection[str] = (),
 ) -> list[PlacementDecision]:
     """Place many workloads at once (deterministic for the same input, whatever its order).
 
@@ -173,7 +174,8 @@ def decide_batch(
     left unschedulable rather than over-committing a pool. Explanations list every pool, or with
     ``compact`` the chosen pool, ``alternatives`` feasible others and ``misses_per_reason`` nearest misses
     per reason code, with the count of pools per code. ``assignment`` (pool index per workload, in key
-    order, as the solver returns it) skips the solver. Same result as :func:`decide_batch_reference`.
+    order, as the solver returns it) skips the solver. Workloads whose key is in ``full_for`` list every
+    pool even when ``compact``. Same result as :func:`decide_batch_reference`.
     """
     from continuum.placement import fast
     from continuum.placement.solver import solve  # the default batch solver
@@ -213,7 +215,7 @@ def decide_batch(
         if chosen >= 0 and v.bad[chosen].any():
             chosen = -1  # would break a rule against the final usage: leave it out
             used = others
-        if compact:
+        if compact and req.key not in full_for:
             shown = fast.explain_compact(
                 req.spec, table, v, usage_of, chosen, alternatives, misses_per_reason
             )
@@ -228,6 +230,7 @@ def decide_batch(
                 None,
                 shown.rejected_by_reason,
                 shown.omitted,
+                int(v.feasible.sum()),
             )
         else:
             decision = PlacementDecision(
@@ -238,6 +241,7 @@ def decide_batch(
                 table.hint(req.spec, v, usage_of),
                 shown.rejected_by_reason,
                 shown.omitted,
+                int(v.feasible.sum()),
             )
         decisions[req.key] = decision
     return [decisions[w.key] for w in workloads]
