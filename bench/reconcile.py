@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-from continuum.emulator import EmulatedCluster
+from continuum_demo.emulator import EmulatedCluster
 from rich.console import Console
 from rich.table import Table
 

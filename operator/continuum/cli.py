@@ -131,8 +131,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from continuum.demo import DemoOptions, run_demo
-
+    try:  # not shipped in the operator image: the demo extra installs the emulator's kmock
+        from continuum_demo.demo import DemoOptions, run_demo
+    except ImportError as exc:
+        print(
+            f"error: {exc}; `continuum demo` needs the demo extra: {EXTRA_HINT.format(extra='demo')}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     return run_demo(
         DemoOptions(
             keep_open=args.keep_open,

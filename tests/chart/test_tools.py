@@ -169,7 +169,7 @@ def test_fetch_keeps_a_working_helm(tmp_path: Path) -> None:
 
 
 def test_peering_init_creates_the_objects_idempotently(tmp_path: Path) -> None:
-    emulator = pytest.importorskip("continuum.emulator")
+    emulator = pytest.importorskip("continuum_demo.emulator")
     cluster = emulator.EmulatedCluster(workdir=tmp_path).start_in_thread()
     try:
         script = CHART / "files" / "peering_init.py"

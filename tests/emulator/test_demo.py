@@ -57,3 +57,15 @@ def test_keep_open_serves_kubectl_and_stops_on_sigterm(tmp_path: Path):
             proc.kill()
             proc.wait()
             pytest.fail("the demo did not stop on SIGTERM:\n" + out.read_text())
+
+
+def test_demo_without_the_demo_extra_names_the_pip_command():
+    """Without kmock (the demo extra), `continuum demo` says what to install instead of a traceback."""
+    code = (
+        "import sys; sys.modules['kmock'] = None\n"  # what an install without the demo extra looks like
+        "from continuum.cli import main\n"
+        "sys.exit(main(['demo', '--no-live']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'continuum[demo]'" in proc.stderr and "Traceback" not in proc.stderr

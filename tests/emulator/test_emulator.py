@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from continuum.emulator import EmulatedCluster
+from continuum_demo.emulator import EmulatedCluster
 
 EW = "/apis/continuum.dev/v1alpha1/namespaces/ns/edgeworkloads"
 MERGE = {"Content-Type": "application/merge-patch+json"}
@@ -294,7 +294,7 @@ async def test_table_format_uses_the_crd_printer_columns(api):
 
 
 def test_human_duration_matches_kubectl_ages():
-    from continuum.emulator.table import human_duration
+    from continuum_demo.emulator.table import human_duration
 
     cases = {
         5: "5s",

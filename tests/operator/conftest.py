@@ -11,7 +11,7 @@ import pytest
 import yaml
 from continuum.controller.runner import run_in_thread
 from continuum.controller.settings import OperatorSettings
-from continuum.emulator import EmulatedCluster
+from continuum_demo.emulator import EmulatedCluster
 
 from tests.conftest import EXAMPLES
 

@@ -1,4 +1,4 @@
-"""An apiserver-like object store: the state behind :class:`~continuum.emulator.server.ApiEmulator`.
+"""An apiserver-like object store: the state behind :class:`~continuum_demo.emulator.server.ApiEmulator`.
 
 Each behaviour reproduces what kube-apiserver does and kmock 0.8's emulator does not
 (see docs/emulator.md, measured in ../shared/notes/kmock-emulator.md):

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from continuum.controller.runner import operator
+from continuum.controller.settings import OperatorSettings
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from continuum.controller.runner import operator
-from continuum.controller.settings import OperatorSettings
-from continuum.emulator import EmulatedCluster
-from continuum.emulator.kubelet import run_fake_kubelet
+from continuum_demo.emulator import EmulatedCluster
+from continuum_demo.emulator.kubelet import run_fake_kubelet
 
 WORKLOADS = "continuum.dev/v1alpha1/edgeworkloads"
 FAILING_NODE = "munich-ipc-1"

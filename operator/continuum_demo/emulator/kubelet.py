@@ -11,8 +11,9 @@ import asyncio
 from typing import Any
 
 from continuum.api.models import LABEL_POOL
-from continuum.emulator.store import Store
 from continuum.placement.snapshot import node_allocatable, node_ready, pod_requests
+
+from continuum_demo.emulator.store import Store
 
 KINDS = ("apps/v1/deployments", "apps/v1/statefulsets")
 

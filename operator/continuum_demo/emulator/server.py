@@ -2,7 +2,7 @@
 
 :class:`ApiEmulator` keeps everything kmock gives (HTTP server, discovery, request recording, the
 error-injection DSL: ``emulator['create apps/v1/deployments'][:1] << kmock.KubernetesError(500, ...)``)
-and replaces its object handling with :class:`~continuum.emulator.store.Store`. :class:`EmulatedCluster`
+and replaces its object handling with :class:`~continuum_demo.emulator.store.Store`. :class:`EmulatedCluster`
 runs it (in the current loop or in a background thread), declares our CRDs, writes a kubeconfig and
 offers direct helpers for tests and the demo.
 """
@@ -22,8 +22,8 @@ import yaml
 from kmock._internal import enums, rendering  # kmock 0.8 keeps these in _internal
 from kmock._internal.k8s import KubernetesScaffold
 
-from continuum.emulator.store import ApiError, Key, Store, Watch
-from continuum.emulator.table import printer_columns, table, wants_table
+from continuum_demo.emulator.store import ApiError, Key, Store, Watch
+from continuum_demo.emulator.table import printer_columns, table, wants_table
 
 REQUEST_HISTORY = 12  # kmock re-filters every recorded request on each request (O(history)): keep it short
 
@@ -334,7 +334,7 @@ class EmulatedCluster:
 
     def start_kubelet(self, interval: float = 0.2) -> None:
         """Run the stand-in kubelet (replica readiness) on the emulator's loop."""
-        from continuum.emulator.kubelet import run_fake_kubelet
+        from continuum_demo.emulator.kubelet import run_fake_kubelet
 
         assert self.loop is not None
         self.loop.call_soon_threadsafe(
