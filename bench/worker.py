@@ -254,9 +254,10 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--no-mlserver", action="store_true")
     args = parser.parse_args()
-    from continuum_worker import modelgen
     from rich.console import Console
     from rich.table import Table
+
+    from tests.worker import modelgen
 
     n = 500 if args.quick else 3000
     seconds = 1.5 if args.quick else 4.0

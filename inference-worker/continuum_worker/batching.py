@@ -28,6 +28,8 @@ class _Pending:
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
     enqueued: float = field(default_factory=time.perf_counter)
+    queue_seconds: float = 0.0  # set when its batch is delivered
+    compute_seconds: float = 0.0
 
 
 @dataclass
@@ -73,6 +75,10 @@ class DynamicBatcher:
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queue one request (its arrays carry the batch dimension first); its own rows come back."""
+        return (await self.submit_timed(inputs))[0]
+
+    async def submit_timed(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+        """:meth:`submit`, with the seconds this request queued and its batch computed."""
         if self._closed:
             raise RuntimeError("the batcher is closed")
         rows = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
@@ -84,6 +90,11 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, n, loop.create_future())
         self._groups.setdefault(self._signature(inputs), []).append(pending)
+        return await self._enqueue(pending, loop)
+
+    async def _enqueue(
+        self, pending: _Pending, loop: asyncio.AbstractEventLoop
+    ) -> tuple[dict[str, np.ndarray], float, float]:
         if not self._running and self.compute_ema and self.compute_ema < self.inline_below:
             # A fast model runs in the event loop: every request that reaches the batcher in this loop
             # iteration joins one batch, run on the next iteration (no task, no thread hop).
@@ -94,7 +105,8 @@ class DynamicBatcher:
             if self._task is None:
                 self._task = loop.create_task(self._loop())
             self._wakeup.set()
-        return await pending.future
+        outputs = await pending.future
+        return outputs, pending.queue_seconds, pending.compute_seconds
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -168,6 +180,7 @@ class DynamicBatcher:
         self.compute_ema = compute if not self.compute_ema else 0.9 * self.compute_ema + 0.1 * compute
         offset = 0
         for p in batch:
+            p.queue_seconds, p.compute_seconds = started - p.enqueued, compute
             if not p.future.done():
                 p.future.set_result({k: v[offset : offset + p.rows] for k, v in outputs.items()})
             offset += p.rows

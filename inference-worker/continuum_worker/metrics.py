@@ -9,12 +9,12 @@ registry, so several workers can run in one process (tests, benchmarks).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from continuum_worker.batching import BatchStats
+from continuum_worker.stats import ModelStats, StatsBook
 
 TRITON_COUNTERS = {
     "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
@@ -23,33 +23,37 @@ TRITON_COUNTERS = {
     "nv_inference_exec_count": "Number of model executions performed (batches)",
     "nv_inference_request_duration_us": "Cumulative inference request duration in microseconds",
     "nv_inference_queue_duration_us": "Cumulative inference queuing duration in microseconds",
+    "nv_inference_compute_input_duration_us": "Cumulative compute input duration in microseconds",
     "nv_inference_compute_infer_duration_us": "Cumulative compute inference duration in microseconds",
+    "nv_inference_compute_output_duration_us": "Cumulative compute output duration in microseconds",
 }
 
 
-class TritonStats:
-    """Per (model, version) counters, exposed under Triton's exact metric names."""
+def _values(m: ModelStats) -> dict[str, float]:
+    st = m.stages
+    return {
+        "nv_inference_request_success": st["success"].count,
+        "nv_inference_request_failure": st["fail"].count,
+        "nv_inference_count": m.inference_count,
+        "nv_inference_exec_count": m.execution_count,
+        "nv_inference_request_duration_us": (st["success"].ns + st["fail"].ns) / 1000,
+        "nv_inference_queue_duration_us": st["queue"].ns / 1000,
+        "nv_inference_compute_input_duration_us": st["compute_input"].ns / 1000,
+        "nv_inference_compute_infer_duration_us": st["compute_infer"].ns / 1000,
+        "nv_inference_compute_output_duration_us": st["compute_output"].ns / 1000,
+    }
 
-    def __init__(self) -> None:
-        self.values: dict[str, dict[tuple[str, str], float]] = {
-            n: defaultdict(float) for n in TRITON_COUNTERS
-        }
 
-    def add(self, name: str, model: str, version: str, value: float = 1.0) -> None:
-        self.values[name][(model, version)] += value
-
-    def get(self, name: str, model: str, version: str) -> float:
-        return self.values[name].get((model, version), 0.0)
-
-    def render(self) -> bytes:
-        """Prometheus text format, as Triton writes it."""
-        lines = []
-        for name, doc in TRITON_COUNTERS.items():
-            lines.append(f"# HELP {name} {doc}")
-            lines.append(f"# TYPE {name} counter")
-            for (model, version), value in sorted(self.values[name].items()):
-                lines.append(f'{name}{{model="{_escape(model)}",version="{_escape(version)}"}} {value:.17g}')
-        return ("\n".join(lines) + "\n").encode()
+def render_triton(book: StatsBook) -> bytes:
+    """Prometheus text format, as Triton writes it, from the statistics extension's numbers."""
+    values = {(name, version): _values(m) for (name, version), m in sorted(book.models.items())}
+    lines = []
+    for metric, doc in TRITON_COUNTERS.items():
+        lines.append(f"# HELP {metric} {doc}")
+        lines.append(f"# TYPE {metric} counter")
+        for (model, version), v in values.items():
+            lines.append(f'{metric}{{model="{_escape(model)}",version="{_escape(version)}"}} {v[metric]:.17g}')
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _escape(value: str) -> str:
@@ -59,7 +63,13 @@ def _escape(value: str) -> str:
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.triton = TritonStats()
+        self.stats = StatsBook()
+        self.memory = Gauge(
+            "continuum_worker_model_memory_bytes",
+            "Memory each loaded model version took (resident growth while loading, at least its files)",
+            ["model", "version"],
+            registry=self.registry,
+        )
         self.backend = Gauge(
             "continuum_worker_backend_info",
             "The backend and device serving each model version (value 1)",
@@ -97,19 +107,17 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def batch_hook(self, model: str, version: str) -> Callable[[BatchStats], None]:
-        def hook(stats: BatchStats) -> None:
-            self.triton.add("nv_inference_exec_count", model, version)
-            self.triton.add("nv_inference_queue_duration_us", model, version, sum(stats.queue_seconds) * 1e6)
-            self.triton.add(
-                "nv_inference_compute_infer_duration_us",
-                model,
-                version,
-                stats.compute_seconds * 1e6 * stats.requests,
-            )
-            self.batch_size.labels(model).set(stats.rows)
+    def bind_stats(self, stats: StatsBook) -> None:
+        self.stats = stats
+
+    def batch_hook(self, stats: ModelStats) -> Callable[[BatchStats], None]:
+        """One dynamic batch executed: an execution of its size, in the statistics."""
+
+        def hook(batch: BatchStats) -> None:
+            stats.execution(batch.rows, 0.0, batch.compute_seconds, 0.0)
+            self.batch_size.labels(stats.name).set(batch.rows)
 
         return hook
 
     def render(self) -> bytes:
-        return self.triton.render() + generate_latest(self.registry)
+        return render_triton(self.stats) + generate_latest(self.registry)

@@ -32,6 +32,23 @@ class ModelError(RuntimeError):
     """The model cannot be fetched, verified or loaded."""
 
 
+def resident_bytes() -> int:
+    """This process's resident memory (Linux), 0 where unknown."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def file_bytes(path: Path) -> int:
+    """A model's size on disk (an OpenVINO ``.xml`` counts its ``.bin``)."""
+    size = path.stat().st_size if path.is_file() else 0
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and weights.is_file():
+        size += weights.stat().st_size
+    return size
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -96,6 +113,8 @@ class LoadedModel:
     ready: bool = False
     compute_ema: float = 0.0
     in_flight: int = 0
+    max_rows: int = 0  # a batch limit without dynamic batching (a repository config's max_batch_size)
+    memory_bytes: int = 0  # what loading it took (resident memory growth, at least its file)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -103,6 +122,8 @@ class LoadedModel:
         self.batchable = bool(self.backend.inputs) and all(
             len(s.shape) >= 1 and s.shape[0] == -1 for s in (*self.backend.inputs, *self.backend.outputs)
         )
+        if self.max_batch_size > 0 and self.batchable:
+            self.max_rows = self.max_batch_size
         if self.max_batch_size > 0 and self.batchable:
             self.batcher = DynamicBatcher(
                 self.backend.infer,
@@ -121,11 +142,15 @@ class LoadedModel:
     def outputs(self) -> list[TensorSpec]:
         return self.backend.outputs
 
+    @property
+    def platform(self) -> str:
+        return "onnxruntime_onnx" if self.backend.kind == "onnxruntime" else "openvino"
+
     def metadata(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "versions": [self.version],
-            "platform": "onnxruntime_onnx" if self.backend.kind == "onnxruntime" else "openvino",
+            "platform": self.platform,
             "inputs": [s.metadata() for s in self.inputs],
             "outputs": [s.metadata() for s in self.outputs],
         }
@@ -161,9 +186,9 @@ class LoadedModel:
         self._check_text(inputs)
         if len(rows) > 1:
             raise ProtocolError(f"inputs disagree on the batch dimension: {sorted(rows)}")
-        if self.batcher is not None and rows and max(rows) > self.max_batch_size:
+        if self.max_rows and rows and max(rows) > self.max_rows:
             raise ProtocolError(
-                f"batch size {max(rows)} exceeds the model's max_batch_size {self.max_batch_size}"
+                f"inference request batch-size must be <= {self.max_rows} for '{self.name}' (got {max(rows)})"
             )
 
     def _check_text(self, inputs: dict[str, np.ndarray]) -> None:
@@ -202,15 +227,17 @@ class LoadedModel:
                 rows = array.shape[0]
         if self.backend.text_only_strings and any(s.datatype == "BYTES" for s in self.inputs):
             return False  # the full check looks at the text
-        return self.batcher is None or rows <= self.max_batch_size
+        return not self.max_rows or rows <= self.max_rows
 
-    async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
-        """(outputs, batched). Tiny models run inline; others in the executor or the batcher."""
+    async def infer(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, bool]:
+        """(outputs, queue seconds, compute seconds, batched). Tiny models run inline; others in the
+        executor or the batcher."""
         self.in_flight += 1
         self._idle.clear()
         try:
             if self.batcher is not None:
-                return await self.batcher.submit(inputs), True
+                outputs, queued, computed = await self.batcher.submit_timed(inputs)
+                return outputs, queued, computed, True
             started = time.perf_counter()
             if self.compute_ema and self.compute_ema < INLINE_BELOW_SECONDS:
                 outputs = self.backend.infer(inputs)
@@ -219,7 +246,7 @@ class LoadedModel:
                 outputs = await loop.run_in_executor(self.executor, self.backend.infer, inputs)
             elapsed = time.perf_counter() - started
             self.compute_ema = elapsed if not self.compute_ema else 0.9 * self.compute_ema + 0.1 * elapsed
-            return outputs, False
+            return outputs, 0.0, elapsed, False
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -273,9 +300,11 @@ async def load_model(
     executor: Executor | None = None,
     on_batch: Any = None,
     intra_op_threads: int = 0,
+    max_rows: int = 0,
 ) -> LoadedModel:
     """Fetch, load and warm one model version (the blocking parts run in ``executor``)."""
     loop = asyncio.get_running_loop()
+    before = resident_bytes()
     try:
         path = await loop.run_in_executor(executor, fetch_model, uri, cache_dir, sha256)
         backend = await loop.run_in_executor(executor, create_backend, path, choices, intra_op_threads)
@@ -284,6 +313,9 @@ async def load_model(
     except Exception as exc:
         raise ModelError(str(exc)) from exc
     model = LoadedModel(name, version, backend, path, max_batch_size, max_queue_delay_us, executor, on_batch)
+    if max_rows and not model.max_rows:
+        model.max_rows = max_rows
     await model.warm()
+    model.memory_bytes = max(resident_bytes() - before, file_bytes(path))
     log.info("model %s version %s ready on %s from %s", name, version, backend.device, uri)
     return model

@@ -58,6 +58,66 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 class RequestedOutput:
     name: str
     binary: bool
+    classification: int = 0  # top-k classes instead of the tensor (Triton's classification extension)
+    shm: SharedMemoryRef | None = None  # written into a registered shared-memory region
+
+
+@dataclass
+class SharedMemoryRef:
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+def shared_memory_ref(params: Mapping[str, Any], what: str) -> SharedMemoryRef | None:
+    """The ``shared_memory_region/byte_size/offset`` parameters of an input or output, checked."""
+    region = params.get("shared_memory_region")
+    if region is None:
+        for key in ("shared_memory_byte_size", "shared_memory_offset"):
+            if key in params:
+                raise ProtocolError(f"{what}: '{key}' given without 'shared_memory_region'")
+        return None
+    size, offset = params.get("shared_memory_byte_size"), params.get("shared_memory_offset", 0)
+    if not isinstance(region, str) or not region:
+        raise ProtocolError(f"{what}: 'shared_memory_region' must be a region name")
+    for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ProtocolError(f"{what}: '{key}' must be a non-negative integer, got {value!r}")
+    return SharedMemoryRef(region, size, offset)
+
+
+def array_from_bytes(data: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: 4-byte length prefixes)."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return decode_bytes_tensor(data, count, name).reshape(shape)
+    dtype = DATATYPES[datatype]
+    if len(data) != count * dtype.itemsize:
+        raise ProtocolError(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes, "
+            f"got {len(data)}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def tensor_size(array: np.ndarray) -> int:
+    if array.dtype.kind == "O":
+        return sum(4 + len(v if isinstance(v, bytes) else str(v).encode()) for v in array.reshape(-1))
+    return int(array.nbytes)
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """The raw wire form of a tensor (inverse of :func:`array_from_bytes`)."""
+    if datatype_of(array.dtype) == "BYTES":
+        return encode_bytes_tensor(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+@dataclass
+class SharedMemoryInput:
+    ref: SharedMemoryRef
+    datatype: str
+    shape: tuple[int, ...]
 
 
 @dataclass
@@ -68,6 +128,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None  # None: every output
     binary_default: bool
     parameters: dict[str, Any] = field(default_factory=dict)
+    shm_inputs: dict[str, SharedMemoryInput] = field(default_factory=dict)  # read by the data plane
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -203,18 +264,28 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
     offset = 0
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
+    shm_inputs: dict[str, SharedMemoryInput] = {}
     for raw in raw_inputs:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise ProtocolError("every input needs a 'name'")
         name = raw["name"]
-        if name in inputs:
+        if name in datatypes:
             raise ProtocolError(f"input '{name}' is given twice")
         datatype = raw.get("datatype")
         if datatype not in DATATYPES:
             raise ProtocolError(f"input '{name}': unknown datatype {datatype!r}")
         shape = _shape(raw.get("shape"), name)
         iparams = raw.get("parameters") or {}
-        size = iparams.get("binary_data_size") if isinstance(iparams, dict) else None
+        if not isinstance(iparams, dict):
+            raise ProtocolError(f"input '{name}': 'parameters' must be an object")
+        size = iparams.get("binary_data_size")
+        ref = shared_memory_ref(iparams, f"input '{name}'")
+        if ref is not None:
+            if size is not None or "data" in raw:
+                raise ProtocolError(f"input '{name}': shared memory and data/binary_data_size exclude each other")
+            shm_inputs[name] = SharedMemoryInput(ref, datatype, shape)
+            datatypes[name] = datatype
+            continue
         if size is not None:
             if not isinstance(size, int) or size < 0:
                 raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
@@ -253,7 +324,9 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
             if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
                 raise ProtocolError("every requested output needs a 'name'")
             oparams = raw.get("parameters") or {}
-            outputs.append(RequestedOutput(raw["name"], bool(oparams.get("binary_data", binary_default))))
+            if not isinstance(oparams, dict):
+                raise ProtocolError(f"output '{raw['name']}': 'parameters' must be an object")
+            outputs.append(requested_output(raw["name"], oparams, binary_default))
     request_id = header.get("id")
     return InferRequest(
         id=str(request_id) if request_id is not None else None,
@@ -262,6 +335,23 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         outputs=outputs,
         binary_default=binary_default,
         parameters=params,
+        shm_inputs=shm_inputs,
+    )
+
+
+OUTPUT_PARAMETERS = {"binary_data", "classification", "shared_memory_region", "shared_memory_byte_size",
+                     "shared_memory_offset"}  # fmt: skip
+
+
+def requested_output(name: str, params: Mapping[str, Any], binary_default: bool) -> RequestedOutput:
+    unknown = sorted(set(params) - OUTPUT_PARAMETERS)
+    if unknown:
+        raise ProtocolError(f"output '{name}': unknown parameter(s) {unknown} (known: {sorted(OUTPUT_PARAMETERS)})")
+    k = params.get("classification", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ProtocolError(f"output '{name}': 'classification' must be a non-negative integer, got {k!r}")
+    return RequestedOutput(
+        name, bool(params.get("binary_data", binary_default)), k, shared_memory_ref(params, f"output '{name}'")
     )
 
 
@@ -291,7 +381,13 @@ def encode_infer_response(
         array = results[req.name]
         datatype = datatype_of(array.dtype)
         entry: dict[str, Any] = {"name": req.name, "datatype": datatype, "shape": list(array.shape)}
-        if req.binary or datatype == "FP16":
+        if req.shm is not None:  # the data plane wrote it into the region
+            entry["parameters"] = {
+                "shared_memory_region": req.shm.region,
+                "shared_memory_byte_size": tensor_size(array),
+                "shared_memory_offset": req.shm.offset,
+            }
+        elif req.binary or datatype == "FP16":
             data = (
                 encode_bytes_tensor(array)
                 if datatype == "BYTES"

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from continuum_worker import modelgen
+
+from tests.worker import modelgen
 
 
 def free_port() -> int:
@@ -24,8 +25,11 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, port: int | None = None, grpc: bool = False
+    ) -> None:
         self.port = port or free_port()
+        self.grpc_port = free_port() if grpc else 0
         self.args = args
         self.env = {**os.environ, "CONTINUUM_LOG_LEVEL": "WARNING", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -34,6 +38,10 @@ class WorkerProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, wait: bool = True) -> None:
         cmd = [
@@ -45,6 +53,8 @@ class WorkerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
         ]
         self.proc = subprocess.Popen([*cmd, *self.args], env=self.env, stderr=subprocess.PIPE)
         if wait:
@@ -115,8 +125,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def start_worker() -> Iterator:  # type: ignore[type-arg]
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, port: int | None = None) -> WorkerProcess:
-        worker = WorkerProcess(list(args), env, port)
+    def start(
+        *args: str, env: dict[str, str] | None = None, port: int | None = None, grpc: bool = False
+    ) -> WorkerProcess:
+        worker = WorkerProcess(list(args), env, port, grpc)
         started.append(worker)
         return worker
 

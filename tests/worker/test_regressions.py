@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from continuum_worker import modelgen
 from tritonclient.utils import InferenceServerException
 
+from tests.worker import modelgen
 from tests.worker.conftest import WorkerProcess
 
 

@@ -62,7 +62,7 @@ def test_dynamic_batching_keeps_every_response_with_its_request(start_worker, mo
     try:
         infer(worker.url, np.zeros((33, 64), np.float32), model="heavy")
     except InferenceServerException as exc:
-        assert exc.status() == "400" and "exceeds the model's max_batch_size 32" in str(exc.message())
+        assert exc.status() == "400" and "inference request batch-size must be <= 32 for 'heavy'" in str(exc.message())
     else:
         raise AssertionError("a 33-row request was accepted with max_batch_size 32")
 

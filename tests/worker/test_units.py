@@ -22,6 +22,7 @@ from continuum_worker.protocol import (
     parse_infer_request,
 )
 from continuum_worker.server import is_own_url
+from continuum_worker.settings import WorkerSettings, default_text, env_var, flag
 from continuum_worker.upstream import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -191,32 +192,84 @@ def test_backend_list() -> None:
         parse_backends("tflite")
 
 
-def _contract_rows() -> list[tuple[str, str]]:
-    """(flag, variable) of every row of the worker table in docs/contracts.md (what the operator renders)."""
+def _contract_rows() -> list[tuple[str, str, str]]:
+    """(flag, variable, default) of every row of the worker table in docs/contracts.md."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "contracts.md").read_text()
     table = text.split("## Worker configuration", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `(--[a-z0-9-]+)` \| `(CONTINUUM_[A-Z0-9_]+)` \|", table, re.M)
+    return re.findall(r"^\| `(--[a-z0-9-]+)` \| `(CONTINUUM_[A-Z0-9_]+)` \| ([^|]+?) \|", table, re.M)
 
 
-SPECIAL = {"--backends": ("openvino:CPU", "onnxruntime:cpu"), "--port": ("8123", "8124")}
+def test_the_contract_table_is_the_settings_class() -> None:
+    """Every setting has its row (flag, variable, default) and every row is a setting."""
+    rows = {flag: (variable, default) for flag, variable, default in _contract_rows()}
+    fields = WorkerSettings.model_fields
+    assert sorted(rows) == sorted(flag(f) for f in fields)
+    for name in fields:
+        variable, default = rows[flag(name)]
+        assert variable == env_var(name), name
+        # the default column starts with the value in backquotes, or "none"/"(required)"
+        documented = re.match(r"`([^`]*)`|(none|\(required\))", default)
+        assert documented, (name, default)
+        value = documented.group(1) if documented.group(1) is not None else "none"
+        assert value == default_text(name), (name, value, default_text(name))
+    help_text = _serve_parser().format_help()
+    for name in fields:
+        assert flag(name) in help_text and env_var(name) in help_text
 
 
-def test_every_contract_flag_reads_its_variable_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = _contract_rows()
-    assert len(rows) >= 19 and ("--state-dir", "CONTINUUM_STATE_DIR") in rows
-    actions = {a.option_strings[0]: a for a in _serve_parser()._actions if a.option_strings}
-    for flag, variable in rows:
-        action = actions[flag]  # every flag of the contract exists
-        from_env, from_flag = SPECIAL.get(flag, ("7", "9"))
-        convert = action.type or str
-        monkeypatch.setenv(variable, from_env)
-        args = cli.build_parser().parse_args(["serve"])
-        assert getattr(args, action.dest) == convert(from_env), flag
-        args = cli.build_parser().parse_args(["serve", flag, from_flag])
-        assert getattr(args, action.dest) == convert(from_flag), flag
-    settings = cli.settings_from_args(cli.build_parser().parse_args(["serve"]))  # all from the environment
-    assert settings.model_name == "7" and settings.max_batch_size == 7 and settings.sync_to == ["7"]
-    assert settings.upstream_timeout_ms == 7.0 and str(settings.state_dir) == "7"
+SPECIAL = {
+    "--backends": ("openvino:CPU", "onnxruntime:cpu"),
+    "--port": ("8123", "8124"),
+    "--grpc-port": ("8125", "8126"),
+    "--model-control-mode": ("explicit", "explicit"),
+    "--memory-limit": ("7Mi", "9"),
+    "--model-uri": (None, None),  # excludes --model-repository: checked below
+    "--event-threshold": ("0.7", "0.9"),
+}
+
+
+def test_every_setting_reads_its_variable_and_the_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"CONTINUUM_MODEL_REPOSITORY": "/models", "CONTINUUM_MODEL_CONTROL_MODE": "explicit"}
+    for name in WorkerSettings.model_fields:
+        from_env, from_flag = SPECIAL.get(flag(name), ("7", "9"))
+        if from_env is None:
+            continue
+        for k, v in base.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv(env_var(name), from_env)
+        from_env_settings = cli.settings_from_args(cli.build_parser().parse_args(["serve"]))
+        from_flag_settings = cli.settings_from_args(cli.build_parser().parse_args(["serve", flag(name), from_flag]))
+        monkeypatch.delenv(env_var(name))
+        expect_env = WorkerSettings.model_validate({**_base_kwargs(), name: from_env})
+        expect_flag = WorkerSettings.model_validate({**_base_kwargs(), name: from_flag})
+        assert getattr(from_env_settings, name) == getattr(expect_env, name), name
+        assert getattr(from_flag_settings, name) == getattr(expect_flag, name), name
+        assert getattr(expect_env, name) != getattr(expect_flag, name) or from_env == from_flag, name
+    monkeypatch.delenv("CONTINUUM_MODEL_REPOSITORY")
+    monkeypatch.delenv("CONTINUUM_MODEL_CONTROL_MODE")
+    monkeypatch.setenv("CONTINUUM_MODEL_NAME", "m")
+    monkeypatch.setenv("CONTINUUM_MODEL_URI", "/env.onnx")
+    monkeypatch.setenv("CONTINUUM_SYNC_TO", "http://a,http://b")
+    got = cli.settings_from_args(cli.build_parser().parse_args(["serve", "--model-uri", "/flag.onnx"]))
+    assert got.model_uri == "/flag.onnx" and got.model_name == "m" and got.sync_to == ["http://a", "http://b"]
+
+
+def _base_kwargs() -> dict[str, str]:
+    return {"model_repository": "/models", "model_control_mode": "explicit"}
+
+
+def test_configuration_errors_name_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = cli.build_parser().parse_args
+    with pytest.raises(ValueError, match="--model-name and --model-uri required"):
+        cli.settings_from_args(parse(["serve"]))
+    with pytest.raises(ValueError, match="--port"):
+        cli.settings_from_args(parse(["serve", "--model-name", "m", "--model-uri", "u", "--port", "0"]))
+    with pytest.raises(ValueError, match=r"--memory-limit.*not a size"):
+        cli.settings_from_args(parse(["serve", "--model-repository", "/m", "--memory-limit", "lots"]))
+    with pytest.raises(ValueError, match="--load-model needs --model-control-mode explicit"):
+        cli.settings_from_args(parse(["serve", "--model-repository", "/m", "--load-model", "a"]))
+    with pytest.raises(ValueError, match="unknown onnxruntime provider"):
+        cli.settings_from_args(parse(["serve", "--model-name", "m", "--model-uri", "u", "--backends", "onnxruntime:tpu"]))
 
 
 def _serve_parser() -> argparse.ArgumentParser:

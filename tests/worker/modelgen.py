@@ -1,6 +1,7 @@
-"""Tiny ONNX models built with ``onnx.helper`` for tests, the demo and benchmarks (no model hub needed).
+"""Tiny ONNX models built with ``onnx.helper`` for tests and benchmarks (no model hub needed).
 
-``continuum-worker make-model mlp OUT.onnx`` writes one. Needs the ``onnx`` package (dev extra).
+Test code, not shipped in the worker package: ``python -m tests.worker.modelgen mlp OUT.onnx`` (from the
+repository root) writes one. Needs the ``onnx`` package (dev extra).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("mlp", "fixed", "dtypes", "slow", "heavy")
+KINDS = ("mlp", "fixed", "dtypes", "slow", "heavy", "strings")
 
 
 def _save(model: object, path: Path) -> Path:
@@ -180,4 +181,17 @@ def make(kind: str, path: Path, seed: int = 0) -> Path:
         return slow(path, seed=seed)
     if kind == "heavy":
         return heavy(path, seed=seed)
+    if kind == "strings":
+        return strings(path)
     raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(make(args.kind, args.out, seed=args.seed))
