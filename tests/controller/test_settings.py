@@ -12,9 +12,9 @@ import yaml
 
 pytest.importorskip("pydantic_settings")
 
-from continuum import __version__  # noqa: E402
-from continuum.cli import build_parser  # noqa: E402
-from continuum.controller.settings import OperatorSettings, env_name, flag_name, from_args  # noqa: E402
+from continuum import __version__
+from continuum.cli import build_parser
+from continuum.controller.settings import OperatorSettings, env_name, flag_name, from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = OperatorSettings.model_fields

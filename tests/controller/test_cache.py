@@ -1,0 +1,118 @@
+"""The watch cache: stale events are ignored; the snapshot is rebuilt only when what placement reads
+changes; workloads' model index tells which peers to re-render."""
+
+from __future__ import annotations
+
+import copy
+
+from continuum.controller.cache import ClusterCache, WorkloadChange
+from continuum.controller.keys import RENDERED, WorkloadKey
+
+
+def with_rv(obj, rv):
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["resourceVersion"] = str(rv)
+    return obj
+
+
+def test_older_events_are_ignored(example_nodes):
+    cache = ClusterCache()
+    node = example_nodes[0]
+    assert cache.observe_object("Node", "ADDED", with_rv(node, 5))
+    older = with_rv(node, 4)
+    older["status"]["conditions"][0]["status"] = "False"
+    assert not cache.observe_object("Node", "MODIFIED", older)
+    assert cache.nodes[node["metadata"]["name"]]["metadata"]["resourceVersion"] == "5"
+
+
+def test_the_snapshot_is_rebuilt_only_when_what_placement_reads_changes(example_nodes):
+    cache = ClusterCache()
+    for i, node in enumerate(example_nodes):
+        cache.observe_object("Node", "ADDED", with_rv(node, i + 1))
+    first = cache.snapshot()
+    assert cache.snapshot() is first and not cache.stale
+    node = with_rv(example_nodes[0], 100)
+    node["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:00Z"  # a heartbeat
+    node["metadata"]["labels"]["continuum.dev/pool"] = "x"  # our own label
+    assert not cache.observe_object("Node", "MODIFIED", node)
+    assert cache.snapshot() is first
+    node = with_rv(node, 101)
+    node["spec"] = {"taints": [{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]}
+    assert cache.observe_object("Node", "MODIFIED", node) and cache.stale
+    assert cache.snapshot() is not first
+    assert cache.observe_object("Node", "DELETED", node)
+
+
+def test_pods_count_only_when_bound_running_and_not_ours():
+    cache = ClusterCache()
+    pod = {
+        "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "1"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]},
+    }
+    assert cache.observe_object("Pod", "ADDED", pod)
+    ours = with_rv(pod, 2)
+    ours["metadata"]["labels"] = {"continuum.dev/workload": "w"}
+    assert cache.observe_object("Pod", "MODIFIED", ours)  # stops counting: the snapshot changes
+    assert not cache.observe_object("Pod", "MODIFIED", with_rv(ours, 3))
+
+
+def workload(name, uid="u1", rv=1, model="m", tier=None, phase=None):
+    status = {"phase": phase} if phase else {}
+    if tier:
+        status["placement"] = {"tier": tier, "pool": "p"}
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": str(rv)},
+        "spec": {"model": {"name": model}},
+        "status": status,
+    }
+
+
+def test_workload_changes_and_the_unschedulable_set():
+    cache = ClusterCache()
+    key = WorkloadKey("ns", "a")
+    assert cache.observe_workload("ADDED", workload("a", phase="Unschedulable")) == (
+        key,
+        WorkloadChange.UPDATED,
+    )
+    assert key in cache.unschedulable
+    assert cache.observe_workload("MODIFIED", workload("a")) == (key, WorkloadChange.STALE)
+    assert cache.observe_workload("MODIFIED", workload("a", rv=2, phase="Placed")) == (
+        key,
+        WorkloadChange.UPDATED,
+    )
+    assert key not in cache.unschedulable
+    assert cache.observe_workload("ADDED", workload("a", uid="u2", rv=3))[1] is WorkloadChange.RECREATED
+    assert cache.observe_workload("DELETED", workload("a", rv=4))[1] is WorkloadChange.DELETED
+    assert key not in cache.workloads
+
+
+def test_a_copy_changing_tier_names_its_peers():
+    cache = ClusterCache()
+    a, b = WorkloadKey("ns", "a"), WorkloadKey("ns", "b")
+    assert cache.index_model(a, workload("a")) == set()
+    assert cache.index_model(b, workload("b")) == {"a"}
+    assert cache.index_model(b, workload("b", tier="cloud")) == {"a"}  # b placed: a's upstreams change
+    assert cache.index_model(b, workload("b", tier="cloud")) == set()  # nothing changed
+    assert cache.same_model("ns", "m") == ["a", "b"]
+    assert cache.index_model(b, None) == {"a"}
+    assert cache.same_model("ns", "m") == ["a"]
+
+
+def test_rendered_objects_are_kept_by_their_workload():
+    cache = ClusterCache()
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {
+            "name": "w-p",
+            "namespace": "ns",
+            "labels": {"continuum.dev/workload": "w"},
+            "resourceVersion": "2",
+        },
+    }
+    assert cache.observe_rendered("ADDED", deployment) == WorkloadKey("ns", "w")
+    assert cache.observe_rendered("MODIFIED", with_rv(deployment, 1)) is None  # stale
+    assert (
+        cache.observe_rendered("ADDED", {"kind": "Deployment", "metadata": {"name": "x"}}) is None
+    )  # not ours
+    assert cache.observe_rendered("DELETED", deployment) == WorkloadKey("ns", "w")
+    assert WorkloadKey("ns", "w") not in cache.rendered and RENDERED == "Rendered"
