@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from continuum import __version__
+from continuum import explain as explain_cli
 from continuum import plan as plan_cli
 
 EXIT_OK = 0
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     plan_cli.add_parser(sub)
+    explain_cli.add_parser(sub)
 
     crds = sub.add_parser("crds", help="generate the CustomResourceDefinitions from the API models")
     crds.add_argument("--out", type=Path, help="folder to write (default: print to stdout)")
@@ -151,7 +153,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"plan": plan_cli.cmd_plan, "crds": cmd_crds, "run": cmd_run, "demo": cmd_demo}[args.command]
+    handler = {
+        "plan": plan_cli.cmd_plan,
+        "explain": explain_cli.cmd_explain,
+        "crds": cmd_crds,
+        "run": cmd_run,
+        "demo": cmd_demo,
+    }[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
