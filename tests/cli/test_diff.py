@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -407,3 +408,34 @@ def test_ci_example_pipeline_runs_and_writes_the_comment(tmp_path: Path) -> None
     assert "<summary><code>manufacturing/line-defect-inspection</code>" in summary.read_text()
     post = steps["Post or update the PR comment"]["run"]
     assert 'startswith("<!-- continuum-plan-diff -->")' in post and "-F body=@comment.md" in post
+
+
+def test_compact_plans_beyond_50_pools(tmp_path: Path) -> None:
+    """Beyond 50 pools the plan lists only some candidates per workload; a pool that loses its nodes
+    still explains every workload that leaves it (by its verdict, or by the reason counts)."""
+    from tests.cli.test_report import write_instance
+
+    before_paths = write_instance(tmp_path / "before", 120, 60, seed=3)
+    before, d_before = plan_and_demands(before_paths)
+    assert before["summary"]["pools"] == 60
+    used = Counter(p["pool"] for p in before["placements"] if p["phase"] == "Placed")
+    victim = used.most_common(1)[0][0]
+    docs = [
+        d
+        for d in yaml.safe_load_all((tmp_path / "before" / "instance.yaml").read_text())
+        if not (d["kind"] == "Node" and d["metadata"]["labels"].get("pool") == victim)
+    ]
+    (tmp_path / "after").mkdir()
+    (tmp_path / "after" / "instance.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    after, d_after = plan_and_demands([str(tmp_path / "after")])
+    diff = diff_plans(before, after, d_before, d_after)
+    left = {c.key for c in diff.changes if c.before and c.before.pool == victim}
+    assert left == {k for k, r in rows_of(before).items() if r.pool == victim}  # every one of them changed
+    for c in diff.changes:
+        if c.kind == "moved" and c.before.pool == victim:
+            assert c.reason.startswith(f"{victim} no longer fits: NoNodes") or "not among" in c.reason, (
+                c.reason
+            )
+    victim_delta = next(p for p in diff.pools if p.pool == victim)
+    assert victim_delta.after.workloads == 0 and victim_delta.delta.workloads == -used[victim]
+    assert render_markdown(diff).count("<summary><code>") == min(len(diff.changes), 100)
