@@ -1,10 +1,10 @@
 """The chart's Grafana dashboards: well-formed, rendered as sidecar ConfigMaps, and every PromQL
 expression names only metrics the operator and the worker really export.
 
-The exported names are collected from the code (the operator's metrics module on the default
-prometheus_client registry, the worker's ``WorkerMetrics`` registry with the state library's metrics
-bound to it as the worker does, and the Triton counters the worker renders itself), never from a list
-kept here.
+The exported names are collected from the code, never from a list kept here: the operator's metrics
+module on the default prometheus_client registry; the worker's ``WorkerMetrics`` registry with the
+state library's metrics bound to it (as the worker does with --state-dir); and every name declared by
+the worker's ``render()`` (what its /metrics serves, Triton's hand-rendered counters included).
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def worker_metric_names() -> set[str]:
 
     worker = WorkerMetrics()
     StateMetrics(worker.registry)  # what worker_integration does when --state-dir is set
-    return _registry_names(worker.registry) | _text_format_names(worker.triton.render().decode())
+    # render() is what /metrics serves: Triton's counters rendered by hand, then the registry
+    return _registry_names(worker.registry) | _text_format_names(worker.render().decode())
 
 
 # --- PromQL metric-name extraction -----------------------------------------------------------------
