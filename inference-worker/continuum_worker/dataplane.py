@@ -401,8 +401,13 @@ class DataPlane:
             )
         files = sorted(k for k in parameters if k.startswith("file:"))
         others = sorted(k for k in parameters if k != "config" and not k.startswith("file:"))
-        if files or others:
-            raise InvalidArgument(f"load parameter(s) {files + others} are not supported (supported: config)")
+        if others:
+            raise InvalidArgument(f"load parameter(s) {others} are not supported (supported: config)")
+        if files:  # Triton's status and text (its own TODO calls INVALID_ARGUMENT better; clients match these)
+            raise ServerError(
+                f"failed to load '{name}', failed to poll from model repository: model files in the request "
+                f"({len(files)} 'file:' parameter(s)) are not supported by this worker"
+            )
         override = None
         if "config" in parameters:
             try:
@@ -493,8 +498,8 @@ class DataPlane:
         used = self.memory_in_use(excluding=name)
         if used + size > limit:
             raise InvalidArgument(
-                f"model '{name}' {verb} {size / 2**20:.1f} MiB; {used / 2**20:.1f} MiB of the "
-                f"--memory-limit {limit / 2**20:.1f} MiB are in use by the other models"
+                f"model '{name}' {verb} {_size(size)}; {_size(used)} of the --memory-limit {_size(limit)} "
+                "are in use by the other models"
             )
 
     def _choices(self, config: mc.ModelConfig) -> list[BackendChoice]:
@@ -604,6 +609,10 @@ class DataPlane:
     # -- shared memory -----------------------------------------------------------------------------
     def cuda_register(self) -> None:
         raise InvalidArgument(CUDA_UNSUPPORTED)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 def classify(array: np.ndarray, k: int, batched: bool, labels: list[str] | None) -> np.ndarray:
