@@ -146,3 +146,20 @@ def test_tiny_clusters(n_pools):
         ref = engine.decide(req.spec, snapshot, {}, req.key)
         got = fast.decide(req.spec, table)
         assert (got.pool, got.hint) == (ref.pool, ref.hint)
+
+
+@SETTINGS
+@given(instances, st.integers(1, 6))
+def test_partial_orders_are_prefixes_of_the_full_orders(instance, limit):
+    n_w, n_p, seed, load, variety = instance
+    snapshot, requests = generate(n_w, n_p, seed=seed, load=load, variety=variety)
+    table = fast.PoolTable(snapshot)
+    used = fast.usage_array(table.names, random_usage(snapshot, seed))
+    for req in requests:
+        v = table.evaluate(req.spec, used)
+        feasible = np.nonzero(v.feasible)[0]
+        assert list(table.choice_order(v, feasible, limit)) == list(table.choice_order(v, feasible))[:limit]
+        rejected = np.nonzero(~v.feasible)[0]
+        for slots in ([fast.LATENCY], [fast.NODE_FIT, fast.CAPACITY], [fast.BANDWIDTH], None):
+            full = list(table.nearest_misses(v, rejected, slots))
+            assert list(table.nearest_misses(v, rejected, slots, limit)) == full[:limit]

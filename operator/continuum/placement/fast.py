@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from continuum.api.models import Candidate, EdgeWorkloadSpec, Privacy, ReasonCode, Tier
+from continuum.api.models import Candidate, EdgeWorkloadSpec, Privacy, Reason, ReasonCode, Tier
 from continuum.api.quantity import gib
 from continuum.placement import filters
 from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
@@ -43,7 +44,21 @@ SLOTS: tuple[ReasonCode, ...] = (
 TIER, PRIVACY, RESIDENCY, LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY = range(len(SLOTS))
 _FIXABLE_SLOTS = (LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY)
 _TIERS = list(Tier)
+_CODE_SLOTS = {code.value: [s for s, c in enumerate(SLOTS) if c is code] for code in set(SLOTS)}
 EPS = 1e-9
+
+
+_CHECKS = (
+    lambda spec, pool, used: filters.check_tier(spec, pool),
+    lambda spec, pool, used: filters.check_privacy(spec, pool),
+    lambda spec, pool, used: filters.check_residency(spec, pool),
+    lambda spec, pool, used: filters.check_latency(spec, pool),
+    lambda spec, pool, used: filters.check_nodes(spec, pool),
+    lambda spec, pool, used: filters.check_accelerator(spec, pool),
+    lambda spec, pool, used: filters.check_node_fit(spec, pool),
+    filters.check_bandwidth,
+    filters.check_capacity,
+)  # by slot
 
 
 def usage_array(pool_names: Sequence[str], usage: Mapping[str, PoolUsage]) -> npt.NDArray[np.float64]:
@@ -68,23 +83,26 @@ class Verdicts:
     rank: npt.NDArray[np.int64]
     miss: npt.NDArray[np.float64]  # (P, len(SLOTS)): relative size of the change each broken rule asks
 
-    @property
+    @cached_property
     def feasible(self) -> npt.NDArray[np.bool_]:
         return ~self.bad.any(axis=1)
+
+    @cached_property
+    def n_broken(self) -> npt.NDArray[np.int64]:
+        return self.bad.sum(axis=1)
 
     def codes(self, p: int) -> list[ReasonCode]:
         return [SLOTS[s] for s in np.nonzero(self.bad[p])[0]]
 
     def rejected_by_reason(self) -> dict[str, int]:
         """How many pools break each reason code (a pool breaking two rules counts under both)."""
+        per_slot = self.bad.sum(axis=0).tolist()
+        per_slot[NODE_FIT] = int((self.bad[:, NODE_FIT] | self.bad[:, CAPACITY]).sum())
+        per_slot[CAPACITY] = 0
         out: dict[str, int] = {}
-        by_code: dict[ReasonCode, npt.NDArray[np.bool_]] = {}
-        for s, code in enumerate(SLOTS):
-            by_code[code] = by_code.get(code, np.zeros(len(self.bad), dtype=np.bool_)) | self.bad[:, s]
-        for code, mask in by_code.items():
-            n = int(mask.sum())
-            if n:
-                out[code.value] = n
+        for slot, count in enumerate(per_slot):
+            if count:
+                out[SLOTS[slot].value] = int(count)
         return out
 
 
@@ -125,6 +143,8 @@ class PoolTable:
             dtype=np.float64,
         ).reshape(n, 4)
         self.has_usable = np.array([bool(p.usable_nodes) for p in pools], dtype=np.bool_)
+        self.no_usable = ~self.has_usable
+        self.wan_limited = np.isfinite(self.wan_limit)
         node_pool, node_free, node_labels = [], [], []
         for i, pool in enumerate(pools):
             for node in pool.usable_nodes:
@@ -135,6 +155,7 @@ class PoolTable:
         self.node_pool = np.asarray(node_pool, dtype=np.int64)
         self.node_free = np.asarray(node_free, dtype=np.float64).reshape(len(node_pool), 3)
         self.node_labels = node_labels
+        self.node_cpu, self.node_mem, self.node_gpu = (self.node_free[:, r].copy() for r in range(3))
         self._rtt: dict[str, npt.NDArray[np.float64]] = {}
         self._accel: dict[
             str | None, tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]
@@ -185,99 +206,137 @@ class PoolTable:
         n = self.n
         reqs = spec.requirements
         res = reqs.resources
-        bad = np.zeros((n, len(SLOTS)), dtype=np.bool_)
-        miss = np.zeros((n, len(SLOTS)))
+        bad = np.zeros((len(SLOTS), n), dtype=np.bool_)  # one contiguous row per rule slot
+        miss = np.zeros((len(SLOTS), n))
         if spec.tiers.allowed is not None:
-            allowed = np.zeros(len(_TIERS), dtype=np.bool_)
-            allowed[[t.order for t in spec.tiers.allowed]] = True
-            bad[:, TIER] = ~allowed[self.tier]
-        site_id = self._site_ids.get(spec.source.site, -1)
-        offsite = self.site != site_id
-        priv = self.privacy < reqs.privacy.rank
+            allowed = np.ones(len(_TIERS), dtype=np.bool_)
+            allowed[[t.order for t in spec.tiers.allowed]] = False
+            bad[TIER] = allowed[self.tier]
+        offsite = self.site != self._site_ids.get(spec.source.site, -1)
+        np.less(self.privacy, reqs.privacy.rank, out=bad[PRIVACY])
         if reqs.privacy is Privacy.RESTRICTED:
-            priv = priv | offsite
-        bad[:, PRIVACY] = priv
+            bad[PRIVACY] |= offsite
         if reqs.residency is not None:
-            ok_regions = [self._region_ids[r] for r in reqs.residency if r in self._region_ids]
-            bad[:, RESIDENCY] = ~np.isin(self.region, ok_regions) if ok_regions else True
+            region_ok = np.zeros(len(self._region_ids) + 1, dtype=np.bool_)  # last: no region
+            region_ok[[self._region_ids[r] for r in reqs.residency if r in self._region_ids]] = True
+            bad[RESIDENCY] = ~region_ok[self.region]
         inference = np.array([reqs.inference_ms.get(t, 0.0) for t in _TIERS])[self.tier]
         latency = self.rtt(spec.source.site) + inference
         budget = reqs.latency_budget_ms
         no_route = np.isnan(latency)
         with np.errstate(invalid="ignore"):
-            bad[:, LATENCY] = no_route | (latency > budget)
-        miss[:, LATENCY] = np.where(no_route, 1.0, latency / budget - 1)
-        bad[:, NO_NODES] = ~self.has_usable
+            np.greater(latency, budget, out=bad[LATENCY])
+        bad[LATENCY] |= no_route
+        miss[LATENCY] = latency / budget - 1
+        miss[LATENCY][no_route] = 1.0
+        bad[NO_NODES] = self.no_usable
         node_ok, pool_ok, agg = self.accelerator(spec)
         if res.accelerator is not None:
-            bad[:, ACCEL] = self.has_usable & ~pool_ok
-        one = np.array([res.cpu_millis, res.memory_bytes, res.gpu], dtype=np.float64)
+            bad[ACCEL] = self.has_usable & ~pool_ok
+        one = (float(res.cpu_millis), float(res.memory_bytes), float(res.gpu))
         if len(node_ok):
-            fits = node_ok & np.all(self.node_free >= one, axis=1)
-            fit_pool = np.zeros(n, dtype=np.bool_)
-            fit_pool[self.node_pool[fits]] = True
-            bad[:, NODE_FIT] = pool_ok & ~fit_pool
-        miss[:, NODE_FIT] = np.inf  # needs a bigger node than any there: no small change
-        miss[:, NO_NODES] = miss[:, ACCEL] = 1.0
+            fits = self.node_cpu >= one[0]
+            fits &= self.node_mem >= one[1]
+            if one[2]:
+                fits &= self.node_gpu >= one[2]
+            if res.accelerator is not None:
+                fits &= node_ok
+            fit_pool = np.bincount(self.node_pool[fits], minlength=n) > 0
+            np.greater(pool_ok, fit_pool, out=bad[NODE_FIT])  # pool_ok & ~fit_pool
+        miss[NODE_FIT] = np.inf  # needs a bigger node than any there: no small change
+        miss[NO_NODES] = miss[ACCEL] = 1.0
         ingest = reqs.bandwidth.ingest_mbps
-        wan_need = np.where(offsite, ingest, 0.0)
-        wan_free = np.maximum(self.wan_limit - used[:, 3], 0.0)
-        bad[:, BANDWIDTH] = (wan_need != 0) & np.isfinite(self.wan_limit) & (wan_need > wan_free + 1e-9)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            miss[:, BANDWIDTH] = np.where(
-                wan_free > 0, wan_need / wan_free - 1, 1.0 + wan_need / max(ingest, 1.0)
-            )
-        need = one * spec.replicas
-        free = np.maximum(agg - used[:, :3], 0.0)
-        node_level = bad[:, NO_NODES] | bad[:, ACCEL] | bad[:, NODE_FIT]
-        bad[:, CAPACITY] = ~node_level & np.any(need > free, axis=1)
-        short = np.maximum(need - free, 0.0)
-        nz = need > 0
-        if nz.any():
-            miss[:, CAPACITY] = np.max(short[:, nz] / need[nz], axis=1)
+        wan_need = offsite * ingest
+        if ingest:
+            wan_free = np.maximum(self.wan_limit - used[:, 3], 0.0)
+            np.greater(wan_need, wan_free + 1e-9, out=bad[BANDWIDTH])
+            bad[BANDWIDTH] &= offsite & self.wan_limited
+            with np.errstate(divide="ignore", invalid="ignore"):
+                miss[BANDWIDTH] = np.where(
+                    wan_free > 0, wan_need / wan_free - 1, 1.0 + wan_need / max(ingest, 1.0)
+                )
+        node_level = bad[NO_NODES] | bad[ACCEL] | bad[NODE_FIT]
+        short_max = np.zeros(n)
+        over = np.zeros(n, dtype=np.bool_)
+        for r in range(3):
+            need = one[r] * spec.replicas
+            if need <= 0:
+                continue
+            free = np.maximum(agg[:, r] - used[:, r], 0.0)
+            over |= need > free
+            np.maximum(short_max, np.maximum(need - free, 0.0) / need, out=short_max)
+        np.greater(over, node_level, out=bad[CAPACITY])  # over & ~node_level
+        miss[CAPACITY] = short_max
         per_replica = (
             res.cpu_millis / 1000 * self.cost[:, 0]
             + gib(res.memory_bytes) * self.cost[:, 1]
             + res.gpu * self.cost[:, 2]
         )
         cost = spec.replicas * per_replica + wan_need * self.cost[:, 3]
-        return Verdicts(bad=bad, latency=latency, cost=cost, rank=self.ranks(spec), miss=miss)
+        return Verdicts(bad=bad.T, latency=latency, cost=cost, rank=self.ranks(spec), miss=miss.T)
 
     # --- ordering and choosing ---------------------------------------------------------------------------
-    def choice_order(self, v: Verdicts, pools: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """``pools`` in the order :func:`engine.explain` ranks feasible pools: rank, cost, tier, name."""
+    def choice_order(
+        self, v: Verdicts, pools: npt.NDArray[np.int64], limit: int | None = None
+    ) -> npt.NDArray[np.int64]:
+        """``pools`` in the order :func:`engine.explain` ranks feasible pools: rank, cost, tier, name
+        (only the first ``limit``: found by a partition, then sorted exactly)."""
         idx = np.asarray(pools, dtype=np.int64)
+        if limit is not None and len(idx) > limit:
+            # rank + cost/(1+cost) orders like (rank, cost); keep everything within a rounding step of
+            # the limit-th value, so the exact sort below (rounded cost, tier, name) sees every tie
+            cost = v.cost[idx]
+            key = v.rank[idx] + cost / (1.0 + cost)
+            kth = np.partition(key, limit - 1)[limit - 1]
+            idx = idx[key <= kth + 1e-8]
         cost = np.array([round(c, 9) for c in v.cost[idx].tolist()])  # Python's rounding, as the reference
         keys = (self.name_rank[idx], self.tier[idx], cost, v.rank[idx])
-        return idx[np.lexsort(keys)]
+        out = idx[np.lexsort(keys)]
+        return out if limit is None else out[:limit]
 
     def chosen(self, v: Verdicts) -> int:
         """The pool :func:`engine.decide` chooses, or -1."""
         feasible = np.nonzero(v.feasible)[0]
         if not len(feasible):
             return -1
-        return int(self.choice_order(v, feasible)[0])
+        return int(self.choice_order(v, feasible, 1)[0])
 
     def nearest_misses(
-        self, v: Verdicts, pools: npt.NDArray[np.int64], slots: Sequence[int] | None = None
+        self,
+        v: Verdicts,
+        pools: npt.NDArray[np.int64],
+        slots: Sequence[int] | None = None,
+        limit: int | None = None,
+        n_broken: npt.NDArray[np.int64] | None = None,
     ) -> npt.NDArray[np.int64]:
         """Rejected ``pools`` nearest first: fewest broken rules, smallest change asked (by ``slots``), then
-        preferred tiers, cost, name."""
+        preferred tiers, cost, name; only the first ``limit`` (a partition first, then an exact sort)."""
         idx = np.asarray(pools, dtype=np.int64)
-        n_broken = v.bad[idx].sum(axis=1)
+        broken = (v.n_broken if n_broken is None else n_broken)[idx]
         if slots:
-            size = np.max(np.where(v.bad[idx][:, slots], v.miss[idx][:, slots], -np.inf), axis=1)
-            size = np.nan_to_num(size, nan=np.inf, posinf=np.inf)
+            if len(slots) == 1:
+                size = v.miss[idx, slots[0]]
+            else:
+                size = np.max(np.where(v.bad[idx][:, slots], v.miss[idx][:, slots], -np.inf), axis=1)
         else:
             size = np.zeros(len(idx))
-        return idx[np.lexsort((self.name_rank[idx], np.round(v.cost[idx], 9), v.rank[idx], size, n_broken))]
+        if limit is not None and len(idx) > limit:
+            # broken + a squashed size orders like (broken, size); keep all up to the limit-th value
+            with np.errstate(invalid="ignore"):
+                key = broken + np.where(np.isposinf(size), 1.0, (np.arctan(size) + np.pi / 2) / np.pi * 0.999)
+            kth = np.partition(key, limit - 1)[limit - 1]
+            keep = key <= kth
+            idx, broken, size = idx[keep], broken[keep], size[keep]
+        order = np.lexsort((self.name_rank[idx], v.cost[idx], v.rank[idx], size, broken))
+        return idx[order] if limit is None else idx[order][:limit]
 
     # --- candidates with messages ------------------------------------------------------------------------
     def candidate(self, spec: EdgeWorkloadSpec, v: Verdicts, p: int, usage: PoolUsage) -> Candidate:
         """The candidate row for pool ``p``; reasons written by :func:`filters.evaluate` (the reference)."""
         pool = self.pools[p]
-        feasible = not v.bad[p].any()
-        reasons = [] if feasible else filters.evaluate(spec, pool, usage)
+        broken = np.nonzero(v.bad[p])[0]
+        feasible = not len(broken)
+        reasons = [] if feasible else self.reasons(spec, v, p, usage, broken)
         est = v.latency[p]
         return Candidate.model_construct(
             pool=pool.name,
@@ -287,6 +346,22 @@ class PoolTable:
             hourly_cost=round(float(v.cost[p]), 6),
             reasons=reasons,
         )
+
+    def reasons(
+        self, spec: EdgeWorkloadSpec, v: Verdicts, p: int, usage: PoolUsage, broken: Any = None
+    ) -> list[Reason]:
+        """The reasons pool ``p`` is rejected, each written by its rule in :mod:`filters` (only the
+        broken rules run: the same list :func:`filters.evaluate` gives)."""
+        pool = self.pools[p]
+        out = []
+        for slot in np.nonzero(v.bad[p])[0] if broken is None else broken:
+            reason = _CHECKS[int(slot)](spec, pool, usage)
+            if (
+                reason is None
+            ):  # the arrays and the reference disagree (tests say they do not): trust the latter
+                return filters.evaluate(spec, pool, usage)
+            out.append(reason)
+        return out
 
     def hint(self, spec: EdgeWorkloadSpec, v: Verdicts, usage_of: Any) -> str | None:
         """:func:`engine.hint` from the arrays: the pool asking for the smallest fixable change."""
@@ -306,6 +381,9 @@ class PoolTable:
                 + ", ".join(codes)
                 + "): relax tiers, privacy or residency, or add a pool"
             )
+        if len(cands) > 1:  # only those within a rounding step of the smallest change can win
+            sizes = size[cands]
+            cands = cands[sizes <= sizes.min() + 1e-8]
         keys = (
             self.name_rank[cands],
             np.array([round(c, 6) for c in v.cost[cands].tolist()]),
@@ -315,7 +393,7 @@ class PoolTable:
         best = int(cands[np.lexsort(keys)[0]])
         pool = self.pools[best]
         fixes: list[str] = []
-        for reason in filters.evaluate(spec, pool, usage_of(best)):
+        for reason in self.reasons(spec, v, best, usage_of(best)):
             text = _fix(spec, pool, reason)
             if text not in fixes:
                 fixes.append(text)
@@ -358,7 +436,7 @@ def explain_compact(
     """The chosen pool, up to ``alternatives`` feasible others in choice order, then for each reason code
     (most frequent first) its ``misses_per_reason`` nearest misses; the rest is counted, not listed."""
     feasible = np.nonzero(v.feasible)[0]
-    order = table.choice_order(v, feasible)
+    order = table.choice_order(v, feasible, alternatives + 1)
     picked: list[int] = []
     if chosen >= 0:
         picked.append(chosen)
@@ -368,15 +446,29 @@ def explain_compact(
         if int(p) != chosen:
             picked.append(int(p))
     counts = v.rejected_by_reason()
-    rejected = np.nonzero(~v.feasible)[0]
     seen = set(picked)
-    for code in sorted(counts, key=lambda c: (-counts[c], c)):
-        slots = [s for s, sc in enumerate(SLOTS) if sc.value == code]
-        members = rejected[v.bad[rejected][:, slots].any(axis=1)]
-        for p in table.nearest_misses(v, members, slots)[:misses_per_reason]:
-            if int(p) not in seen:
-                seen.add(int(p))
-                picked.append(int(p))
+    m = misses_per_reason
+    for code in sorted(counts, key=lambda c: (-counts[c], c)) if m > 0 else ():
+        # the group's nearest misses: a partition on one key per pool, then the exact order on the few
+        slots = _CODE_SLOTS[code]
+        if len(slots) == 1:
+            member, size = v.bad[:, slots[0]], v.miss[:, slots[0]]
+        else:  # Capacity: one replica fits on no node, or not all replicas together (never both)
+            member = v.bad[:, slots].any(axis=1)
+            size = np.max(np.where(v.bad[:, slots], v.miss[:, slots], -np.inf), axis=1)
+        if counts[code] > m:
+            with np.errstate(invalid="ignore"):
+                squashed = np.where(np.isposinf(size), 1.0, (np.arctan(size) + np.pi / 2) / np.pi * 0.999)
+            key = np.where(member, v.n_broken + squashed, np.inf)
+            kth = np.partition(key, m - 1)[m - 1]
+            near = np.nonzero(key <= kth)[0]
+        else:
+            near = np.nonzero(member)[0]
+        order = np.lexsort((table.name_rank[near], v.cost[near], v.rank[near], size[near], v.n_broken[near]))
+        for p in near[order][:m].tolist():
+            if p not in seen:
+                seen.add(p)
+                picked.append(p)
     rows = [table.candidate(spec, v, p, usage_of(p)) for p in picked]
     return Shown(rows, counts, table.n - len(rows))
 

@@ -339,11 +339,23 @@ def build_snapshot(
     requested_by_node = requested_by_node or {}
     pool_list = sorted(pools, key=lambda p: p.metadata.name)
     views = [node_view(n, requested_by_node.get(n["metadata"]["name"], ZERO)) for n in nodes]
+    # index pools by one of their matchLabels pairs (a node must carry it to match): nodes x pools
+    # selector checks become nodes x labels look-ups; pools with only matchExpressions are checked always
+    indexed: dict[tuple[str, str], list[EdgeNodePool]] = {}
+    always: list[EdgeNodePool] = []
+    for pool in pool_list:
+        match_labels = pool.spec.node_selector.match_labels
+        if match_labels:
+            indexed.setdefault(next(iter(match_labels.items())), []).append(pool)
+        else:
+            always.append(pool)
     claims: dict[str, list[str]] = {}
     for view in views:
-        for pool in pool_list:
-            if pool.spec.node_selector.matches(dict(view.labels)):
-                claims.setdefault(view.name, []).append(pool.metadata.name)
+        labels = dict(view.labels)
+        maybe = [pool for item in labels.items() for pool in indexed.get(item, ())] + always
+        names = sorted(pool.metadata.name for pool in maybe if pool.spec.node_selector.matches(labels))
+        if names:
+            claims[view.name] = names
     conflicts = {node: tuple(names) for node, names in claims.items() if len(names) > 1}
     members: dict[str, list[NodeView]] = {p.metadata.name: [] for p in pool_list}
     by_name = {p.metadata.name: p for p in pool_list}
