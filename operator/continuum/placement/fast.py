@@ -448,27 +448,30 @@ def explain_compact(
     counts = v.rejected_by_reason()
     seen = set(picked)
     m = misses_per_reason
-    for code in sorted(counts, key=lambda c: (-counts[c], c)) if m > 0 else ():
-        # the group's nearest misses: a partition on one key per pool, then the exact order on the few
-        slots = _CODE_SLOTS[code]
-        if len(slots) == 1:
-            member, size = v.bad[:, slots[0]], v.miss[:, slots[0]]
-        else:  # Capacity: one replica fits on no node, or not all replicas together (never both)
-            member = v.bad[:, slots].any(axis=1)
-            size = np.max(np.where(v.bad[:, slots], v.miss[:, slots], -np.inf), axis=1)
-        if counts[code] > m:
-            with np.errstate(invalid="ignore"):
-                squashed = np.where(np.isposinf(size), 1.0, (np.arctan(size) + np.pi / 2) / np.pi * 0.999)
-            key = np.where(member, v.n_broken + squashed, np.inf)
-            kth = np.partition(key, m - 1)[m - 1]
-            near = np.nonzero(key <= kth)[0]
-        else:
-            near = np.nonzero(member)[0]
-        order = np.lexsort((table.name_rank[near], v.cost[near], v.rank[near], size[near], v.n_broken[near]))
-        for p in near[order][:m].tolist():
-            if p not in seen:
-                seen.add(p)
-                picked.append(p)
+    if m > 0 and counts:
+        # each group's nearest misses: one key per (rule, pool) that orders like (broken rules, size of
+        # the change), a partition per rule for the m-th key, then the exact order on the few kept
+        bad_rows, miss_rows = v.bad.T, v.miss.T
+        for code in sorted(counts, key=lambda c: (-counts[c], c)):
+            slot = _CODE_SLOTS[code][0]
+            if slot == NODE_FIT:  # one Capacity group: a replica fits on no node, or not all together
+                member = bad_rows[NODE_FIT] | bad_rows[CAPACITY]
+                sizes = np.where(bad_rows[CAPACITY], miss_rows[CAPACITY], miss_rows[NODE_FIT])
+            else:
+                member, sizes = bad_rows[slot], miss_rows[slot]
+            if counts[code] > m:
+                clipped = np.minimum(sizes, 1e300)  # sizes of broken rules are >= 0 (inf: no small change)
+                with np.errstate(divide="ignore", invalid="ignore"):  # rules not broken: masked out
+                    key = np.where(member, v.n_broken + 0.999 * clipped / (1.0 + clipped), np.inf)
+                near = np.nonzero(key <= np.partition(key, m - 1)[m - 1])[0]
+            else:
+                near = np.nonzero(member)[0]
+            size = sizes[near]
+            order = np.lexsort((table.name_rank[near], v.cost[near], v.rank[near], size, v.n_broken[near]))
+            for p in near[order][:m].tolist():
+                if p not in seen:
+                    seen.add(p)
+                    picked.append(p)
     rows = [table.candidate(spec, v, p, usage_of(p)) for p in picked]
     return Shown(rows, counts, table.n - len(rows))
 
