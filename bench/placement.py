@@ -6,13 +6,20 @@ In one run, on generated tight-capacity instances (5 nodes per pool):
 * throughput: build (static rules, vectorized) + solve for 1k×100 and 10k×1000, and the full
   decide_batch with per-pool explanations for 1k×100;
 * quality: placed count, preference-rank sum and hourly cost against the ILP optimum (300×30 and
-  1000×100) and against greedy in arrival order (what kube-scheduler does); the speed ratio to the ILP.
+  1000×100) and against greedy in arrival order (what kube-scheduler does); the speed ratio to the ILP;
+* the whole CLI: ``continuum plan -o json`` as its own process on the same kind of instance written as
+  one ``kind: List`` JSON file (Nodes, Pods, pools, workloads; 3 nodes per pool): wall, CPU, max RSS,
+  output size, and the ratio to the decision alone (build + solve in this process, same instance).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.ilp import solve_ilp
-from bench.instances import generate
+from bench.instances import generate, manifests
 from bench.report import machine, markdown_table, write_section
 
 
@@ -35,6 +42,44 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+CLI_SIZES = [(1000, 100), (3000, 300), (10000, 1000)]
+CLI_GOALS = {(1000, 100): 2.0, (10000, 1000): 20.0}  # seconds wall, issue #12
+
+
+def run_cli(n_w: int, n_p: int, folder: Path) -> dict[str, float]:
+    """``continuum plan -f <instance> -o json`` in its own process: wall, CPU, max RSS, output bytes."""
+    source = folder / f"instance-{n_w}x{n_p}.json"
+    source.write_text(
+        json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": manifests(n_w, n_p, seed=42, nodes_per_pool=3)}
+        )
+    )
+    out = folder / f"plan-{n_w}x{n_p}.json"
+    cli = Path(sys.executable).with_name("continuum")
+    with out.open("wb") as handle:
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(cli), "plan", "-f", str(source), "-o", "json"], stdout=handle)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 2):
+        raise SystemExit(f"continuum plan failed on {n_w}x{n_p} (exit {proc.returncode})")
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["workloads"] == n_w and doc["summary"]["pools"] == n_p
+    snapshot, requests = generate(n_w, n_p, seed=42, nodes_per_pool=3)
+    problem, t_build = timed(build_problem, requests, snapshot)
+    _, t_solve = timed(solve, problem)
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "bytes": out.stat().st_size,
+        "decide": t_build + t_solve,
+        "placed": doc["summary"]["placed"],
+        "shown": sum(len(p["candidates"]) for p in doc["placements"]) / n_w,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,8 +87,70 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--ilp-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--cli-only", action="store_true", help="only the whole-CLI rows (keeps the other tables)"
+    )
+    parser.add_argument(
+        "--cli-sizes",
+        default=None,
+        help="comma-separated WxP for the CLI rows (default 1000x100,3000x300,10000x1000; --quick: 1000x100)",
+    )
     args = parser.parse_args()
     console = Console(width=150)
+
+    if args.cli_sizes:
+        cli_sizes = [tuple(int(x) for x in size.split("x")) for size in args.cli_sizes.split(",")]
+    else:
+        cli_sizes = CLI_SIZES[:1] if args.quick else CLI_SIZES
+    cli_rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_w, n_p in cli_sizes:
+            r = run_cli(n_w, n_p, Path(tmp))
+            goal = CLI_GOALS.get((n_w, n_p))
+            cli_rows.append(
+                [
+                    f"{n_w:,} × {n_p:,} ({n_p * 3:,} nodes)",
+                    f"{r['wall']:.2f} s"
+                    + (f" (goal ≤ {goal:g} s: {'met' if r['wall'] <= goal else 'NOT met'})" if goal else ""),
+                    f"{r['cpu']:.2f} s",
+                    f"{r['rss_mb']:,.0f} MB",
+                    f"{r['bytes'] / 1e6:.1f} MB",
+                    f"{r['shown']:.1f}",
+                    f"{r['decide']:.2f} s",
+                    f"{r['wall'] / r['decide']:.1f}×",
+                ]
+            )
+            console.print(f"cli {n_w}x{n_p}: {r}")
+    headers_cli = [
+        "workloads × pools",
+        "wall",
+        "CPU",
+        "max RSS",
+        "JSON size",
+        "pools shown per workload",
+        "decision alone (build + solve)",
+        "wall / decision",
+    ]
+    cli_body = (
+        "### The whole CLI: `continuum plan -o json`\n\n"
+        "Its own process, reading one `kind: List` JSON file of the generated instance (3 nodes per pool), "
+        "writing the JSON plan; beyond 50 pools each workload lists its chosen pool, 3 feasible alternatives and "
+        "the 2 nearest misses per reason code, with counts per code (`rejectedByReason`). The decision alone "
+        "is `build_problem` + `solve` on the same instance in the bench process.\n\n"
+        + markdown_table(headers_cli, cli_rows)
+        + "\n"
+    )
+    if args.cli_only:
+        table = Table(title="continuum plan -o json", header_style="bold")
+        for h in headers_cli:
+            table.add_column(h)
+        for row in cli_rows:
+            table.add_row(*row)
+        console.print(table)
+        if not args.no_write:
+            write_section("placement-cli", cli_body)
+            console.print("updated docs/benchmarks.md")
+        return 0
 
     speed_sizes = [(1000, 100)] if args.quick else [(1000, 100), (10000, 1000)]
     speed_rows = []
@@ -138,6 +245,7 @@ def main() -> int:
             + "\n"
         )
         write_section("placement", body)
+        write_section("placement-cli", cli_body)
         console.print("updated docs/benchmarks.md")
     return 0
 
