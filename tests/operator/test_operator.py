@@ -209,6 +209,8 @@ def test_invalid_spec_names_the_field_and_others_go_on(harness: Harness) -> None
     assert placed_cond["status"] == "False" and placed_cond["reason"] == "InvalidSpec"
     wait_for(lambda: h.events("InvalidSpec", "broken"), what="InvalidSpec event")
     wait_for(lambda: placed(h, "healthcare", "bedside-vitals", "vienna-ward"))
+    invalid = {"kind": "EdgeWorkload"}  # the operator runs in this process: its metrics are ours
+    wait_for(lambda: REGISTRY.get_sample_value("continuum_invalid_objects", invalid) == 1, what="gauge 1")
     # Fixing the spec places it.
     bad["spec"]["requirements"]["latencyBudgetMs"] = 50
     del bad["spec"]["replicaz"]
@@ -219,6 +221,7 @@ def test_invalid_spec_names_the_field_and_others_go_on(harness: Harness) -> None
         "healthcare",
     )
     wait_for(lambda: placed(h, "healthcare", "broken"), what="fixed workload placed")
+    wait_for(lambda: REGISTRY.get_sample_value("continuum_invalid_objects", invalid) == 0, what="gauge 0")
 
 
 def test_replaced_after_grace_and_fails_back_after_stabilization(harness: Harness) -> None:

@@ -109,9 +109,12 @@ class ClusterCache:
     def observe_object(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
         """A Node, EdgeNodePool or Pod; returns whether the placement snapshot is now stale."""
         meta = body.get("metadata") or {}
-        store: dict[Any, dict[str, Any]] = {"Node": self.nodes, "EdgeNodePool": self.pools, "Pod": self.pods}[
-            kind
-        ]
+        stores: dict[str, dict[Any, dict[str, Any]]] = {
+            "Node": self.nodes,
+            "EdgeNodePool": self.pools,
+            "Pod": self.pods,  # keyed by (namespace, name)
+        }
+        store = stores[kind]
         key: Any = meta.get("name") if kind != "Pod" else (meta.get("namespace"), meta.get("name"))
         deleted = event_type == "DELETED"
         current = store.get(key)

@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag_name(name),
             dest=name,
-            type=_TYPES[kind],  # type: ignore[index]
+            type=_TYPES[kind],
             default=None,
             metavar=name.upper(),
             help=f"{info.description} (default: {default}) [{env_name(name)}]".replace("%", "%%"),
