@@ -148,6 +148,8 @@ async def _demo(options: DemoOptions, console: Console) -> int:
         )
         kubelet = asyncio.create_task(run_fake_kubelet(cluster.store, cluster.emulator._lock))
         stop = asyncio.Event()
+        closing = asyncio.Event()
+        _on_signals(closing.set)
         run = asyncio.create_task(
             operator(
                 OperatorSettings(
@@ -161,6 +163,10 @@ async def _demo(options: DemoOptions, console: Console) -> int:
                 stop_flag=stop,
             )
         )
+
+        def stopped() -> bool:
+            return run.done() or closing.is_set()
+
         try:
             workloads = _docs(examples / "workloads")
             for obj in workloads:
@@ -175,9 +181,9 @@ async def _demo(options: DemoOptions, console: Console) -> int:
                 lambda: _settled(cluster),
                 options.timeout,
                 options.live,
-                run.done,
+                stopped,
             )
-            if run.done():
+            if stopped():
                 return _stopped_early(console)
             if not settled:
                 console.print("[red]error:[/] the workloads did not settle in time")
@@ -220,9 +226,9 @@ async def _demo(options: DemoOptions, console: Console) -> int:
                 moved,
                 options.timeout,
                 options.live,
-                run.done,
+                stopped,
             )
-            if run.done():
+            if stopped():
                 return _stopped_early(console)
             events = Table(title="Kubernetes Events", header_style="bold")
             for col in ("TYPE", "REASON", "OBJECT", "MESSAGE"):
@@ -246,10 +252,11 @@ async def _demo(options: DemoOptions, console: Console) -> int:
                     f"  kubectl --kubeconfig {cluster.kubeconfig} get edgeworkloads -A\n"
                     "Press Ctrl+C (or send SIGTERM) to stop."
                 )
-                await _until_signal(run)
+                await _until_signal(run, closing)
                 console.print("stopping")
             return 0
         finally:
+            _on_signals(None)
             stop.set()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(run, 10)
@@ -262,27 +269,32 @@ EXIT_INTERRUPTED = 130
 
 
 def _stopped_early(console: Console) -> int:
-    """kopf took SIGINT/SIGTERM (it installs its own handlers) and the operator stopped."""
-    console.print("[yellow]the operator stopped (interrupted); the demo ends early[/]")
+    """A signal arrived (ours, or kopf's, which stops only the operator) before the demo finished."""
+    console.print("[yellow]interrupted: the demo ends early[/]")
     return EXIT_INTERRUPTED
 
 
-async def _until_signal(operator_task: asyncio.Task[None]) -> None:
-    """Wait for SIGINT or SIGTERM (or the operator ending). kopf's own signal handlers stop only the
-    operator, so they are replaced here: a signal ends the whole demo, emulator included."""
-    closing = asyncio.Event()
+def _on_signals(handler: Callable[[], None] | None) -> None:
+    """Route SIGINT and SIGTERM to ``handler`` (None: back to the defaults). kopf installs its own
+    handlers when the operator starts (they stop only the operator); installing ours before that
+    covers the start, and again at the end (``--keep-open``) makes a signal end the whole demo."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            loop.add_signal_handler(sig, closing.set)
+            if handler is None:
+                loop.remove_signal_handler(sig)
+            else:
+                loop.add_signal_handler(sig, handler)
+
+
+async def _until_signal(operator_task: asyncio.Task[None], closing: asyncio.Event) -> None:
+    """Wait for SIGINT or SIGTERM (or the operator ending)."""
+    _on_signals(closing.set)
     waiter = asyncio.ensure_future(closing.wait())
     try:
         await asyncio.wait({operator_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
 
 
 def run_demo(options: DemoOptions) -> int:

@@ -69,3 +69,29 @@ def test_demo_without_the_demo_extra_names_the_pip_command():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "pip install 'continuum[demo]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_while_the_demo_runs_ends_it_early(tmp_path: Path):
+    """kopf takes the signal and stops the operator; the demo notices and exits 130 instead of waiting
+    out its timeouts."""
+    out = tmp_path / "demo.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "continuum", "demo", "--no-live"],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "applied" not in out.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            time.sleep(0.1)
+        assert "applied" in out.read_text(), out.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 130, out.read_text()
+        assert "the demo ends early" in out.read_text()  # not killed by the default action
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
