@@ -1,0 +1,150 @@
+"""A real Mosquitto on a free loopback port with a generated configuration, and a worker subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class Broker:
+    """``persistence``: sessions and queued messages survive a restart (saved on SIGTERM) — the upstream
+    broker of the outage tests, whose subscriber must not miss what arrives while it reconnects."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    persistence: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> Path:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "max_inflight_messages 1000",
+            "max_queued_messages 2000000",
+            "max_queued_bytes 0",
+            "log_dest none",
+            f"persistence {'true' if self.persistence else 'false'}",
+        ]
+        if self.persistence:
+            lines += [f"persistence_location {self.directory}/", "autosave_interval 0"]
+        path = self.directory / "mosquitto.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start(self) -> None:
+        assert MOSQUITTO is not None
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config())], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)  # fmt: skip
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def url(self, topic: str, **opts: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in opts.items())
+        return f"mqtt://127.0.0.1:{self.port}/{topic}" + (f"?{query}" if query else "")
+
+
+def _broker(tmp_path_factory: pytest.TempPathFactory, name: str, persistence: bool) -> Iterator[Broker]:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto; .ci/run installs it)")
+    broker = Broker(tmp_path_factory.mktemp(name), persistence=persistence)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def source_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    yield from _broker(tmp_path_factory, "source", False)
+
+
+@pytest.fixture
+def upstream_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    yield from _broker(tmp_path_factory, "upstream", True)
+
+
+@pytest.fixture(scope="session")
+def mlp_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.worker.modelgen import mlp
+
+    return mlp(tmp_path_factory.mktemp("models") / "mlp.onnx")
+
+
+@dataclass
+class Worker:
+    args: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "inference-worker")}
+        env.pop("CONTINUUM_INGEST", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "continuum_worker.cli", "serve", *self.args],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[object]:
+    started: list[Worker] = []
+
+    def make(*args: str) -> Worker:
+        w = Worker([*args, "--port", str(free_port()), "--grpc-port", "0", "--log-level", "WARNING"],
+                   tmp_path / f"worker{len(started)}.log")  # fmt: skip
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.kill()

@@ -1,0 +1,229 @@
+"""Streaming through a real Mosquitto: end to end, decoders, dead letters, uplink cut, SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.ingest.conftest import Broker
+
+FEATURES = 64
+
+
+def request(i: int, source: str = "s") -> bytes:
+    rng = np.random.default_rng(i)
+    data = rng.standard_normal(FEATURES).astype(np.float32).round(4).tolist()
+    return json.dumps({"id": f"{source}-{i}", "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, FEATURES],
+                                                             "data": data}]}).encode()  # fmt: skip
+
+
+class Collector:
+    """A persistent-session subscriber of the upstream broker; survives its restarts."""
+
+    def __init__(self, broker: Broker, topic: str) -> None:
+        self.broker, self.topic = broker, topic
+        self.messages: list[aiomqtt.Message] = []
+        self.task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        while True:
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.broker.port, identifier=f"collector-{self.topic}",
+                                          protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+                                          properties=props) as client:  # fmt: skip
+                    await client.subscribe(self.topic, qos=1)
+                    self.subscribed.set()
+                    async for m in client.messages:
+                        self.messages.append(m)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
+    async def __aenter__(self) -> Collector:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        await asyncio.wait_for(self.subscribed.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.messages]
+
+    async def wait_for(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def props(m: aiomqtt.Message) -> dict[str, str]:
+    return dict(getattr(m.properties, "UserProperty", []) or [])
+
+
+async def publish(broker: Broker, topic: str, payloads: list[bytes], rate: float = 0.0,
+                  user: list[dict[str, str]] | None = None) -> None:  # fmt: skip
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5,
+                              max_inflight_messages=500) as client:  # fmt: skip
+        start = time.monotonic()
+        for i, body in enumerate(payloads):
+            p = None
+            if user is not None:
+                p = Properties(PacketTypes.PUBLISH)
+                p.UserProperty = list(user[i].items())
+            await client.publish(topic, body, qos=1, properties=p)
+            if rate:
+                delay = start + (i + 1) / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + ("{" if labels else " ")) and (not labels or all(
+                f'{k}="{v}"' in line for k, v in labels.items())):  # fmt: skip
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{want}}} not in /metrics")
+
+
+def http_port(worker: Any) -> int:
+    return int(worker.args[worker.args.index("--port") + 1])
+
+
+async def wait_ready(worker: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    port = http_port(worker)
+    while time.monotonic() < deadline:
+        assert worker.proc.poll() is None, Path(worker.log).read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError("worker not ready")
+
+
+async def subscribed(worker: Any, topic: str, timeout: float = 15) -> None:
+    """The worker's source session is connected and subscribed."""
+    port = http_port(worker)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = metrics(port)
+            if any(line.startswith("continuum_ingest_broker_connected{") and f"/{topic}\"" in line
+                   and 'role="source"' in line and line.endswith(" 1.0") for line in text.splitlines()):  # fmt: skip
+                return
+        except (OSError, AssertionError):
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the worker did not connect to the source broker")
+
+
+def base_args(model: Path, tmp: Path, source: Broker, upstream: Broker, *extra: str) -> list[str]:
+    return ["--model-name", "mlp", "--model-uri", str(model), "--max-batch-size", "32",
+            "--ingest", source.url("line/+/features"), "--publish", upstream.url("results"),
+            "--outbox-dir", str(tmp / "outbox"), "--mqtt-client-id", f"w{tmp.name[-6:]}", *extra]  # fmt: skip
+
+
+def ordered_ids(payloads: list[dict[str, Any]], prefix: str) -> list[int]:
+    """Per source, the ids in first-arrival order (duplicates are allowed, marked; order is not negotiable)."""
+    seen: list[int] = []
+    for p in payloads:
+        pid = p.get("id", "")
+        if pid.startswith(prefix + "-"):
+            n = int(pid.rsplit("-", 1)[1])
+            if n not in seen:
+                seen.append(n)
+    return seen
+
+
+async def test_end_to_end_v2_json_results_match_http(
+    source_broker: Broker, upstream_broker: Broker, mlp_model: Path, worker_factory: Any, tmp_path: Path
+) -> None:
+    w = worker_factory(*base_args(mlp_model, tmp_path, source_broker, upstream_broker))
+    w.start()
+    await wait_ready(w)
+    await subscribed(w, "line/+/features")
+    async with Collector(upstream_broker, "results") as results:
+        n = 200
+        await publish(source_broker, "line/cam1/features", [request(i, "cam1") for i in range(n)],
+                      user=[{"ts": f"{time.time():.6f}"} for _ in range(n)])  # fmt: skip
+        await results.wait_for(n, 20)
+    got = results.payloads()
+    assert ordered_ids(got, "cam1") == list(range(n))
+    # the published answer is the v2 response, equal to the HTTP answer for the same request
+    body = request(7, "cam1")
+    req = urllib.request.Request(f"http://127.0.0.1:{http_port(w)}/v2/models/mlp/infer", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        direct = json.loads(r.read())
+    streamed = next(p for p in got if p["id"] == "cam1-7")
+    assert streamed["outputs"][0]["data"] == pytest.approx(direct["outputs"][0]["data"], rel=1e-5)
+    first = results.messages[0]
+    assert props(first)["source"] == "line/cam1/features" and props(first)["id"] == "cam1-0"
+    text = metrics(http_port(w))
+    assert metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok") == n
+    for stage in ("source_to_receive", "receive_to_infer", "batch_wait", "compute", "to_durable",
+                  "durable_to_published", "receive_to_published"):  # fmt: skip
+        assert metric(text, "continuum_ingest_stage_seconds_count", stage=stage) >= n - 1, stage
+    assert metric(text, "nv_inference_request_success", model="mlp", version="1") >= n
+    assert w.terminate() == 0
+
+
+async def test_raw_and_npy_decoders_and_dead_letters(
+    source_broker: Broker, upstream_broker: Broker, mlp_model: Path, worker_factory: Any, tmp_path: Path
+) -> None:
+    w = worker_factory(
+        "--model-name", "mlp", "--model-uri", str(mlp_model), "--outbox-dir", str(tmp_path / "ob"),
+        "--ingest", source_broker.url("raw", decoder="raw", dtype="FP32", shape="-1,64"),
+        "--ingest", source_broker.url("npy", decoder="npy"),
+        "--ingest", source_broker.url("v2"),
+        "--publish", upstream_broker.url("out"), "--mqtt-client-id", "dec",
+    )  # fmt: skip
+    w.start()
+    await wait_ready(w)
+    for topic in ("raw", "npy", "v2"):
+        await subscribed(w, topic)
+    x = np.random.default_rng(1).standard_normal((3, FEATURES)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, x[:1])
+    async with Collector(upstream_broker, "out") as results, Collector(upstream_broker, "out/dead-letter") as dead:
+        await publish(source_broker, "raw", [x.astype("<f4").tobytes()], user=[{"id": "raw-1"}])
+        await publish(source_broker, "npy", [buf.getvalue()], user=[{"id": "npy-1"}])
+        bad = [b"not json", b'{"inputs": []}', json.dumps({"id": "w", "inputs": [
+            {"name": "INPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}).encode()]  # fmt: skip
+        await publish(source_broker, "v2", bad)
+        await publish(source_broker, "raw", [b"\x00" * 10])  # not whole FP32 elements
+        await publish(source_broker, "v2", [request(5, "after")])  # the worker keeps running
+        await results.wait_for(3, 15)
+        await dead.wait_for(4, 15)
+    by_id = {p["id"]: p for p in results.payloads()}
+    assert by_id["raw-1"]["outputs"][0]["shape"] == [3, 10]
+    assert by_id["npy-1"]["outputs"][0]["shape"] == [1, 10]
+    assert "after-5" in by_id
+    errors = [p["error"] for p in dead.payloads()]
+    assert len(errors) == 4
+    assert any("not valid JSON" in e for e in errors) and any("non-empty 'inputs'" in e for e in errors)
+    assert any("whole number of FP32" in e for e in errors) and any("INPUT0" in e for e in errors)
+    text = metrics(http_port(w))
+    assert metric(text, "continuum_ingest_messages_total", source="v2", outcome="malformed") == 3
+    assert metric(text, "continuum_ingest_messages_total", source="raw", outcome="malformed") == 1
+    assert w.proc.poll() is None
