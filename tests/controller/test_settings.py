@@ -127,3 +127,29 @@ def test_invalid_settings_name_the_flag_and_variable(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "--resync-seconds / CONTINUUM_RESYNC_SECONDS" in err
     assert "--workers / CONTINUUM_WORKERS" in err
+
+
+def test_without_the_operator_extra_run_names_the_pip_command():
+    """A base install (plan, crds) lacks pydantic-settings: `run --help` still works and `run` says
+    what to install instead of a traceback."""
+    import subprocess
+    import sys
+
+    prelude = "import sys; sys.modules['pydantic_settings'] = None\nfrom continuum.cli import main\n"
+    helped = subprocess.run(
+        [sys.executable, "-c", prelude + "sys.exit(main(['run', '--help']))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert helped.returncode == 0 and "pip install 'continuum[operator]'" in helped.stdout
+    ran = subprocess.run(
+        [sys.executable, "-c", prelude + "sys.exit(main(['run']))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 1 and "pip install 'continuum[operator]'" in ran.stderr
+    assert "Traceback" not in ran.stderr
