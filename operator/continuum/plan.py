@@ -83,7 +83,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="file or folder of YAML (repeatable)",
     )
-    plan.add_argument("-o", "--output", choices=("table", "json", "yaml", "markdown"), default="table")
+    plan.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml", "markdown"),
+        default="table",
+        help="json is indented up to 1,000 workloads and compact beyond (pipe it through jq to read it)",
+    )
     plan.add_argument(
         "--baseline",
         action="append",
@@ -144,6 +150,7 @@ def snapshot_of(manifests: Manifests) -> ClusterSnapshot:
 
 SCHEMA_VERSION = 2  # 1: the unversioned document before rejectedByReason/candidatesOmitted
 SHOW_ALL_POOLS = 50  # up to this many pools every pool is listed per workload by default
+INDENTED_UP_TO = 1000  # -o json is indented up to this many workloads, compact beyond
 
 
 def plan_document(
@@ -183,7 +190,14 @@ def plan_document(
             full_for=(explain,) if explain else (),
         )
     else:
-        decisions = decide_in_order(requests, snapshot)
+        decisions = decide_in_order(
+            requests,
+            snapshot,
+            compact=compact,
+            alternatives=alternatives,
+            misses_per_reason=misses_per_reason,
+            full_for=(explain,) if explain else (),
+        )
     placements = []
     for d in decisions:
         namespace, _, name = d.key.partition("/")
@@ -322,7 +336,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     code = EXIT_UNSCHEDULABLE if doc.summary.unschedulable else EXIT_OK
     if args.output == "json" and not (args.report or args.baseline):
-        print(doc.model_dump_json(indent=2, by_alias=True))
+        indent = 2 if doc.summary.workloads <= INDENTED_UP_TO else None  # big plans: compact, half the size
+        sys.stdout.write(doc.model_dump_json(indent=indent, by_alias=True) + "\n")
         return code
     result = doc.model_dump(mode="json", by_alias=True)
     if args.report:

@@ -12,7 +12,12 @@ import random
 import numpy as np
 import pytest
 from continuum.placement import engine, fast, filters
-from continuum.placement.engine import decide_batch, decide_batch_reference
+from continuum.placement.engine import (
+    decide_batch,
+    decide_batch_reference,
+    decide_in_order,
+    decide_in_order_reference,
+)
 from continuum.placement.snapshot import PoolUsage, Resources
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,7 +38,9 @@ def random_usage(snapshot, seed: int) -> dict[str, PoolUsage]:
             free = pool.free
             share = rng.choice([0.0, 0.3, 0.9, 1.0, 1.2])
             out[pool.name] = PoolUsage(
-                Resources(int(free.cpu_millis * share), int(free.memory_bytes * share * rng.random()), free.gpu),
+                Resources(
+                    int(free.cpu_millis * share), int(free.memory_bytes * share * rng.random()), free.gpu
+                ),
                 rng.choice([0.0, 10.0, 49.5, 150.0, 1999.0]),
                 1,
             )
@@ -97,7 +104,9 @@ def test_compact_explanations(instance, alternatives, misses):
     n_w, n_p, seed, load, variety = instance
     snapshot, requests = generate(n_w, n_p, seed=seed, load=load, variety=variety)
     full = {d.key: d for d in decide_batch(requests, snapshot)}
-    compact = decide_batch(requests, snapshot, compact=True, alternatives=alternatives, misses_per_reason=misses)
+    compact = decide_batch(
+        requests, snapshot, compact=True, alternatives=alternatives, misses_per_reason=misses
+    )
     for d in compact:
         ref = full[d.key]
         assert (d.phase, d.placement, d.hint, dict(d.rejected_by_reason)) == (
@@ -163,3 +172,16 @@ def test_partial_orders_are_prefixes_of_the_full_orders(instance, limit):
         for slots in ([fast.LATENCY], [fast.NODE_FIT, fast.CAPACITY], [fast.BANDWIDTH], None):
             full = list(table.nearest_misses(v, rejected, slots))
             assert list(table.nearest_misses(v, rejected, slots, limit)) == full[:limit]
+
+
+@SETTINGS
+@given(instances)
+def test_in_order_equals_the_reference(instance):
+    n_w, n_p, seed, load, variety = instance
+    snapshot, requests = generate(n_w, n_p, seed=seed, load=load, variety=variety)
+    fixed = random_usage(snapshot, seed + 2)
+    got = decide_in_order(requests, snapshot, fixed)
+    ref = decide_in_order_reference(requests, snapshot, fixed)
+    for a, b in zip(got, ref, strict=True):
+        assert (a.key, a.phase, a.placement, a.hint) == (b.key, b.phase, b.placement, b.hint)
+        assert dump(a.candidates) == dump(b.candidates)

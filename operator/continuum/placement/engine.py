@@ -182,7 +182,7 @@ def decide_batch(
 
     order = sorted(range(len(workloads)), key=lambda i: workloads[i].key)
     batch = [workloads[i] for i in order]
-    table = fast.PoolTable(snapshot)
+    table = snapshot.table
     if assignment is None:
         problem = build_problem(batch, snapshot, fixed_usage)
         assignment = (solver or solve)(problem)
@@ -195,13 +195,6 @@ def decide_batch(
             used[p] += row
             own[w] = (p, row)
 
-    def usage_lookup(current: npt.NDArray[np.float64]) -> Callable[[int], PoolUsage]:
-        def usage_of(p: int) -> PoolUsage:
-            r = current[p]
-            return PoolUsage(Resources(int(r[0]), int(r[1]), int(r[2])), float(r[3]))
-
-        return usage_of
-
     decisions: dict[str, PlacementDecision] = {}
     for w, req in enumerate(batch):
         mine = own[w]
@@ -210,7 +203,7 @@ def decide_batch(
             others = used.copy()
             others[mine[0]] -= mine[1]  # what the others use (as UsageLedger.without computes it)
         v = table.evaluate(req.spec, others)
-        usage_of = usage_lookup(others)
+        usage_of = _usage_lookup(others)
         chosen = mine[0] if mine is not None else -1
         if chosen >= 0 and v.bad[chosen].any():
             chosen = -1  # would break a rule against the final usage: leave it out
@@ -287,8 +280,83 @@ def decide_in_order(
     workloads: Sequence[WorkloadRequest],
     snapshot: ClusterSnapshot,
     fixed_usage: Mapping[str, PoolUsage] | None = None,
+    compact: bool = False,
+    alternatives: int = 3,
+    misses_per_reason: int = 2,
+    full_for: Collection[str] = (),
 ) -> list[PlacementDecision]:
-    """The per-workload greedy baseline in arrival order (what kube-scheduler does), explained."""
+    """The per-workload greedy baseline in arrival order (what kube-scheduler does), explained against
+    the usage at the time of each decision; vectorized, same result as :func:`decide_in_order_reference`
+    (``compact`` etc. as in :func:`decide_batch`)."""
+    from continuum.placement import fast
+
+    table = snapshot.table
+    used = fast.usage_array(table.names, fixed_usage or {})
+    own: dict[str, tuple[int, npt.NDArray[np.float64]]] = {}
+    out = []
+    for req in workloads:
+        others = used
+        if req.key in own:  # a key given twice: its first placement is taken out, as UsageLedger does
+            p, row = own.pop(req.key)
+            used = used.copy()
+            used[p] -= row
+            others = used
+        v = table.evaluate(req.spec, others)
+        usage_of = _usage_lookup(others)
+        chosen = table.chosen(v)
+        if compact and req.key not in full_for:
+            shown = fast.explain_compact(
+                req.spec, table, v, usage_of, chosen, alternatives, misses_per_reason
+            )
+        else:
+            shown = fast.explain_all(req.spec, table, v, usage_of)
+        feasible = int(v.feasible.sum())
+        if chosen >= 0:
+            pool = snapshot.pools[chosen]
+            decision = PlacementDecision(
+                req.key,
+                Phase.PLACED,
+                placement_on(req.spec, pool),
+                tuple(shown.candidates),
+                None,
+                shown.rejected_by_reason,
+                shown.omitted,
+                feasible,
+            )
+            u = filters.usage_of(req.spec, pool)
+            row = np.array([u.resources.cpu_millis, u.resources.memory_bytes, u.resources.gpu, u.wan_mbps])
+            used = used.copy()
+            used[chosen] += row
+            own[req.key] = (chosen, row)
+        else:
+            decision = PlacementDecision(
+                req.key,
+                Phase.UNSCHEDULABLE,
+                None,
+                tuple(shown.candidates),
+                table.hint(req.spec, v, usage_of),
+                shown.rejected_by_reason,
+                shown.omitted,
+                feasible,
+            )
+        out.append(decision)
+    return out
+
+
+def _usage_lookup(current: npt.NDArray[np.float64]) -> Callable[[int], PoolUsage]:
+    def usage_of(p: int) -> PoolUsage:
+        r = current[p]
+        return PoolUsage(Resources(int(r[0]), int(r[1]), int(r[2])), float(r[3]))
+
+    return usage_of
+
+
+def decide_in_order_reference(
+    workloads: Sequence[WorkloadRequest],
+    snapshot: ClusterSnapshot,
+    fixed_usage: Mapping[str, PoolUsage] | None = None,
+) -> list[PlacementDecision]:
+    """:func:`decide_in_order` pool by pool with :mod:`filters` (the oracle for tests)."""
     ledger = UsageLedger(by_pool=dict(fixed_usage or {}))
     out = []
     for req in workloads:

@@ -6,8 +6,9 @@ deciding it costs. ``tests/placement/test_fast.py`` checks, on random instances,
 verdict and the same reason codes in the same order for every pool, the same chosen pool and the same
 hint. Messages are written by :mod:`filters` itself, only for the pools that are shown.
 
-* :class:`PoolTable` compiles a :class:`~continuum.placement.snapshot.ClusterSnapshot` once (the operator
-  keeps one per snapshot version; :meth:`PoolTable.with_snapshot` reuses what did not change).
+* :class:`PoolTable` compiles a :class:`~continuum.placement.snapshot.ClusterSnapshot` once;
+  ``snapshot.table`` builds it on first use and keeps it with the snapshot (the operator rebuilds its
+  snapshot only when a node, pod or pool changed, so the table follows).
 * :meth:`PoolTable.evaluate` gives a :class:`Verdicts` for one workload and the usage of every pool.
 * :func:`decide` is the operator's per-workload path: the decision and the candidates its status lists.
 * :func:`explain_compact` picks what ``continuum plan`` shows when there are many pools: the chosen pool,
@@ -504,7 +505,7 @@ def decide(
     v = table.evaluate(spec, used)
     usage_of = _usage_lookup(table, usage)
     feasible = v.feasible
-    order = list(table.choice_order(v, np.nonzero(feasible)[0]))
+    order = list(table.choice_order(v, np.nonzero(feasible)[0], limit))
     if len(order) < limit:
         rejected = np.nonzero(~feasible)[0]
         idx = rejected

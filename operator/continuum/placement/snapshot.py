@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continuum.api.models import GPU_RESOURCE, LABEL_WORKLOAD, EdgeNodePool, Tier
 from continuum.api.quantity import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
+
+if TYPE_CHECKING:
+    from continuum.placement.fast import PoolTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +220,18 @@ class ClusterSnapshot:
     conflicts: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # node → pools selecting it
 
     def pool(self, name: str) -> PoolView | None:
-        for view in self.pools:
-            if view.name == name:
-                return view
-        return None
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, PoolView]:
+        return {view.name: view for view in self.pools}
+
+    @cached_property
+    def table(self) -> PoolTable:
+        """The pools as arrays for the vectorized rules (:mod:`continuum.placement.fast`), built once."""
+        from continuum.placement.fast import PoolTable
+
+        return PoolTable(self)
 
 
 # --- building a snapshot from Kubernetes objects ----------------------------------------------------
