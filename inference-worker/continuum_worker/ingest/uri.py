@@ -44,7 +44,8 @@ class MqttEndpoint:
 
 def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     what = "--ingest" if source else "--publish"
-    parts = urllib.parse.urlsplit(uri.strip())
+    # '#' is MQTT's multi-level wildcard here, not a URI fragment
+    parts = urllib.parse.urlsplit(uri.strip().replace("#", "%23"))
     if parts.scheme != "mqtt":
         raise EndpointError(f"{what} {uri!r}: the scheme must be mqtt:// (got {parts.scheme or 'none'!r})")
     try:
