@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from continuum.api.models import Candidate, EdgeWorkloadSpec, Privacy, Reason, ReasonCode, Tier
 from continuum.api.quantity import gib
@@ -45,6 +46,7 @@ SLOTS: tuple[ReasonCode, ...] = (
 TIER, PRIVACY, RESIDENCY, LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY = range(len(SLOTS))
 _FIXABLE_SLOTS = (LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY)
 _TIERS = list(Tier)
+M = TypeVar("M", bound=BaseModel)
 _CODE_SLOTS = {code.value: [s for s, c in enumerate(SLOTS) if c is code] for code in set(SLOTS)}
 EPS = 1e-9
 
@@ -64,14 +66,30 @@ _CHECKS = (
 
 def usage_array(pool_names: Sequence[str], usage: Mapping[str, PoolUsage]) -> npt.NDArray[np.float64]:
     """(P, 4): cpu millis, memory bytes, gpus and WAN Mbps used per pool by other workloads."""
-    out = np.zeros((len(pool_names), 4))
-    if usage:
-        for i, name in enumerate(pool_names):
-            u = usage.get(name)
-            if u is not None:
-                r = u.resources
-                out[i] = (r.cpu_millis, r.memory_bytes, r.gpu, u.wan_mbps)
-    return out
+    n = len(pool_names)
+    if not usage:
+        return np.zeros((n, 4))
+    rows = [
+        _NO_USE
+        if (u := usage.get(name)) is None
+        else (u.resources.cpu_millis, u.resources.memory_bytes, u.resources.gpu, u.wan_mbps)
+        for name in pool_names
+    ]
+    return np.array(rows, dtype=np.float64).reshape(n, 4)
+
+
+_NO_USE = (0, 0, 0, 0.0)
+
+
+def construct(cls: type[M], **values: Any) -> M:
+    """A pydantic model from values computed here from validated inputs, every field given: what
+    ``model_construct`` does without its per-field default handling (the hot path of explanations)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
 
 
 @dataclass
@@ -339,7 +357,8 @@ class PoolTable:
         feasible = not len(broken)
         reasons = [] if feasible else self.reasons(spec, v, p, usage, broken)
         est = v.latency[p]
-        return Candidate.model_construct(
+        return construct(
+            Candidate,
             pool=pool.name,
             tier=pool.tier,
             feasible=feasible,
