@@ -36,7 +36,41 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(
             flag(name), help=f"{info.description} [{env_var(name)}; default: {default_text(name)}]", **extra
         )
+    prof = sub.add_parser("profile", help="write a drift reference profile from sample data (docs/drift.md)")
+    prof.add_argument("--model", required=True, help="ONNX model file the data is run through")
+    prof.add_argument("--data", required=True, help=".npy array or numeric .csv, one sample per row")
+    prof.add_argument("--out", required=True, help="where the reference profile (JSON) goes")
+    prof.add_argument("--input", default=None, help="the model input the data feeds (when it has several)")
+    prof.add_argument("--model-name", default=None, help="model name recorded in the profile (default: file stem)")
+    prof.add_argument("--model-version", default="1", help="model version recorded in the profile")
+    prof.add_argument("--k", type=int, default=200, help="KLL sketch size (default 200: 1.65 %% rank error)")
+    prof.add_argument("--max-features", type=int, default=256, help="as the worker's --drift-max-features")
+    prof.add_argument("--batch", type=int, default=256, help="rows per model run")
     return parser
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    """``continuum-worker profile``: stderr and exit 2 on bad input, the summary line on stdout."""
+    import json
+    from pathlib import Path
+
+    from continuum_worker.drift.reference import ProfileError, build_reference
+
+    try:
+        profile = build_reference(
+            Path(args.model), Path(args.data), name=args.model_name, version=args.model_version,
+            input_name=args.input, k=args.k, max_features=args.max_features, batch=args.batch,
+        )  # fmt: skip
+        text = json.dumps(profile.to_json(), separators=(",", ":"))
+        Path(args.out).write_text(text)
+    except ProfileError as exc:
+        print(f"continuum-worker profile: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"continuum-worker profile: error: --out {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {profile.rows} rows, {len(profile.sketches)} features, {len(text)} bytes")
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -68,6 +102,8 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "profile":
+        return profile_command(args)
     try:
         settings = settings_from_args(args)
     except ValueError as exc:

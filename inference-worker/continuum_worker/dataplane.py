@@ -112,6 +112,7 @@ class DataPlane:
         self.draining = False
         self.in_flight = 0
         self.recorder: InferenceRecorder | None = None
+        self.drift = _drift_monitor(settings, self.metrics)
         self.upstream = Upstream(settings.upstream, settings.upstream_timeout_ms) if settings.upstream else None
         self._poller: asyncio.Task[None] | None = None
 
@@ -217,6 +218,13 @@ class DataPlane:
             entries.append(stats.json())
         return {"model_stats": entries}
 
+    def drift_view(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """``GET /v2/models/{m}[/versions/{v}]/drift``: the model version's drift report (docs/drift.md)."""
+        model = self.model(name, version)
+        if self.drift is None:
+            raise Unavailable("drift profiling is off (--drift-window-seconds 0)")
+        return self.drift.view(model.name, model.version)
+
     # -- inference ---------------------------------------------------------------------------------
     async def infer(self, name: str, version: str | None, request: InferRequest, encode: Encoder[T]) -> T:
         """Validate, run and encode one request; raises :class:`ServerError` (unknown models: NotFound)."""
@@ -236,6 +244,7 @@ class DataPlane:
                 asyncio.wait_for(run, timeout / 1e6) if timeout else run  # type: ignore[arg-type]
             )
             done = time.perf_counter()
+            raw_results = results
             results = self._outputs(model, results, wanted)
             payload = encode(model, results, wanted)
             finished = time.perf_counter()
@@ -260,6 +269,11 @@ class DataPlane:
         stats.success(rows, finished - started, queue, compute_input, computed, finished - done)
         if not batched:
             stats.execution(rows, compute_input, computed, finished - done)
+        if self.drift is not None:
+            try:
+                self.drift.observe(model.name, model.version, model.batchable, inputs, raw_results)
+            except Exception:  # profiling must never fail a computed answer
+                log.exception("drift profiling of model %s failed", model.name)
         if self.recorder is not None:
             try:
                 self.recorder.record_inference(model.name, results)
@@ -609,6 +623,25 @@ class DataPlane:
     # -- shared memory -----------------------------------------------------------------------------
     def cuda_register(self) -> None:
         raise InvalidArgument(CUDA_UNSUPPORTED)
+
+
+def _drift_monitor(settings: WorkerSettings, metrics: WorkerMetrics) -> Any:
+    """The drift monitor the settings ask for (docs/drift.md), or None with ``--drift-window-seconds 0``."""
+    if not settings.drift_window_seconds:
+        return None
+    from continuum_worker.drift import DriftConfig, DriftMonitor, Thresholds
+    from continuum_worker.drift.monitor import fixed_reference, repository_reference
+
+    config = DriftConfig(
+        window_seconds=settings.drift_window_seconds, upload_seconds=settings.drift_upload_seconds,
+        k=settings.drift_k, max_features=settings.drift_max_features,
+        thresholds=Thresholds(settings.drift_threshold, settings.drift_psi_threshold, settings.drift_min_samples),
+    )  # fmt: skip
+    lookup = (
+        repository_reference(settings.model_repository) if settings.model_repository is not None
+        else fixed_reference(settings.drift_reference)
+    )  # fmt: skip
+    return DriftMonitor(config, lookup, metrics.registry)
 
 
 def _size(n: int) -> str:

@@ -175,6 +175,9 @@ class RestEndpoints:
     async def cuda_unregister(self, request: web.Request) -> web.Response:
         return web.json_response({})  # nothing is ever registered: unregistering succeeds
 
+    async def drift(self, request: web.Request) -> web.Response:
+        return web.json_response(self.plane.drift_view(request.match_info["model"], _version(request)))
+
     async def metrics(self, request: web.Request) -> web.Response:
         up = self.plane.upstream
         if up is not None:
@@ -194,6 +197,7 @@ def add_routes(app: web.Application, plane: DataPlane) -> RestEndpoints:
         r.add_get(prefix + "/ready", ep.model_ready)
         r.add_get(prefix + "/config", ep.model_config)
         r.add_get(prefix + "/stats", ep.model_stats)
+        r.add_get(prefix + "/drift", ep.drift)
         r.add_post(prefix + "/infer", ep.infer)
     r.add_post("/v2/repository/index", ep.repository_index)
     r.add_post("/v2/repository/models/{model}/load", ep.repository_load)

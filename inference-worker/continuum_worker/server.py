@@ -73,6 +73,10 @@ def create_app(settings: WorkerSettings) -> tuple[web.Application, DataPlane]:
                 metrics_registry=plane.metrics.registry,
             ),
         )
+        if plane.drift is not None:  # closed windows' summaries go upstream with the state's sync
+            from continuum_worker.drift.upstream import StateSink
+
+            plane.drift.sink = StateSink(plane.recorder)
     app.on_cleanup.append(stop)
     return app, plane
 

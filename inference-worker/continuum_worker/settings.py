@@ -90,6 +90,22 @@ class WorkerSettings(BaseSettings):
     )
     drain_seconds: float = Field(25.0, ge=0, description="how long SIGTERM waits for requests in flight")
     log_level: str = Field("INFO", description="Python logging level")
+    drift_window_seconds: float = Field(
+        60.0, ge=0, description="drift: profile window length (closes once it has --drift-min-samples rows); 0: drift off"
+    )
+    drift_reference: Path | None = Field(
+        None, description="drift: reference profile of the one model (continuum-worker profile --out); repository: <model>[/<version>]/drift_reference.json"
+    )
+    drift_threshold: float = Field(0.1, gt=0, le=1, description="drift: a feature drifts when its KS distance exceeds it")
+    drift_psi_threshold: float = Field(0.2, gt=0, description="drift: a class output drifts when its PSI exceeds it")
+    drift_min_samples: int = Field(1000, ge=1, description="drift: rows a window needs before it is scored")
+    drift_upload_seconds: float = Field(
+        900.0, gt=0, description="drift: period of the summaries recorded in the state and synced upstream"
+    )
+    drift_k: int = Field(200, ge=8, le=65535, description="drift: KLL sketch size (200: 1.65 % rank error)")
+    drift_max_features: int = Field(
+        256, ge=1, description="drift: widest input profiled element by element; wider: per-channel stats or block means"
+    )
 
     @field_validator("load_model", "sync_to", "sync_peers", mode="before")
     @classmethod
@@ -111,6 +127,15 @@ class WorkerSettings(BaseSettings):
         parse_backends(value)  # a typo fails before anything loads
         return value
 
+    @field_validator("drift_reference")
+    @classmethod
+    def _drift_reference(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from continuum_worker.drift.profile import load_reference
+
+            load_reference(value)  # a missing or malformed reference fails at start, naming the flag
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> WorkerSettings:
         if self.model_repository is None:
@@ -124,6 +149,11 @@ class WorkerSettings(BaseSettings):
                 raise ValueError("--model-control-mode and --load-model need --model-repository")
         elif self.model_uri:
             raise ValueError("--model-uri and --model-repository exclude each other")
+        elif self.drift_reference is not None:
+            raise ValueError(
+                "--drift-reference is for the one-model shorthand; in a repository put drift_reference.json "
+                "in <model>/ or <model>/<version>/"
+            )
         if self.load_model and self.model_control_mode != "explicit":
             raise ValueError("--load-model needs --model-control-mode explicit")
         return self

@@ -225,6 +225,9 @@ SPECIAL = {
     "--memory-limit": ("7Mi", "9"),
     "--model-uri": (None, None),  # excludes --model-repository: checked below
     "--event-threshold": ("0.7", "0.9"),
+    "--drift-reference": (None, None),  # a file, shorthand only: tests/drift
+    "--drift-threshold": ("0.3", "0.4"),
+    "--drift-k": ("16", "32"),
 }
 
 
