@@ -38,9 +38,11 @@ HERE = Path(__file__).resolve().parent
 MODULE = HERE / "cluster"
 KWOK_VERSION = "v0.8.0"  # sigs.k8s.io/kwok: kwok (the kubelet simulator) and kwokctl (the launcher)
 DEFAULT_NAME = "continuum"
-# How long a node may miss heartbeats before the node lifecycle controller marks it Unknown and taints it
-# node.kubernetes.io/unreachable (upstream default 50 s). Short, so failover tests do not wait for a minute.
-NODE_MONITOR_GRACE = "8s"
+# Loopback only; fast node heartbeats and a 10 s node-monitor grace period (see the file).
+KWOKCTL_CONFIG = MODULE / "kwokctl.yaml"
+# kwok acts as the kubelet only of nodes carrying this annotation; any other node gets no heartbeat and
+# the node lifecycle controller marks it NotReady (the cheap way to fail a node).
+FAKE_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
 
 
 def _module_version(module: str) -> str:
@@ -173,7 +175,7 @@ def _kwokctl(name: str, *args: str, check: bool = True, capture: bool = False) -
         "KWOK_KUBECTL_BINARY": str(bins / "kubectl"),
         "KWOK_KUBE_VERSION": K8S_VERSION,
     }
-    cmd = [str(bins / "kwokctl"), "--name", name, *args]
+    cmd = [str(bins / "kwokctl"), "--name", name, "-v", os.environ.get("CONTINUUM_KWOKCTL_LOG", "WARN"), *args]
     return subprocess.run(
         cmd,
         env=env,
@@ -221,8 +223,9 @@ def up(name: str) -> Path:
             "--kube-controller-manager-binary", str(bins / "kube-controller-manager"),
             "--kube-scheduler-binary", str(bins / "kube-scheduler"),
             "--kwok-controller-binary", str(bins / "kwok"),
-            "--extra-args", f"kube-controller-manager=node-monitor-grace-period={NODE_MONITOR_GRACE}",
-            "--extra-args", "kube-controller-manager=node-monitor-period=1s",
+            "--config", str(KWOKCTL_CONFIG),
+            "--extra-args", "kwok-controller=manage-all-nodes=false",
+            "--extra-args", f"kwok-controller=manage-nodes-with-annotation-selector={FAKE_NODE_SELECTOR}",
         )
         log(f"cluster {name!r} up in {time.monotonic() - t0:.1f} s")
     return kubeconfig_path(name)

@@ -121,6 +121,20 @@ class Cluster:
         assert HELM is not None
         return self.run(HELM, "--kubeconfig", str(self.kubeconfig), *args, timeout=timeout)
 
+    def partition_node(self, node: str) -> None:
+        """Cut a kwok node off: take over its Lease under another holder, so kwok (which renews only leases it
+        holds) stops heartbeating it; after the node-monitor grace period (10 s here) the node lifecycle
+        controller marks it Unknown and taints it node.kubernetes.io/unreachable — what a kubelet behind a failed
+        uplink looks like to the control plane."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        patch = {"spec": {"holderIdentity": "continuum-test-partition", "leaseDurationSeconds": 3600,
+                          "renewTime": now}}
+        self.kubectl("-n", "kube-node-lease", "patch", "lease", node, "--type", "merge", "-p", json.dumps(patch))
+
+    def heal_node(self, node: str) -> None:
+        """End the partition: without the foreign Lease kwok takes the node back at once and it turns Ready."""
+        self.kubectl("-n", "kube-node-lease", "delete", "lease", node)
+
     def token_kubeconfig(self, service_account: str, namespace: str, path: Path) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount with a TokenRequest token."""
         token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration=4h").strip()
@@ -173,7 +187,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         yield Cluster(name, kubeconfig, bins, tmp_path_factory.mktemp("cluster"))
     finally:
-        cluster_script.down(name)
+        if os.environ.get("CONTINUUM_KEEP_CLUSTER") == "1":
+            print(f"\nkeeping cluster {name}: {kubeconfig}", file=sys.stderr)
+        else:
+            cluster_script.down(name)
 
 
 @pytest.fixture(scope="session")
@@ -257,6 +274,7 @@ class Operators:
             **(extra_env or {}),
         }
         log = self.cluster.tmp / f"{name}.log"
+        _LOGS.append(log)
         proc = subprocess.Popen(
             [str(self.venv / "bin" / "continuum"), "run", *args],
             env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=self.cluster.tmp,
@@ -289,5 +307,20 @@ def install_chart(cluster: Cluster, *extra: str) -> None:
         "--set", "operator.graceSeconds=4",
         "--set", "operator.stabilizationSeconds=6",
         "--set", "operator.verbose=true",
+        "--set", "state.enabled=true",  # the examples include state-enabled workloads (Secrets for sync tokens)
         *extra,
     )
+
+
+_LOGS: list[Path] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """On a failure, attach the tail of every operator log of the session (they live in a temp dir)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for log in _LOGS:
+            if log.exists():
+                report.sections.append((f"operator log {log.name}", log.read_text(errors="replace")[-6000:]))

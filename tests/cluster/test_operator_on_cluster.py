@@ -43,9 +43,18 @@ def workloads_docs() -> list[dict[str, Any]]:
     return out
 
 
-def persistent_volumes(count: int, size: str = "20Gi") -> list[dict[str, Any]]:
-    """Pre-provisioned volumes for the state StatefulSets' claims (no provisioner runs here)."""
+def persistent_volumes(count: int, size: str = "20Gi", storage_class: str = "local-path") -> list[dict[str, Any]]:
+    """Pre-provisioned volumes for the state StatefulSets' claims: no provisioner runs here, so the class
+    (k3s's `local-path`, which the examples name) has none and binds when the first pod is scheduled."""
     return [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": storage_class},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }
+    ] + [
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
@@ -53,7 +62,8 @@ def persistent_volumes(count: int, size: str = "20Gi") -> list[dict[str, Any]]:
             "spec": {
                 "capacity": {"storage": size},
                 "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Delete",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": storage_class,
                 "hostPath": {"path": f"/tmp/continuum-pv-{i}"},
             },
         }
@@ -101,17 +111,12 @@ class PodTimeline:
     def _read(self) -> None:
         import json
 
-        buf = ""
         assert self.proc.stdout
-        for line in self.proc.stdout:
-            buf += line
-            if line.rstrip() != "}":
-                continue
+        for line in self.proc.stdout:  # one JSON watch event per line
             try:
-                event = json.loads(buf)
+                event = json.loads(line)
             except ValueError:
                 continue
-            buf = ""
             pod = event["object"]
             self.rows.append((
                 time.monotonic(), event["type"], pod["metadata"]["name"], pod["spec"].get("nodeName"),
@@ -136,7 +141,7 @@ def placed(cluster: Cluster, operators: Operators) -> Cluster:
     install_chart(cluster)
     cluster.apply(example_nodes())
     cluster.apply(load_docs(EXAMPLES / "cluster" / "pools.yaml"))
-    cluster.apply(persistent_volumes(8))
+    cluster.apply(persistent_volumes(12))
     operators.start("operator-0")
     namespaces = sorted({d["metadata"]["namespace"] for d in workloads_docs()})
     cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in namespaces])
@@ -178,6 +183,10 @@ def test_real_scheduler_binds_every_worker_pod_to_its_pool(placed: Cluster) -> N
     placed_ones = {k: o for k, o in items.items() if phase(o) == "Placed"}
     assert len(placed_ones) >= 6, {k: phase(o) for k, o in items.items()}
     pools = node_pools(placed)
+    pool_taints = {
+        n["metadata"]["labels"][POOL_LABEL]: n["spec"].get("taints", [])
+        for n in placed.get("nodes")["items"] if POOL_LABEL in n["metadata"].get("labels", {})
+    }
 
     def all_running() -> bool:
         pods = pods_by_node(placed)
@@ -197,10 +206,14 @@ def test_real_scheduler_binds_every_worker_pod_to_its_pool(placed: Cluster) -> N
         for pod in pods:
             assert pools[pod["spec"]["nodeName"]] == pool, (key, pod["spec"]["nodeName"], pool)
         # the rendered object pins the pool and tolerates exactly the pool's taints
-        kind = "statefulset" if (obj["spec"].get("state") or {}).get("enabled") else "deployment"
-        rendered = placed.get(kind, key[1], "-n", key[0])
-        spec = rendered["spec"]["template"]["spec"]
+        kind = "statefulsets" if (obj["spec"].get("state") or {}).get("enabled") else "deployments"
+        rendered = placed.get(kind, "-n", key[0], "-l", f"continuum.dev/workload={key[1]}")["items"]
+        assert len(rendered) == 1, (key, kind, [r["metadata"]["name"] for r in rendered])
+        spec = rendered[0]["spec"]["template"]["spec"]
         assert spec["nodeSelector"] == {POOL_LABEL: pool}
+        want = {(t["key"], t.get("value"), t["effect"]) for t in pool_taints[pool]}
+        have = {(t["key"], t.get("value"), t["effect"]) for t in spec.get("tolerations", [])}
+        assert want <= have, (key, want, have)
         placed.kubectl("wait", "--for=condition=Placed", f"ew/{key[1]}", "-n", key[0], "--timeout=30s")
         wait_until(lambda k=key: condition(ews(placed)[k], "Ready") == "True", timeout=60,
                    what=f"{key} Ready")
@@ -226,7 +239,7 @@ def test_node_failure_moves_make_before_break_then_fails_back(placed: Cluster) -
     timeline = PodTimeline(placed, ns)
     try:
         # kwok stops acting as the kubelet; the node lifecycle controller marks it Unknown and taints it.
-        placed.kubectl("annotate", "node", node, "kwok.x-k8s.io/node-")
+        placed.partition_node(node)
         moved = wait_until(
             lambda: (o := ews(placed)[(ns, name)]).get("status", {}).get("placement", {}).get("pool") != before and o,
             timeout=90, what=f"{name} moved off {before}",
@@ -235,11 +248,16 @@ def test_node_failure_moves_make_before_break_then_fails_back(placed: Cluster) -
         assert new_pool == "mec-frankfurt"
         pools = node_pools(placed)
 
-        def old_pods_gone() -> bool:
+        def old_pods_deleted() -> bool:
+            # The old pod sits on a node nobody can reach: its deletion is requested (deletionTimestamp) but
+            # stays Terminating until the node returns (no kubelet confirms it) — real Kubernetes semantics.
             pods = [p for p in placed.get("pods", "-n", ns)["items"] if p["metadata"]["name"].startswith(name)]
-            return bool(pods) and all(pools.get(p["spec"].get("nodeName") or "") == new_pool for p in pods)
+            new_running = [p for p in pods if pools.get(p["spec"].get("nodeName") or "") == new_pool
+                           and p["status"].get("phase") == "Running"]
+            old = [p for p in pods if pools.get(p["spec"].get("nodeName") or "") == before]
+            return bool(new_running) and all(p["metadata"].get("deletionTimestamp") for p in old)
 
-        wait_until(old_pods_gone, timeout=90, what="old replicas gone, new ones on the MEC")
+        wait_until(old_pods_deleted, timeout=90, what="new replica Running on the MEC, old one being deleted")
         time.sleep(1)
     finally:
         timeline.close()
@@ -254,8 +272,15 @@ def test_node_failure_moves_make_before_break_then_fails_back(placed: Cluster) -
     events = placed.get("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
     assert "Replaced" in {e["reason"] for e in events}
 
-    # the node comes back: after the stabilization window the workload fails back to the preferred pool
-    placed.kubectl("annotate", "node", node, "kwok.x-k8s.io/node=fake", "--overwrite")
+    # the node comes back: the old pod is finally gone, and after the stabilization window the workload fails
+    # back to the preferred pool
+    placed.heal_node(node)
+    wait_until(
+        lambda: not [p for p in placed.get("pods", "-n", ns)["items"]
+                     if p["metadata"]["name"].startswith(name) and p["spec"].get("nodeName") == node
+                     and p["metadata"].get("deletionTimestamp")],
+        timeout=60, what="the old pod removed once its node is back",
+    )
     wait_until(
         lambda: ews(placed)[(ns, name)]["status"]["placement"]["pool"] == before,
         timeout=120, what=f"{name} failing back to {before}",
@@ -271,7 +296,7 @@ def test_unschedulable_until_capacity_appears(placed: Cluster) -> None:
         "metadata": {"name": "big-batch", "namespace": ns},
         "spec": {
             "source": {"site": "plant-munich"},
-            "requirements": {"latencyBudgetMs": 500, "resources": {"cpu": "60", "memory": "64Gi"}},
+            "requirements": {"latencyBudgetMs": 500, "resources": {"cpu": "200", "memory": "64Gi"}},
             "tiers": {"allowed": ["cloud"]},
             "model": {"name": "big", "uri": "http://models/big.onnx", "version": "1"},
         },
@@ -282,13 +307,13 @@ def test_unschedulable_until_capacity_appears(placed: Cluster) -> None:
     assert obj["status"].get("hint")
     # a large node joins the Frankfurt cloud pool (its labels select it)
     pool = next(p for p in placed.get("enp")["items"] if p["metadata"]["name"] == "cloud-frankfurt")
-    labels = pool["spec"]["nodeSelector"]
+    labels = pool["spec"]["nodeSelector"]["matchLabels"]
     node = {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "fra-cloud-big", "labels": {"kubernetes.io/hostname": "fra-cloud-big", **labels}},
         "spec": {},
-        "status": {"allocatable": {"cpu": "96", "memory": "256Gi", "pods": "110"},
-                   "capacity": {"cpu": "96", "memory": "256Gi", "pods": "110"}},
+        "status": {"allocatable": {"cpu": "256", "memory": "512Gi", "pods": "110"},
+                   "capacity": {"cpu": "256", "memory": "512Gi", "pods": "110"}},
     }
     placed.apply(fake_nodes([node]))
     wait_until(lambda: phase(ews(placed)[(ns, "big-batch")]) == "Placed", timeout=60, what="big-batch placed")

@@ -191,10 +191,15 @@ async def test_label_and_field_selectors(api):
 
 
 async def test_lists_carry_kind_and_core_discovery_is_v1(api):
+    """The list carries kind/apiVersion and its items do not, exactly as kube-apiserver answers (the
+    differential test in tests/cluster compares the two)."""
     _, s = api
     await s.post("/api/v1/nodes", json={"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}})
     body = await (await s.get("/api/v1/nodes")).json()
-    assert body["kind"] == "NodeList" and body["items"][0]["kind"] == "Node"
+    assert body["kind"] == "NodeList" and body["apiVersion"] == "v1"
+    assert "kind" not in body["items"][0] and "apiVersion" not in body["items"][0]
+    single = await (await s.get("/api/v1/nodes/n")).json()
+    assert single["kind"] == "Node" and single["apiVersion"] == "v1"
     assert (await (await s.get("/api/v1")).json())["groupVersion"] == "v1"
 
 

@@ -166,7 +166,12 @@ class KubeApi:
     ) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
         data = await self.request("GET", path_for(api_version, kind, None, namespace), params=params)
-        return list(data.get("items") or [])
+        items = list(data.get("items") or [])
+        # A real apiserver leaves kind/apiVersion off list items (the list carries them); callers key by kind.
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
 
     async def patch(
         self,

@@ -181,14 +181,12 @@ class ApiEmulator(kmock.KubernetesEmulator):
         except ApiError as exc:
             raise kmock.KubernetesError(exc.status, exc.reason, exc.message) from None
         api_version, kind = self._list_kind(request)
-        info = self._info(request)
-        for item in items:
-            item.setdefault("apiVersion", api_version)
-            if info and info.kind:
-                item.setdefault("kind", info.kind)
-        printed = self._as_table(request, items)
+        printed = self._as_table(request, items)  # Table rows carry whole objects, kind included
         if printed is not None:
             return printed
+        # As a real apiserver: the list carries apiVersion/kind, its items do not (clients that key objects by
+        # kind must fill them in; the operator once broke on exactly this after a restart on a real cluster).
+        items = [{k: v for k, v in item.items() if k not in ("apiVersion", "kind")} for item in items]
         return {
             "apiVersion": api_version,
             "kind": kind,
