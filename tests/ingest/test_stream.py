@@ -257,10 +257,10 @@ async def test_uplink_cut_every_result_arrives_in_order(
         upstream_broker.stop()
         await asyncio.sleep(3.0)
         pending = metric(metrics(http_port(w)), "continuum_ingest_outbox_pending")
-        assert pending > 500  # results queue on the volume while the uplink is down
+        assert pending > 100  # results queue on the volume while the uplink is down
         upstream_broker.start()
         await asyncio.gather(*feeds)
-        await results.wait_for(2 * n, 20)
+        await results.wait_for(2 * n, 25)
     check_complete(results, {"cam1": n, "cam2": n})
     text = metrics(http_port(w))
     assert metric(text, "continuum_ingest_outbox_pending") == 0

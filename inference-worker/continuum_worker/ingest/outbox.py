@@ -38,6 +38,7 @@ CREATE INDEX IF NOT EXISTS out_key ON out(key) WHERE key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 POLICIES = ("block", "drop-oldest")
+TAIL_ROWS = 50_000  # unpublished records kept in memory too (beyond: read back from SQLite)
 
 
 class OutboxError(RuntimeError):
@@ -99,6 +100,7 @@ class Outbox:
         self._space = asyncio.Event()
         self._saved_watermark = 0
         self._sizes: dict[int, int] = {}  # pending seq -> payload size (for exact byte accounting)
+        self._tail: dict[int, Row] = {}  # records written by this process and not yet published: no read back
         self.closed = True
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -173,6 +175,8 @@ class Outbox:
         await future
         for r, seq in zip(records, job.seqs, strict=True):
             if seq > self.watermark:  # the publisher may have read and published it already
+                if len(self._tail) < TAIL_ROWS:
+                    self._tail[seq] = Row(seq, r.topic, r.payload, r.kind, r.msg_id, r.props)
                 self._sizes[seq] = len(r.payload)
                 self.pending_count += 1
                 self.pending_bytes += len(r.payload)
@@ -268,6 +272,7 @@ class Outbox:
     def _apply_drop(self, new_watermark: int, victims: list[int]) -> None:
         self.watermark = max(self.watermark, new_watermark)
         for seq in victims:
+            self._tail.pop(seq, None)
             size = self._sizes.pop(seq, None)
             if size is not None:
                 self.pending_count -= 1
@@ -294,6 +299,11 @@ class Outbox:
     def read(self, after: int, limit: int) -> list[Row]:
         assert self._read is not None
         after = max(after, self.watermark if self.policy == "drop-oldest" else after)
+        cached: list[Row] = []
+        while len(cached) < limit and (row := self._tail.get(after + 1 + len(cached))) is not None:
+            cached.append(row)
+        if cached or after >= self.last_seq:
+            return cached
         rows = self._read.execute(
             "SELECT seq, topic, payload, kind, msg_id, props FROM out WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
@@ -322,6 +332,7 @@ class Outbox:
                 break
             self.pending_bytes -= self._sizes.pop(first)
             self.pending_count -= 1
+            self._tail.pop(first, None)
         self.watermark = seq
         self._gauges()
         self._space.set()

@@ -115,6 +115,19 @@ def _user_properties(message: aiomqtt.Message) -> dict[str, str]:
     return out
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client keeping MQTT's DUP flag on each message (``dup``): only a message the broker
+    sends again can be one whose result is already durable, so only those are looked up."""
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        m = aiomqtt.Message._from_paho_message(message)
+        m.dup = bool(message.dup)  # type: ignore[attr-defined]
+        try:
+            self._queue.put_nowait(m)
+        except asyncio.QueueFull:  # unbounded queue: cannot happen (the broker's Receive Maximum bounds it)
+            log.error("message queue full: message %s not taken (the broker sends it again)", message.mid)
+
+
 def _protocol(version: str) -> aiomqtt.ProtocolVersion:
     return aiomqtt.ProtocolVersion.V5 if version == "5" else aiomqtt.ProtocolVersion.V311
 
@@ -181,7 +194,9 @@ class IngestService:
             kwargs.update(clean_start=False, properties=props)
         else:
             kwargs["clean_session"] = False
-        return aiomqtt.Client(ep.host, ep.port, **kwargs)
+        client = _Client(ep.host, ep.port, **kwargs)
+        client.pending_calls_threshold = 2 * self.config.publish_window  # it warns per call above this
+        return client
 
     async def _run_source(self, index: int, ep: MqttEndpoint) -> None:
         backoff = 0.1
@@ -287,8 +302,9 @@ class IngestService:
             decoded = decode(ep, payload, props, [(s.name, s.datatype) for s in model.inputs])
             msg_id = decoded.msg_id
             if decoded.source_ts is not None:
+                work.marks["source_ts"] = decoded.source_ts
                 self.metrics.stage.labels("source_to_receive").observe(max(0.0, work.marks["wall"] - decoded.source_ts))
-            if decoded.key is not None and self.outbox.seen(decoded.key):
+            if decoded.key is not None and getattr(message, "dup", True) and self.outbox.seen(decoded.key):
                 work.outcome = "duplicate"  # its result is durable already: only the acknowledgement was lost
                 return
             timings: dict[str, float] = {}
@@ -327,6 +343,8 @@ class IngestService:
         results: Any, body: bytes, headers: dict[str, str], work: _Work,
     ) -> list[Record]:  # fmt: skip
         props: dict[str, str] = {"source": str(message.topic), "model": model.name, "model_version": model.version}
+        if "source_ts" in work.marks:  # the publisher's timestamp, for end-to-end latency downstream
+            props["source_ts"] = repr(work.marks["source_ts"])
         if HEADER_LENGTH in headers:
             props["inference_header_content_length"] = headers[HEADER_LENGTH]
         sink = self.config.sink.topic

@@ -1,0 +1,445 @@
+"""Streaming ingestion benchmark: the bench MLP fed over MQTT beside the same worker called over HTTP, in
+one run, with two real Mosquitto brokers on loopback (source and upstream).
+
+    .venv/bin/python bench/streaming.py [--quick] [--no-write] [--rates 100,1000,10000] [--outage-seconds 60]
+
+1. Latency per rate (open loop: messages are sent on a fixed schedule, not after the previous answer):
+   MQTT end to end (the producer's ``ts`` user property → the result's arrival at a subscriber of the
+   upstream broker; one machine, one clock), the worker's per-stage histograms for the same interval
+   (``continuum_ingest_stage_seconds``, quantiles interpolated within buckets as Prometheus'
+   ``histogram_quantile`` does), and direct HTTP requests at the same rate to the same worker.
+2. Outage: ``--outage-seconds`` with the upstream broker stopped while messages keep flowing in at
+   ``--outage-rate``; then it restarts: every result must arrive, in order; lost = 0 is checked.
+3. Bytes upstream with ``--ingest-filter events`` against all results (``--ingest-filter all``), same
+   stream.
+Producer, subscriber and HTTP client are separate processes (paho-mqtt / aiohttp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import machine, markdown_table, percentile, write_section  # noqa: E402
+from tests.ingest.conftest import MOSQUITTO, Broker, free_port  # noqa: E402
+
+STAGES = ("receive_to_infer", "batch_wait", "compute", "to_durable", "durable_to_published", "receive_to_published")
+FEATURES = 64
+
+
+def payload(i: int, rows: list[list[float]]) -> bytes:
+    data = rows[i % len(rows)]
+    return json.dumps({"id": str(i), "inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, FEATURES],
+                                                 "data": data}]}).encode()  # fmt: skip
+
+
+def sample_rows(n: int = 256, scale: float = 1.0) -> list[list[float]]:
+    return (np.random.default_rng(0).standard_normal((n, FEATURES)) * scale).astype(np.float32).round(4).tolist()
+
+
+# -- processes -----------------------------------------------------------------------------------------
+def produce(port: int, topic: str, rate: float, n: int, first: int, scale: float, out: Any) -> None:
+    """Publish ids first..first+n-1 at ``rate`` (QoS 1, MQTT 5, ``ts`` user property); report the rate reached."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    rows = sample_rows(scale=scale)
+    bodies = [payload(i, rows) for i in range(first, first + n)]
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(2000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    start = time.time()
+    sent_bytes = 0
+    infos = []
+    for i, body in enumerate(bodies):
+        target = start + i / rate
+        delay = target - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        p = Properties(PacketTypes.PUBLISH)
+        p.UserProperty = [("ts", repr(time.time()))]
+        infos.append(c.publish(topic, body, qos=1, properties=p))
+        sent_bytes += len(body)
+    elapsed = time.time() - start
+    for info in infos[-200:]:
+        info.wait_for_publish(30)
+    c.loop_stop()
+    c.disconnect()
+    out.put({"rate": n / elapsed if elapsed else float("inf"), "bytes": sent_bytes})
+
+
+def collect(port: int, topic: str, client_id: str, stop: Any, out: Any, ready: Any) -> None:
+    """Persistent-session subscriber: (id, arrival - source ts, redelivered) of every result."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    got: list[tuple[str, float, bool]] = []
+
+    def on_message(client: Any, userdata: Any, m: Any) -> None:
+        now = time.time()
+        props = dict(getattr(m.properties, "UserProperty", []) or [])
+        ts = float(props.get("source_ts", "nan"))
+        got.append((props.get("id", ""), now - ts, props.get("redelivered") == "1"))
+
+    def on_connect(client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        client.subscribe(topic, qos=1)
+        ready.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.on_message, c.on_connect = on_message, on_connect
+    c.reconnect_delay_set(0.05, 0.5)
+    cp = Properties(PacketTypes.CONNECT)
+    cp.SessionExpiryInterval = 3600
+    c.connect("127.0.0.1", port, clean_start=False, properties=cp)
+    c.loop_start()
+    stop.wait()
+    c.loop_stop()
+    out.put(got)
+
+
+def http_load(port: int, rate: float, n: int, out: Any) -> None:
+    import aiohttp
+
+    rows = sample_rows()
+
+    async def run() -> list[float]:
+        lat: list[float] = []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as s:
+            url = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+
+            async def one(i: int) -> None:
+                t = time.perf_counter()
+                async with s.post(url, data=payload(i, rows)) as r:
+                    await r.read()
+                    assert r.status == 200
+                lat.append(time.perf_counter() - t)
+
+            start = time.perf_counter()
+            tasks = []
+            for i in range(n):
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*tasks)
+            lat.append(n / (time.perf_counter() - start))  # the achieved rate rides last
+        return lat
+
+    out.put(asyncio.run(run()))
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def buckets(text: str, stage: str) -> list[tuple[float, float]]:
+    pat = re.compile(r'continuum_ingest_stage_seconds_bucket\{le="([^"]+)",stage="' + re.escape(stage) + r'"\} (\S+)')
+    return [(float(le), float(v)) for le, v in pat.findall(text)]
+
+
+def hist_quantile(before: str, after: str, stage: str, q: float) -> float:
+    b0, b1 = dict(buckets(before, stage)), buckets(after, stage)
+    diff = [(le, v - b0.get(le, 0.0)) for le, v in b1]
+    total = diff[-1][1] if diff else 0
+    if not total:
+        return float("nan")
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in diff:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def start_worker(model: Path, src: Broker, up: Broker, tmp: Path, tag: str, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {"PYTHONPATH": str(ROOT / "inference-worker"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "continuum_worker.cli", "serve", "--model-name", "mlp", "--model-uri", str(model),
+         "--max-batch-size", "64", "--port", str(port), "--grpc-port", "0", "--log-level", "WARNING",
+         "--ingest", src.url(f"{tag}/in"), "--publish", up.url(f"{tag}/out"), "--outbox-dir", str(tmp / f"ob-{tag}"),
+         "--mqtt-client-id", f"bench-{tag}", *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=(tmp / f"{tag}.log").open("wb"),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {(tmp / f'{tag}.log').read_text()[-2000:]}")
+        try:
+            text = scrape(port)
+            if metric(text, "continuum_ingest_broker_connected", role="source") == 1:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("worker did not start")
+
+
+class Collector:
+    def __init__(self, broker: Broker, topic: str, cid: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop, self.ready, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=collect, args=(broker.port, topic, cid, self.stop, self.out, self.ready))
+        self.proc.start()
+        if not self.ready.wait(30):
+            raise TimeoutError("collector did not connect")
+        time.sleep(0.3)  # its SUBACK
+
+    def finish(self) -> list[tuple[str, float, bool]]:
+        self.stop.set()
+        got = self.out.get(timeout=60)
+        self.proc.join(10)
+        return got
+
+
+def run_process(target: Any, *args: Any) -> Any:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, out))
+    proc.start()
+    result = out.get()
+    proc.join(30)
+    return result
+
+
+def wait_published(port: int, n_ok: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = scrape(port)
+        if metric(text, "continuum_ingest_messages_total") >= n_ok and metric(text, "continuum_ingest_outbox_pending") == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ms(x: float) -> str:
+    return "n/a" if x != x else f"{x * 1000:.2f}"
+
+
+# -- phases --------------------------------------------------------------------------------------------
+def latency_phase(model: Path, src: Broker, up: Broker, tmp: Path, rates: list[float], seconds: float) -> list[dict[str, Any]]:
+    proc, port = start_worker(model, src, up, tmp, "lat")
+    rows = []
+    first = 0
+    try:
+        for rate in rates:
+            n = max(200, int(rate * seconds))
+            coll = Collector(up, "lat/out", f"c-lat-{int(rate)}")
+            before = scrape(port)
+            done_before = metric(before, "continuum_ingest_messages_total")
+            cpu0 = cpu_seconds(proc.pid)
+            prod = run_process(produce, src.port, "lat/in", rate, n, first, 1.0)
+            drained = wait_published(port, done_before + n, 120)
+            after = scrape(port)
+            cpu_mqtt = (cpu_seconds(proc.pid) - cpu0) / n
+            got = coll.finish()
+            e2e = [d for i, d, _ in got if i.isdigit() and first <= int(i) < first + n and d == d]
+            ids = {int(i) for i, _, _ in got if i.isdigit()}
+            lost = sum(1 for i in range(first, first + n) if i not in ids)
+            cpu0 = cpu_seconds(proc.pid)
+            http = run_process(http_load, port, rate, n)
+            cpu_http = (cpu_seconds(proc.pid) - cpu0) / n
+            http_rate, http_lat = http[-1], http[:-1]
+            rows.append({
+                "rate": rate, "sent_rate": prod["rate"], "n": n, "lost": lost, "drained": drained,
+                "cpu_mqtt": cpu_mqtt, "cpu_http": cpu_http,
+                "mqtt_p50": percentile(e2e, 0.5) if e2e else float("nan"),
+                "mqtt_p99": percentile(e2e, 0.99) if e2e else float("nan"),
+                "http_rate": http_rate, "http_p50": percentile(http_lat, 0.5), "http_p99": percentile(http_lat, 0.99),
+                "stages": {s: (hist_quantile(before, after, s, 0.5), hist_quantile(before, after, s, 0.99))
+                           for s in STAGES},
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+            first += n
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return rows
+
+
+def outage_phase(model: Path, src: Broker, up: Broker, tmp: Path, rate: float, outage: float) -> dict[str, Any]:
+    proc, port = start_worker(model, src, up, tmp, "out")
+    before_s, after_s = 5.0, 5.0
+    n = int(rate * (before_s + outage + after_s))
+    coll = Collector(up, "out/out", "c-outage")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    prod = ctx.Process(target=produce, args=(src.port, "out/in", rate, n, 0, 1.0, q))
+    prod.start()
+    time.sleep(before_s)
+    up.stop()
+    peak = 0.0
+    t_end = time.monotonic() + outage
+    while time.monotonic() < t_end:
+        peak = max(peak, metric(scrape(port), "continuum_ingest_outbox_pending"))
+        time.sleep(0.5)
+    up.start()
+    restored = time.monotonic()
+    sent = q.get()
+    prod.join(30)
+    drained = wait_published(port, n, 300)
+    drain_s = time.monotonic() - restored
+    got = coll.finish()
+    text = scrape(port)
+    proc.terminate()
+    proc.wait(30)
+    first: list[int] = []
+    seen: set[int] = set()
+    unmarked_dupes = 0
+    for i, _, redelivered in got:
+        if not i.isdigit():
+            continue
+        k = int(i)
+        if k in seen:
+            unmarked_dupes += not redelivered
+            continue
+        seen.add(k)
+        first.append(k)
+    return {"rate": rate, "sent_rate": sent["rate"], "outage_s": outage, "n": n, "received": len(seen),
+            "lost": n - len(seen), "in_order": first == sorted(first), "copies": len(got),
+            "unmarked_duplicates": unmarked_dupes, "peak_pending": peak, "drained": drained,
+            "drain_s": drain_s, "dropped": metric(text, "continuum_ingest_outbox_dropped_total")}  # fmt: skip
+
+
+def bytes_phase(model: Path, src: Broker, up: Broker, tmp: Path, n: int, rate: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in ("all", "events"):
+        proc, port = start_worker(model, src, up, tmp, f"b{mode}", "--ingest-filter", mode,
+                                  "--ingest-summary-secs", "1")  # fmt: skip
+        prod = run_process(produce, src.port, f"b{mode}/in", rate, n, 0, 3.0)
+        wait_published(port, n, 120)
+        time.sleep(1.5)  # one more summary period
+        text = scrape(port)
+        proc.terminate()
+        proc.wait(30)
+        out[mode] = {
+            "input_bytes": prod["bytes"],
+            "result_bytes": metric(text, "continuum_ingest_result_bytes_total"),
+            "upstream_bytes": metric(text, "continuum_ingest_upstream_bytes_total"),
+            "events": metric(text, "continuum_ingest_published_total", kind="event"),
+            "summaries": metric(text, "continuum_ingest_published_total", kind="summary"),
+        }
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--rates", default="100,1000,10000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--outage-seconds", type=float, default=60.0)
+    ap.add_argument("--outage-rate", type=float, default=500.0)
+    args = ap.parse_args()
+    if MOSQUITTO is None:
+        print("mosquitto is not installed", file=sys.stderr)
+        return 2
+    rates = [float(r) for r in args.rates.split(",")]
+    if args.quick:
+        rates, args.seconds, args.outage_seconds, args.outage_rate = [100.0, 1000.0], 3.0, 5.0, 200.0
+    from tests.worker.modelgen import mlp
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        model = mlp(tmp / "mlp.onnx")
+        src, up = Broker(tmp / "src"), Broker(tmp / "up", persistence=True)
+        for b in (src, up):
+            b.directory.mkdir()
+            b.start()
+        try:
+            lat = latency_phase(model, src, up, tmp, rates, args.seconds)
+            outage = outage_phase(model, src, up, tmp, args.outage_rate, args.outage_seconds)
+            print(json.dumps(outage), flush=True)
+            by = bytes_phase(model, src, up, tmp, 3000 if not args.quick else 1000, 500.0)
+            print(json.dumps(by), flush=True)
+        finally:
+            src.stop()
+            up.stop()
+    headers = ["target msg/s", "sent msg/s", "MQTT e2e p50 / p99 ms", "HTTP p50 / p99 ms (msg/s)",
+               "MQTT − HTTP p99 ms", "worker CPU ms/msg MQTT / HTTP", *[f"{s} p50 / p99 ms" for s in STAGES], "lost"]  # fmt: skip
+    table = [[f"{r['rate']:.0f}", f"{r['sent_rate']:.0f}", f"{ms(r['mqtt_p50'])} / {ms(r['mqtt_p99'])}",
+              f"{ms(r['http_p50'])} / {ms(r['http_p99'])} ({r['http_rate']:.0f})",
+              ms(r["mqtt_p99"] - r["http_p99"]), f"{ms(r['cpu_mqtt'])} / {ms(r['cpu_http'])}",
+              *[f"{ms(r['stages'][s][0])} / {ms(r['stages'][s][1])}" for s in STAGES], str(r["lost"])]
+             for r in lat]  # fmt: skip
+    a, e = by["all"], by["events"]
+    section = "\n".join([
+        "## Streaming ingestion (`bench/streaming.py`)",
+        "",
+        f"{machine('aiomqtt', 'paho-mqtt', 'onnxruntime')}; Mosquitto {mosquitto_version()}; "
+        f"`.venv/bin/python bench/streaming.py{' --quick' if args.quick else ''}`. The bench MLP (64→128→10), "
+        "`--max-batch-size 64`, source and upstream brokers on loopback, producer, subscriber and HTTP client "
+        f"in their own processes, {args.seconds:.0f} s per rate, open loop. MQTT e2e: producer's `ts` → "
+        "result at the upstream subscriber (QoS 1 both hops, durable outbox commit between). HTTP: the same "
+        "worker, same rate, aiohttp client. Stages from the worker's histograms (interpolated in buckets).",
+        "",
+        markdown_table(headers, table),
+        "",
+        f"**Outage**: upstream broker stopped for {outage['outage_s']:.0f} s while {outage['sent_rate']:.0f} msg/s "
+        f"kept arriving ({outage['n']} messages): {outage['received']} results received, lost {outage['lost']}, "
+        f"in order per source: {outage['in_order']}, {outage['copies'] - outage['received']} duplicate copies "
+        f"({outage['unmarked_duplicates']} unmarked), outbox peak {outage['peak_pending']:.0f} records, "
+        f"drained {outage['drain_s']:.1f} s after the broker returned, dropped {outage['dropped']:.0f}.",
+        "",
+        f"**Bytes upstream** (3,000 messages, inputs scaled ×3 so some rows pass the 0.9 threshold): all results "
+        f"{a['upstream_bytes']:.0f} B; with `--ingest-filter events` {e['upstream_bytes']:.0f} B "
+        f"({e['events']:.0f} events, {e['summaries']:.0f} summaries) = "
+        f"{e['upstream_bytes'] / a['upstream_bytes']:.1%} of all results (input bytes {e['input_bytes']:.0f}).",
+    ])  # fmt: skip
+    print(section)
+    if not args.no_write:
+        write_section("streaming", section)
+    return 0
+
+
+def mosquitto_version() -> str:
+    try:
+        out = subprocess.run([str(MOSQUITTO), "-h"], capture_output=True, text=True, timeout=5).stdout
+    except OSError:
+        return "?"
+    m = re.search(r"mosquitto version (\S+)", out)
+    return m.group(1) if m else "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
