@@ -7,6 +7,7 @@ the same chosen pool, the same hint; decide_batch equals decide_batch_reference 
 
 from __future__ import annotations
 
+import datetime
 import random
 
 import numpy as np
@@ -185,3 +186,32 @@ def test_in_order_equals_the_reference(instance):
     for a, b in zip(got, ref, strict=True):
         assert (a.key, a.phase, a.placement, a.hint) == (b.key, b.phase, b.placement, b.hint)
         assert dump(a.candidates) == dump(b.candidates)
+
+
+@SETTINGS
+@given(instances, st.integers(1, 5))
+def test_operator_decision_equals_the_reference_and_keeps_the_current_pool(instance, limit):
+    """fast.decide_placement is what the operator can call instead of engine.decide + status_candidates:
+    same decision and hint, the status rows in status order, and the current pool's row always there
+    (the hysteresis reads its verdict), whatever the limit."""
+    from continuum.placement.hysteresis import HysteresisPolicy, judge
+
+    n_w, n_p, seed, load, variety = instance
+    snapshot, requests = generate(n_w, n_p, seed=seed, load=load, variety=variety)
+    usage = random_usage(snapshot, seed + 3)
+    names = [p.name for p in snapshot.pools]
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    for i, req in enumerate(requests):
+        current_pool = names[(seed + i) % len(names)]
+        ref = engine.decide(req.spec, snapshot, usage, req.key)
+        got = fast.decide_placement(req.spec, snapshot, usage, req.key, current=current_pool, limit=limit)
+        assert (got.phase, got.placement, got.hint) == (ref.phase, ref.placement, ref.hint)
+        full = {c.pool: c for c in ref.candidates}
+        assert [c.pool for c in got.candidates].count(current_pool) == 1
+        for cand in got.candidates:
+            assert cand.model_dump() == full[cand.pool].model_dump()
+        assert got.candidates_omitted == len(snapshot.pools) - len(got.candidates)
+        assert got.feasible_pools == sum(c.feasible for c in ref.candidates)
+        current = engine.placement_on(req.spec, snapshot.pool(current_pool))
+        policy = HysteresisPolicy(60, 300, 0.5)
+        assert judge(req.spec, current, got, now, policy) == judge(req.spec, current, ref, now, policy)

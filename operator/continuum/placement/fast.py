@@ -505,6 +505,7 @@ class FastDecision:
     candidates_omitted: int
     rejected_by_reason: dict[str, int]
     hint: str | None
+    feasible_pools: int = 0
 
 
 def decide(
@@ -513,30 +514,66 @@ def decide(
     usage: Mapping[str, PoolUsage] | None = None,
     limit: int = 20,
     used: npt.NDArray[np.float64] | None = None,
+    include: str | None = None,
 ) -> FastDecision:
     """One workload against every pool, given what the others use (``usage`` by pool name, or the
     same as a (P, 4) array ``used``): the chosen pool, the first ``limit`` candidates in the order the
     operator's status lists them (feasible ones as they would be chosen, then the rejected with the
-    fewest broken rules, preferred tiers first), the count per reason code, and the hint."""
+    fewest broken rules, preferred tiers first), the count per reason code, and the hint. The pool
+    named ``include`` (the one the workload runs on) is listed too, after the others if it is not
+    among the first ``limit``, so the hysteresis can always read its verdict."""
     usage = usage or {}
     if used is None:
         used = usage_array(table.names, usage)
     v = table.evaluate(spec, used)
     usage_of = _usage_lookup(table, usage)
     feasible = v.feasible
-    order = list(table.choice_order(v, np.nonzero(feasible)[0], limit))
+    order = [int(p) for p in table.choice_order(v, np.nonzero(feasible)[0], limit)]
     if len(order) < limit:
-        rejected = np.nonzero(~feasible)[0]
-        idx = rejected
-        n_broken = v.bad[idx].sum(axis=1)
-        near = idx[np.lexsort((table.name_rank[idx], v.rank[idx], n_broken))]
-        order += list(near[: limit - len(order)])
-    shown = [table.candidate(spec, v, int(p), usage_of(int(p))) for p in order[:limit]]
-    chosen = int(order[0]) if order and feasible[order[0]] else -1
+        idx = np.nonzero(~feasible)[0]
+        near = idx[np.lexsort((table.name_rank[idx], v.rank[idx], v.n_broken[idx]))]
+        order += near[: limit - len(order)].tolist()
+    order = order[:limit]
+    extra = table.index.get(include) if include is not None else None
+    if extra is not None and extra not in order:
+        order.append(extra)
+    shown = [table.candidate(spec, v, p, usage_of(p)) for p in order]
+    chosen = order[0] if order and feasible[order[0]] else -1
     return FastDecision(
         pool=table.names[chosen] if chosen >= 0 else None,
         candidates=shown,
-        candidates_omitted=max(table.n - limit, 0),
+        candidates_omitted=table.n - len(shown),
         rejected_by_reason=v.rejected_by_reason(),
         hint=None if chosen >= 0 else table.hint(spec, v, usage_of),
+        feasible_pools=int(feasible.sum()),
+    )
+
+
+def decide_placement(
+    spec: EdgeWorkloadSpec,
+    snapshot: ClusterSnapshot,
+    usage: Mapping[str, PoolUsage] | None = None,
+    key: str = "",
+    current: str | None = None,
+    limit: int = 20,
+) -> Any:
+    """The operator's per-workload call: :func:`engine.decide` as an ``engine.PlacementDecision`` whose
+    ``candidates`` are already what status lists (see :func:`decide`; ``current``: the pool the
+    workload runs on, always listed), with ``candidates_omitted``, ``rejected_by_reason`` and
+    ``feasible_pools`` over every pool. Same decision, hint and rows as the reference."""
+    from continuum.api.models import Phase
+    from continuum.placement.engine import PlacementDecision, placement_on
+
+    table = snapshot.table
+    d = decide(spec, table, usage, limit, include=current)
+    pool = snapshot.pool(d.pool) if d.pool is not None else None
+    return PlacementDecision(
+        key,
+        Phase.PLACED if pool is not None else Phase.UNSCHEDULABLE,
+        placement_on(spec, pool) if pool is not None else None,
+        tuple(d.candidates),
+        d.hint,
+        d.rejected_by_reason,
+        d.candidates_omitted,
+        d.feasible_pools,
     )
