@@ -15,7 +15,7 @@ from typing import Any, get_args
 
 from continuum_worker import __version__
 
-LIST_FIELDS = ("load_model", "sync_to", "sync_peers")
+LIST_FIELDS = ("load_model", "sync_to", "sync_peers", "ingest")
 
 
 def build_parser() -> argparse.ArgumentParser:

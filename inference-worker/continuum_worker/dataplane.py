@@ -226,8 +226,13 @@ class DataPlane:
         return self.drift.view(model.name, model.version)
 
     # -- inference ---------------------------------------------------------------------------------
-    async def infer(self, name: str, version: str | None, request: InferRequest, encode: Encoder[T]) -> T:
-        """Validate, run and encode one request; raises :class:`ServerError` (unknown models: NotFound)."""
+    async def infer(
+        self, name: str, version: str | None, request: InferRequest, encode: Encoder[T],
+        timings: dict[str, float] | None = None,
+    ) -> T:
+        """Validate, run and encode one request; raises :class:`ServerError` (unknown models: NotFound).
+        ``timings``, when given, receives this request's ``queue`` and ``compute`` seconds (ingest's
+        per-stage latency)."""
         started = time.perf_counter()
         model = self.model(name, version)
         stats = self.stats.of(model.name, model.version)
@@ -267,6 +272,8 @@ class DataPlane:
         compute_input = ready - started
         queue = queued if batched else max(0.0, done - ready - computed)
         stats.success(rows, finished - started, queue, compute_input, computed, finished - done)
+        if timings is not None:
+            timings["queue"], timings["compute"] = queue, computed
         if not batched:
             stats.execution(rows, compute_input, computed, finished - done)
         if self.drift is not None:

@@ -25,6 +25,10 @@ log = logging.getLogger("continuum.worker")
 __all__ = ["ConfigError", "WorkerSettings", "create_app", "is_own_url", "serve"]
 
 
+INGEST_ONLY = ("publish", "ingest_filter", "ingest_summary_secs", "ingest_max_in_flight", "outbox_dir",
+               "outbox_max_messages", "outbox_max_bytes", "outbox_full_policy", "mqtt_client_id")
+
+
 class ConfigError(RuntimeError):
     """The configuration cannot work on this installation (the CLI exits 2 with the message)."""
 
@@ -77,6 +81,16 @@ def create_app(settings: WorkerSettings) -> tuple[web.Application, DataPlane]:
             from continuum_worker.drift.upstream import StateSink
 
             plane.drift.sink = StateSink(plane.recorder)
+    unused = [f"--{f.replace('_', '-')}" for f in INGEST_ONLY if f in settings.model_fields_set]
+    if unused and not settings.ingest:
+        raise ConfigError(f"{', '.join(unused)} need --ingest (nothing would read them)")
+    if settings.ingest:
+        from continuum_worker.ingest.service import IngestConfigError, attach_ingest
+
+        try:
+            app["ingest"] = attach_ingest(app, plane, settings)
+        except (IngestConfigError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
     app.on_cleanup.append(stop)
     return app, plane
 

@@ -37,6 +37,7 @@ def _split(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str], NoDecode]
+UriList = Annotated[list[str], NoDecode]  # URIs may hold commas (shape=1,64): space-separated in the variable
 
 
 class WorkerSettings(BaseSettings):
@@ -82,6 +83,30 @@ class WorkerSettings(BaseSettings):
     sync_peers: CommaList = Field(default_factory=list, description="comma-separated peer base URLs (same pool)")
     state_retention: int = Field(1000, ge=1, description="events kept per bounded event log")
     event_threshold: float = Field(0.9, description="inference scores above it are recorded as events")
+    ingest: UriList = Field(
+        default_factory=list,
+        description="MQTT source mqtt://HOST:PORT/TOPIC[?decoder=v2|raw|npy&dtype=&shape=&input=&model=&qos=&protocol=] "
+        "(repeatable; the variable: space-separated)",
+    )
+    publish: str | None = Field(
+        None, description="MQTT sink mqtt://HOST:PORT/TOPIC for results or events; TOPIC/summary, TOPIC/dead-letter"
+    )
+    ingest_filter: Literal["all", "events"] = Field(
+        "all", description="all: every result upstream; events: only rows above --event-threshold and summaries"
+    )
+    ingest_summary_secs: float = Field(10.0, gt=0, description="events filter: period of the summary messages")
+    ingest_max_in_flight: int = Field(
+        256, ge=1, le=65535, description="source messages received and not yet acknowledged (the broker holds the rest)"
+    )
+    outbox_dir: Path | None = Field(None, description="durable outbox of results (default: <state-dir>/outbox)")
+    outbox_max_messages: int = Field(1_000_000, ge=1, description="unpublished records the outbox holds at most")
+    outbox_max_bytes: int = Field(2**30, ge=1, description="unpublished payload bytes the outbox holds at most (512Mi, 2G)")
+    outbox_full_policy: Literal["block", "drop-oldest"] = Field(
+        "block", description="outbox full: block (stop acknowledging; the broker holds messages) or drop-oldest"
+    )
+    mqtt_client_id: str | None = Field(
+        None, description="stable MQTT client id prefix (persistent sessions); default continuum-<replica-id or host>"
+    )
     replica_id: str | None = Field(None, description="this replica's name (the pod name)")
     admin_token: str | None = Field(None, description="bearer token for model loads and unloads")
     threads: int = Field(2, ge=1, description="executor threads for model loads and heavier models")
@@ -126,6 +151,35 @@ class WorkerSettings(BaseSettings):
 
         parse_backends(value)  # a typo fails before anything loads
         return value
+
+    @field_validator("ingest", mode="before")
+    @classmethod
+    def _uri_list(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else [value]
+        return [u for item in items for u in (item.split() if isinstance(item, str) else [item])]
+
+    @field_validator("ingest")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        from continuum_worker.ingest.uri import parse_endpoint
+
+        for uri in value:
+            parse_endpoint(uri, source=True)  # names the URI and the part that is wrong
+        return value
+
+    @field_validator("publish")
+    @classmethod
+    def _sink(cls, value: str | None) -> str | None:
+        if value is not None:
+            from continuum_worker.ingest.uri import parse_endpoint
+
+            parse_endpoint(value, source=False)
+        return value
+
+    @field_validator("outbox_max_bytes", mode="before")
+    @classmethod
+    def _outbox_size(cls, value: Any) -> Any:
+        return parse_size(value)
 
     @field_validator("drift_reference")
     @classmethod

@@ -225,6 +225,11 @@ SPECIAL = {
     "--memory-limit": ("7Mi", "9"),
     "--model-uri": (None, None),  # excludes --model-repository: checked below
     "--event-threshold": ("0.7", "0.9"),
+    "--ingest": ("mqtt://a:1/x", "mqtt://b:2/y?decoder=raw&dtype=FP32&shape=-1,4"),
+    "--publish": ("mqtt://a:1/r", "mqtt://b:2/r"),
+    "--ingest-filter": ("events", "events"),
+    "--outbox-full-policy": ("drop-oldest", "drop-oldest"),
+    "--outbox-max-bytes": ("7Mi", "9"),
     "--drift-reference": (None, None),  # a file, shorthand only: tests/drift
     "--drift-threshold": ("0.3", "0.4"),
     "--drift-k": ("16", "32"),
