@@ -34,11 +34,11 @@ async def test_add_after_keeps_the_earliest_deadline():
     q.add_after("k", 0.05)
     q.add_after("k", 10.0)  # later: ignored
     assert q.pending == 1 and len(q) == 0
-    assert await asyncio.wait_for(q.get(), 1.0) == "k"
+    assert await asyncio.wait_for(q.get(), 5.0) == "k"
     q.done("k")
     q.add_after("j", 10.0)
     q.add_after("j", 0.01)  # earlier: replaces the later one
-    assert await asyncio.wait_for(q.get(), 1.0) == "j"
+    assert await asyncio.wait_for(q.get(), 5.0) == "j"
 
 
 async def test_retry_backs_off_exponentially_until_forgotten():
