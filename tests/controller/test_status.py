@@ -70,7 +70,8 @@ def test_a_first_placement(example_snapshot, example_workloads):
     )
     assert status.phase is Phase.PLACED and status.placement is not None
     assert status.placement.pool == decision.pool and status.placement.since == T0
-    placed, ready, synced = status.conditions  # state is enabled for this workload
+    placed, ready, synced, drifting = status.conditions  # state is enabled for this workload
+    assert (drifting.type, drifting.status, drifting.reason) == ("Drifting", "Unknown", "NotObserved")
     assert (placed.type, placed.status, placed.reason) == ("Placed", "True", "Placed")
     assert (ready.status, ready.reason, ready.message) == ("False", "ReplicasNotReady", "0/1 replicas ready")
     assert (synced.type, synced.status, synced.reason) == ("StateSynced", "Unknown", "NotObserved")

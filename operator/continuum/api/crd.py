@@ -145,6 +145,7 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         },
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Drift", "type": "number", "jsonPath": ".status.drift.score"},
         {"name": "Cost/h", "type": "number", "jsonPath": ".status.placement.hourlyCost", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],

@@ -544,6 +544,24 @@ class StateSyncStatus(StatusModel):
     message: str | None = None
 
 
+class DriftStatus(StatusModel):
+    """Model drift as the workload's worker reports it (``GET /v2/models/{m}/drift``, docs/drift.md)."""
+
+    observed_at: Timestamp = Field(description="When the operator last asked the worker")
+    reachable: bool = Field(description="Whether the worker answered")
+    score: float | None = Field(
+        default=None, ge=0, le=1, description="Largest KS distance of the last scored window to the reference"
+    )
+    drifting: bool = Field(default=False, description="Whether the last scored window is drifting")
+    samples: int = Field(default=0, ge=0, description="Rows in the last closed window")
+    window_status: str | None = Field(
+        default=None, description="ok, drifting, insufficient, no-reference or no-common-features"
+    )
+    features: list[str] = Field(default_factory=list, description="The most drifted features (at most 5)")
+    version: str | None = Field(default=None, description="The model version the worker serves")
+    message: str | None = None
+
+
 class EdgeWorkloadStatus(StatusModel):
     phase: Phase | None = None
     placement: Placement | None = None
@@ -566,6 +584,7 @@ class EdgeWorkloadStatus(StatusModel):
         default=None, description="Since when a more preferred pool has been feasible (fail-back window)"
     )
     state: StateSyncStatus | None = Field(default=None, description="Present when spec.state.enabled")
+    drift: DriftStatus | None = Field(default=None, description="Present once the worker was asked")
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -19,6 +19,7 @@ import kopf
 
 from continuum.api.models import GROUP, LABEL_WORKLOAD, VERSION
 from continuum.controller import metrics
+from continuum.controller.drift_health import DriftProbe
 from continuum.controller.events import EventPoster
 from continuum.controller.keys import RENDERED, QueueKey
 from continuum.controller.kube import ApiError, KubeApi
@@ -111,6 +112,14 @@ def register(
             settings.state_poll_seconds,
         )
         tasks.append(asyncio.create_task(probe.run(leadership.active)))
+        drift = DriftProbe(  # the workers' drift views, on the same period as their state sync health
+            controller.drift_targets,
+            controller.drift_health,
+            controller.requeue,
+            settings.worker_url_template,
+            settings.state_poll_seconds,
+        )
+        tasks.append(asyncio.create_task(drift.run(leadership.active)))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:

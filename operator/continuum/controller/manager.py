@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from continuum.api.models import StateSyncStatus
+from continuum.api.models import DriftStatus, StateSyncStatus
 from continuum.controller.cache import ClusterCache, WorkloadChange
 from continuum.controller.keys import RENDERED, Pass, QueueKey, WorkloadKey
 from continuum.controller.kube import KubeApi
@@ -44,6 +44,7 @@ class Controller:
         self.api_ready = asyncio.Event()
         self.post_event: EventFn = post_event or (lambda body, type_, reason, message: None)
         self.state_health: dict[WorkloadKey, StateSyncStatus] = {}  # filled by state_health.StateProbe
+        self.drift_health: dict[WorkloadKey, DriftStatus] = {}  # filled by drift_health.DriftProbe
         self.workloads = WorkloadReconciler(
             settings,
             self.cache,
@@ -54,6 +55,7 @@ class Controller:
             observe_own=self.observe_own,
             post_event=self.post_event,
             state_health=self.state_health,
+            drift_health=self.drift_health,
         )
         self.pools = PoolReconciler(
             self.cache,
@@ -191,6 +193,15 @@ class Controller:
             spec = self.cache.spec(raw)
             if spec is not None and spec.state.enabled and (raw.get("status") or {}).get("placement"):
                 out.append((key, spec.worker.port))
+        return out
+
+    def drift_targets(self) -> list[tuple[WorkloadKey, int, str]]:
+        """Placed workloads, their worker port and model name (what :class:`DriftProbe` asks)."""
+        out = []
+        for key, raw in list(self.cache.workloads.items()):
+            spec = self.cache.spec(raw)
+            if spec is not None and (raw.get("status") or {}).get("placement"):
+                out.append((key, spec.worker.port, spec.model.name))
         return out
 
     def requeue(self, key: WorkloadKey) -> None:

@@ -16,6 +16,7 @@ from continuum.api.models import (
     Candidate,
     Condition,
     Disruption,
+    DriftStatus,
     EdgeNodePoolStatus,
     EdgeWorkload,
     EdgeWorkloadSpec,
@@ -149,6 +150,38 @@ def synced_condition(status: StateSyncStatus | None, sync_to: str | None) -> tup
     )
 
 
+def drifting_condition(status: DriftStatus | None) -> tuple[bool | None, str, str]:
+    """(drifting, reason, message) of the ``Drifting`` condition; None is Unknown."""
+    if status is None:
+        return None, "NotObserved", "the worker's drift has not been asked yet"
+    if not status.reachable:
+        return None, "Unreachable", status.message or "the worker did not answer its drift view"
+    if status.message and status.window_status is None:
+        return None, "NoReference", status.message
+    if status.window_status in (None, "no-reference", "insufficient", "no-common-features"):
+        why = {None: "no window closed yet", "no-reference": "the model has no drift reference",
+               "insufficient": f"the last window had too few rows ({status.samples})",
+               "no-common-features": "the reference and the traffic share no feature"}[status.window_status]  # fmt: skip
+        return None, "NotScored", why
+    if status.drifting:
+        return True, "Drifting", f"KS score {status.score} over {status.samples} rows; drifted: {', '.join(status.features)}"
+    return False, "WithinReference", f"KS score {status.score} over {status.samples} rows"
+
+
+def drift_event(old: EdgeWorkloadStatus, new: EdgeWorkloadStatus) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) when the ``Drifting`` condition turns True (start) or from
+    True to False (end); Unknown in between (e.g. an unreachable worker) is neither."""
+    was = next((c.status for c in old.conditions if c.type == "Drifting"), None)
+    now = next((c for c in new.conditions if c.type == "Drifting"), None)
+    if now is None:
+        return None
+    if now.status == "True" and was != "True":
+        return "Warning", "DriftStarted", now.message
+    if now.status == "False" and was == "True":
+        return "Normal", "DriftEnded", now.message
+    return None
+
+
 def invalid_workload_status(
     message: str, generation: int | None, previous: list[Condition], now: datetime | None = None
 ) -> EdgeWorkloadStatus:
@@ -173,6 +206,7 @@ def workload_status(
     previous: Placement | None,
     ready: int,
     state: StateSyncStatus | None,
+    drift: DriftStatus | None = None,
     now: datetime | None = None,
 ) -> EdgeWorkloadStatus:
     """The status after a decision: ``target`` and ``previous`` are where the workload runs now and
@@ -201,6 +235,9 @@ def workload_status(
         sync_to = workload.spec.state.sync_to.value if workload.spec.state.sync_to else None
         ok, why, text = synced_condition(state, sync_to)
         extra.append(condition("StateSynced", ok, why, text, generation, old.conditions, now))
+    if placed:
+        ok, why, text = drifting_condition(drift)
+        extra.append(condition("Drifting", ok, why, text, generation, old.conditions, now))
     disruption_since = verdict.disruption_since
     return EdgeWorkloadStatus(
         phase=phase,
@@ -235,6 +272,7 @@ def workload_status(
             *extra,
         ],
         state=state if workload.spec.state.enabled else None,
+        drift=drift if placed else None,
         observed_generation=generation,
     )
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from continuum.api.loader import format_validation_error
 from continuum.api.models import (
     API_VERSION,
+    DriftStatus,
     EdgeWorkload,
     EdgeWorkloadStatus,
     Phase,
@@ -35,6 +36,7 @@ from continuum.controller.kube import KubeApi
 from continuum.controller.ledger import ClaimsLedger
 from continuum.controller.settings import OperatorSettings
 from continuum.controller.status import (
+    drift_event,
     dump,
     invalid_workload_status,
     now_utc,
@@ -66,6 +68,7 @@ class WorkloadReconciler:
         observe_own: ObserveOwn,
         post_event: EventFn,
         state_health: Mapping[WorkloadKey, StateSyncStatus],
+        drift_health: Mapping[WorkloadKey, DriftStatus] | None = None,
     ) -> None:
         self.settings = settings
         self.cache = cache
@@ -76,6 +79,7 @@ class WorkloadReconciler:
         self.observe_own = observe_own
         self.post_event = post_event
         self.state_health = state_health
+        self.drift_health: Mapping[WorkloadKey, DriftStatus] = drift_health if drift_health is not None else {}
         self.api: KubeApi | None = None
         self.resyncs = 0
         self.resync_epoch = 0
@@ -148,6 +152,7 @@ class WorkloadReconciler:
                 previous=previous,
                 ready=ready,
                 state=self.state_health.get(key),
+                drift=self.drift_health.get(key),
                 now=now,
             )
             await self._write_status(body, status)
@@ -316,3 +321,6 @@ class WorkloadReconciler:
             metrics.PLACEMENTS.labels(tier, "unschedulable").inc()
             self.post_event(body, "Warning", "Unschedulable", new.message or decision.message)
         metrics.UNSCHEDULABLE.set(len(self.cache.unschedulable))
+        event = drift_event(old, new)
+        if event is not None:
+            self.post_event(body, *event)
