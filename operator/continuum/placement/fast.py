@@ -104,7 +104,7 @@ class Verdicts:
 
     @cached_property
     def feasible(self) -> npt.NDArray[np.bool_]:
-        return ~self.bad.any(axis=1)
+        return np.logical_not(self.bad.any(axis=1))
 
     @cached_property
     def n_broken(self) -> npt.NDArray[np.int64]:
@@ -176,6 +176,8 @@ class PoolTable:
         self.node_labels = node_labels
         self.node_cpu, self.node_mem, self.node_gpu = (self.node_free[:, r].copy() for r in range(3))
         self._rtt: dict[str, npt.NDArray[np.float64]] = {}
+        self._rtt_star: npt.NDArray[np.float64] | None = None
+        self._rtt_sites: dict[str, list[tuple[int, float]]] = {}
         self._accel: dict[
             str | None, tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]
         ] = {}
@@ -183,10 +185,21 @@ class PoolTable:
 
     # --- per-key caches (sites, accelerators and preference lists repeat across workloads) ----------
     def rtt(self, site: str) -> npt.NDArray[np.float64]:
+        """RTT from ``site`` to every pool (``network.rtt_from``: the site's entry, else "*", else NaN)."""
         out = self._rtt.get(site)
         if out is None:
-            vals = [p.pool.spec.network.rtt_from(site) for p in self.pools]
-            out = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+            if self._rtt_star is None:  # one pass over every pool's table, then per site only its entries
+                self._rtt_star = np.full(self.n, np.nan)
+                self._rtt_sites = {}
+                for i, pool in enumerate(self.pools):
+                    for key, value in pool.pool.spec.network.rtt_ms.items():
+                        if key == "*":
+                            self._rtt_star[i] = value
+                        else:
+                            self._rtt_sites.setdefault(key, []).append((i, value))
+            out = self._rtt_star.copy()
+            for i, value in self._rtt_sites.get(site, ()):
+                out[i] = value
             self._rtt[site] = out
         return out
 
