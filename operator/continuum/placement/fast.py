@@ -20,15 +20,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel
 
 from continuum.api.models import Candidate, EdgeWorkloadSpec, Privacy, Reason, ReasonCode, Tier
 from continuum.api.quantity import gib
 from continuum.placement import filters
+from continuum.placement.filters import construct
 from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
 
 # Rule slots, in the order filters.evaluate lists reasons; node-fit and aggregate capacity share a code.
@@ -46,7 +46,6 @@ SLOTS: tuple[ReasonCode, ...] = (
 TIER, PRIVACY, RESIDENCY, LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY = range(len(SLOTS))
 _FIXABLE_SLOTS = (LATENCY, NO_NODES, ACCEL, NODE_FIT, BANDWIDTH, CAPACITY)
 _TIERS = list(Tier)
-M = TypeVar("M", bound=BaseModel)
 _CODE_SLOTS = {code.value: [s for s, c in enumerate(SLOTS) if c is code] for code in set(SLOTS)}
 EPS = 1e-9
 
@@ -79,17 +78,6 @@ def usage_array(pool_names: Sequence[str], usage: Mapping[str, PoolUsage]) -> np
 
 
 _NO_USE = (0, 0, 0, 0.0)
-
-
-def construct(cls: type[M], **values: Any) -> M:
-    """A pydantic model from values computed here from validated inputs, every field given: what
-    ``model_construct`` does without its per-field default handling (the hot path of explanations)."""
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
-    return obj
 
 
 @dataclass

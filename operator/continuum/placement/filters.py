@@ -9,16 +9,32 @@ the workload and the pool; the dynamic ones (capacity, bandwidth) also on what e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from continuum.api.models import EdgeWorkloadSpec, Privacy, ReasonCode
 from continuum.api.models import Reason as _Reason
 from continuum.api.quantity import gib
 from continuum.placement.snapshot import PoolUsage, PoolView, Resources
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def construct(cls: type[M], **values: Any) -> M:
+    """A pydantic model from values computed here from validated inputs, every field given: what
+    ``model_construct`` does, without its per-field default handling (the hot path of explanations)."""
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
 
 def Reason(code: ReasonCode, message: str) -> _Reason:
     """Reasons are made here from validated values: skip pydantic validation on this hot path."""
-    return _Reason.model_construct(code=code, message=message)
+    return construct(_Reason, code=code, message=message)
 
 
 def _fmt(value: float) -> str:
