@@ -162,6 +162,7 @@ def main() -> int:
     ]
     cli_body = (
         "### The whole CLI: `continuum plan -o json`\n\n"
+        f"Machine: {machine('numpy', 'pydantic')}, load average {os.getloadavg()[0]:.1f} at the end.\n\n"
         "Its own process, reading one `kind: List` JSON file of the generated instance (3 nodes per pool), "
         "writing the JSON plan; beyond 50 pools each workload lists its chosen pool, 3 feasible alternatives and "
         "the 2 nearest misses per reason code, with counts per code (`rejectedByReason`). The decision alone "
