@@ -26,6 +26,7 @@ from continuum_worker.drift.upstream import SummarySink, fleet_profiles
 
 log = logging.getLogger("continuum.worker.drift")
 REFERENCE_FILE = "drift_reference.json"
+METRICS_EVERY = 256
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class Track:
     summary_bytes: int = 0
     input_bytes: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0  # requests since the counters were last updated
+    counted_rows: int = 0
+    counted_bytes: int = 0
+    samples_child: Any = None  # the Prometheus children of this model version
+    bytes_child: Any = None
 
 
 class DriftMonitor:
@@ -119,12 +125,21 @@ class DriftMonitor:
             track = self._track(model, version, now)
         elif now - track.window.start >= self.config.window_seconds:
             self._maybe_close(track, now)
-        rows, raw = track.window.rows, track.window.raw_bytes
         track.window.observe(inputs, outputs, batched)
-        labels = (model, version)
-        self.metrics.samples.labels(*labels).inc(track.window.rows - rows)
-        self.metrics.input_bytes.labels(*labels).inc(track.window.raw_bytes - raw)
-        track.input_bytes += track.window.raw_bytes - raw
+        track.calls += 1
+        if track.calls >= METRICS_EVERY:
+            self._count(track)
+
+    def _count(self, track: Track) -> None:
+        """Move the rows and bytes profiled since the last call into the counters (every
+        ``METRICS_EVERY`` requests and whenever a window closes or is viewed, not per request)."""
+        w = track.window
+        rows, raw = w.rows - track.counted_rows, w.raw_bytes - track.counted_bytes
+        if rows or raw:
+            track.samples_child.inc(rows)
+            track.bytes_child.inc(raw)
+            track.input_bytes += raw
+        track.counted_rows, track.counted_bytes, track.calls = w.rows, w.raw_bytes, 0
 
     def tick(self) -> None:
         """Close every window that is due (the request path does it too; this covers quiet models)."""
@@ -141,6 +156,8 @@ class DriftMonitor:
         track = Track(
             model, version, self._new_profile(model, version, now), self._new_profile(model, version, now)
         )
+        track.samples_child = self.metrics.samples.labels(model, version)
+        track.bytes_child = self.metrics.input_bytes.labels(model, version)
         self._load_reference(track)
         self.tracks[(model, version)] = track
         return track
@@ -166,6 +183,7 @@ class DriftMonitor:
             log.error("drift reference of model %s version %s not used: %s", track.model, track.version, exc)
 
     def _maybe_close(self, track: Track, now: float) -> None:
+        self._count(track)
         w = track.window
         cfg = self.config
         if w.rows == 0:
@@ -200,6 +218,7 @@ class DriftMonitor:
             track.was_drifting = report["drifting"]
         track.upload.merge(w)
         track.window = self._new_profile(track.model, track.version, now)
+        track.counted_rows = track.counted_bytes = 0
         self.metrics.profile_bytes.labels(*labels).set(
             track.window.memory_bytes() + track.upload.memory_bytes()
         )
@@ -229,6 +248,7 @@ class DriftMonitor:
         track = self.tracks.get((model, version))
         if track is None:
             track = self._track(model, version, self.clock())
+        self._count(track)
         cfg = self.config
         live = None
         if track.reference is not None and track.window.rows:

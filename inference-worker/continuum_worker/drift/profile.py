@@ -144,23 +144,29 @@ class Profile:
         for ``BUFFER_ROWS`` rows at once (:meth:`flush`)."""
         n = 0
         pending = self._pending
-        for kind, tensors in (("in", inputs), ("out", outputs)):
-            for name, array in tensors.items():
-                if array.dtype.kind not in "fiub":
-                    continue
-                if array.flags.writeable and not array.flags.owndata:
-                    array = array.copy()  # a view into memory the caller may reuse
-                shape = array.shape[1:] if batched and array.ndim else array.shape
-                key = (kind, name, shape, batched)
-                held = pending.get(key)
-                if held is None:
-                    pending[key] = [array]
-                else:
-                    held.append(array)
-                if kind == "in":
-                    self.raw_bytes += array.nbytes
-                    rows = array.shape[0] if batched and array.ndim else 1
-                    n = rows if rows > n else n
+        for name, array in inputs.items():
+            if array.dtype.kind not in "fiub":
+                continue
+            shape = array.shape
+            key = ("in", name, shape[1:] if batched else shape, batched)
+            held = pending.get(key)
+            if held is None:
+                held = pending[key] = []
+            # a view would keep its whole base alive (a batch, a request buffer): keep a copy of the rows
+            held.append(array.copy() if array.base is not None else array)
+            self.raw_bytes += array.nbytes
+            rows = shape[0] if batched and shape else 1
+            if rows > n:
+                n = rows
+        for name, array in outputs.items():
+            if array.dtype.kind not in "fiub":
+                continue
+            shape = array.shape
+            key = ("out", name, shape[1:] if batched else shape, batched)
+            held = pending.get(key)
+            if held is None:
+                held = pending[key] = []
+            held.append(array.copy() if array.base is not None else array)
         self.rows += n
         self._pending_rows += n
         if self._pending_rows >= BUFFER_ROWS:
