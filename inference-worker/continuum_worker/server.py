@@ -80,7 +80,7 @@ def create_app(settings: WorkerSettings) -> tuple[web.Application, DataPlane]:
         if plane.drift is not None:  # closed windows' summaries go upstream with the state's sync
             from continuum_worker.drift.upstream import StateSink
 
-            plane.drift.sink = StateSink(plane.recorder)
+            plane.drift.sink = StateSink(plane.recorder, horizon_seconds=96 * settings.drift_upload_seconds)
     unused = [f"--{f.replace('_', '-')}" for f in INGEST_ONLY if f in settings.model_fields_set]
     if unused and not settings.ingest:
         raise ConfigError(f"{', '.join(unused)} need --ingest (nothing would read them)")

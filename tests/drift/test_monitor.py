@@ -151,3 +151,18 @@ def test_only_summaries_go_upstream_and_the_cloud_merges_sites(tmp_path: Path) -
     profiles, _ = fleet_profiles(read_summaries(cloud.doc.get("drift", type=Map), "m"))
     assert sk.ks_distance(profiles["1"].sketches["x[4]"], exact) <= 2 * sk.rank_error(200)
     assert fleet["report"]["drifting"]  # the second site's shifted data shows in the fleet view
+
+
+def test_each_replica_keeps_its_newest_entries_and_old_replicas_age_out() -> None:
+    state = StateDoc()
+    old_process = StateSink(SimpleNamespace(state=StateDoc(), opened=True), retention=3, horizon_seconds=1000)
+    old_process.handle.state.doc.get("drift", type=Map)["m\x1f1\x1f0000000500000\x1fdead"] = b"x"
+    state.apply_remote(old_process.handle.state.diff())  # a predecessor's entry, synced in
+    sink = StateSink(SimpleNamespace(state=state, opened=True), retention=3, horizon_seconds=1000)
+    blob = Profile("m", "1").to_bytes()
+    for start in (1000.0, 1100.0, 1200.0, 1300.0):
+        sink.record_summary("m", "1", start, blob)
+    starts = [s for _, _, s, _ in sink.summaries("m")]
+    assert starts == [500.0, 1100.0, 1200.0, 1300.0]  # own: newest 3; the predecessor's is within the horizon
+    sink.record_summary("m", "1", 1600.0, blob)  # 1600 - 1000 > 500: the predecessor's entry ages out
+    assert [s for _, _, s, _ in sink.summaries("m")] == [1200.0, 1300.0, 1600.0]

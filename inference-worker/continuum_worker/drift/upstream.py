@@ -2,8 +2,9 @@
 
 Each replica writes the compact binary profile (:meth:`Profile.to_bytes`) of every upload period into
 the root map ``drift`` of the state document, key ``model \\x1f version \\x1f start-ms \\x1f replica``,
-and keeps its newest ``retention`` entries per model version (it trims only its own keys, so every
-replica converges to the same map). The state's own sync carries them upstream; a replica that
+and keeps its newest ``retention`` entries per model version; entries of any replica older than
+``horizon_seconds`` before the newest are removed too (a restarted worker is a new replica: its
+predecessor's entries would otherwise stay forever). Deletions converge like every other update. The state's own sync carries them upstream; a replica that
 receives several sites' entries merges them (:func:`fleet_profiles`) into one fleet-wide profile.
 """
 
@@ -34,9 +35,10 @@ def _key(model: str, version: str, start: float, replica: str) -> str:
 class StateSink:
     """Writes into the worker's CRDT state (``StateHandle``): durable with group commit, synced upstream."""
 
-    def __init__(self, handle: Any, retention: int = 96) -> None:
+    def __init__(self, handle: Any, retention: int = 96, horizon_seconds: float = 86_400.0) -> None:
         self.handle = handle
         self.retention = retention
+        self.horizon_seconds = horizon_seconds
 
     @property
     def _map(self) -> Map:
@@ -50,8 +52,12 @@ class StateSink:
         prefix = SEP.join((model, version)) + SEP
         with self.handle.state.doc.transaction():
             m[_key(model, version, start, replica)] = bytes(blob)
-            own = sorted(k for k in m if k.startswith(prefix) and k.endswith(SEP + replica))
-            for old in own[: max(0, len(own) - self.retention)]:
+            mine = [k for k in m if k.startswith(prefix)]
+            own = sorted(k for k in mine if k.endswith(SEP + replica))
+            stale = set(own[: max(0, len(own) - self.retention)])
+            horizon = int((start - self.horizon_seconds) * 1000)
+            stale |= {k for k in mine if int(k.split(SEP)[2]) < horizon}
+            for old in stale:
                 del m[old]
         return True
 
