@@ -110,7 +110,7 @@ def test_every_rendered_object_is_valid_kubernetes(name: str) -> None:
 def test_defaults_render_the_expected_objects() -> None:
     kinds = sorted(o["kind"] for o in render({}))
     assert kinds == sorted(
-        ["CustomResourceDefinition"] * 2
+        ["CustomResourceDefinition"] * 3
         + ["ClusterRole"] * 4
         + ["ClusterRoleBinding"] * 2
         + ["Deployment", "PodDisruptionBudget", "Service", "ServiceAccount"]
@@ -403,9 +403,13 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_uses() -> None:
         ("", "pods"): {"get", "list", "watch"},
         ("continuum.dev", "edgenodepools"): {"get", "list", "watch", "patch"},
         ("continuum.dev", "edgenodepools/status"): {"get", "patch"},
-        ("continuum.dev", "edgeworkloads"): {"get", "list", "watch", "patch"},
+        ("continuum.dev", "edgeworkloads"): {"get", "list", "watch", "create", "patch", "delete"},
         ("continuum.dev", "edgeworkloads/status"): {"get", "patch"},
         ("continuum.dev", "edgeworkloads/finalizers"): {"update"},
+        # EdgeWorkloadSets: read the sets, write their status; create/patch/delete their children (above)
+        ("continuum.dev", "edgeworkloadsets"): {"get", "list", "watch"},
+        ("continuum.dev", "edgeworkloadsets/status"): {"get", "patch"},
+        ("continuum.dev", "edgeworkloadsets/finalizers"): {"update"},
         ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
         ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "services"): {"get", "create", "patch"},
@@ -443,6 +447,7 @@ def test_namespaced_rbac_keeps_namespaced_access_in_roles() -> None:
     cluster = _grants(_rules(objs, "ClusterRole"))
     namespaced_resources = {
         ("continuum.dev", "edgeworkloads"),
+        ("continuum.dev", "edgeworkloadsets"),
         ("apps", "deployments"),
         ("apps", "statefulsets"),
         ("", "services"),
@@ -464,7 +469,8 @@ def test_namespaced_rbac_keeps_namespaced_access_in_roles() -> None:
     }
     for ns in ("logistics", "retail"):
         app = roles[(ns, f"{RELEASE}-application")]
-        assert app[("continuum.dev", "edgeworkloads")] == {"get", "list", "watch", "patch"}
+        assert app[("continuum.dev", "edgeworkloads")] == {"get", "list", "watch", "create", "patch", "delete"}
+        assert app[("continuum.dev", "edgeworkloadsets")] == {"get", "list", "watch"}
         assert app[("apps", "deployments")] == {"get", "list", "watch", "create", "patch", "delete"}
         assert roles[(ns, f"{RELEASE}-framework")] == {("", "events"): {"create"}}
     # events of cluster-scoped objects (pools): kopf's into the operator's namespace, the operator's into default
@@ -505,6 +511,9 @@ def test_aggregated_roles_let_tenants_manage_their_workloads() -> None:
     assert _grants(view["rules"])[("continuum.dev", "edgeworkloads")] == {"get", "list", "watch"}
     edit_grants = _grants(edit["rules"])
     assert edit_grants[("continuum.dev", "edgeworkloads")] >= {"create", "update", "patch", "delete"}
+    assert edit_grants[("continuum.dev", "edgeworkloadsets")] >= {"create", "update", "patch", "delete"}
+    assert _grants(view["rules"])[("continuum.dev", "edgeworkloadsets")] == {"get", "list", "watch"}
+    assert edit_grants[("continuum.dev", "edgeworkloadsets/status")] == {"get", "list", "watch"}
     assert ("continuum.dev", "edgenodepools") not in edit_grants  # pools are the platform team's
     assert edit_grants[("continuum.dev", "edgeworkloads/status")] == {
         "get",

@@ -17,6 +17,9 @@ import yaml
 
 from continuum import __version__
 from continuum.api.models import GROUP, VERSION, EdgeNodePool, EdgeWorkload
+from continuum.api.workloadset import EdgeWorkloadSet
+
+ResourceModel = type[EdgeNodePool] | type[EdgeWorkload] | type[EdgeWorkloadSet]
 
 # JSON Schema keywords that Kubernetes' JSONSchemaProps accepts (in OpenAPI v3.0 form).
 _ALLOWED = {
@@ -109,7 +112,7 @@ def _convert(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def structural_schema(model: type[EdgeNodePool] | type[EdgeWorkload]) -> dict[str, Any]:
+def structural_schema(model: ResourceModel) -> dict[str, Any]:
     """The CRD's openAPIV3Schema for a resource model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
@@ -149,13 +152,21 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Cost/h", "type": "number", "jsonPath": ".status.placement.hourlyCost", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
+    "EdgeWorkloadSet": [
+        {"name": "Sites", "type": "integer", "jsonPath": ".status.sites"},
+        {"name": "Placed", "type": "integer", "jsonPath": ".status.placed"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.ready"},
+        {"name": "Version", "type": "string", "jsonPath": ".spec.template.model.version"},
+        {"name": "Unschedulable", "type": "integer", "jsonPath": ".status.unschedulable", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
 }
-_SHORT_NAMES = {"EdgeNodePool": ["enp"], "EdgeWorkload": ["ew"]}
-_SCOPE = {"EdgeNodePool": "Cluster", "EdgeWorkload": "Namespaced"}
-MODELS: tuple[type[EdgeNodePool] | type[EdgeWorkload], ...] = (EdgeNodePool, EdgeWorkload)
+_SHORT_NAMES = {"EdgeNodePool": ["enp"], "EdgeWorkload": ["ew"], "EdgeWorkloadSet": ["ews"]}
+_SCOPE = {"EdgeNodePool": "Cluster", "EdgeWorkload": "Namespaced", "EdgeWorkloadSet": "Namespaced"}
+MODELS: tuple[ResourceModel, ...] = (EdgeNodePool, EdgeWorkload, EdgeWorkloadSet)
 
 
-def render_crd(model: type[EdgeNodePool] | type[EdgeWorkload]) -> dict[str, Any]:
+def render_crd(model: ResourceModel) -> dict[str, Any]:
     kind = model.KIND
     plural = model.PLURAL
     return {

@@ -31,7 +31,8 @@ from continuum.api.models import (
     EdgeWorkloadSpec,
     Phase,
 )
-from continuum.controller.keys import RENDERED, WorkloadKey
+from continuum.api.workloadset import EdgeWorkloadSet
+from continuum.controller.keys import RENDERED, WorkloadKey, WorkloadSetKey
 from continuum.controller.kube import KubeApi
 from continuum.placement.snapshot import ClusterSnapshot, Resources, build_snapshot, node_taints, pod_holds
 
@@ -77,6 +78,15 @@ def pod_fingerprint(pod: Mapping[str, Any]) -> Hashable:
         return None
 
 
+def owning_set(body: Mapping[str, Any]) -> WorkloadSetKey | None:
+    """The EdgeWorkloadSet that controls this EdgeWorkload (its controller owner reference), if any."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == EdgeWorkloadSet.KIND and ref.get("name"):
+            return WorkloadSetKey(meta.get("namespace") or "default", ref["name"])
+    return None
+
+
 class WorkloadChange(enum.Enum):
     STALE = "stale"  # older than (or the echo of) what is cached: nothing changed
     DELETED = "deleted"
@@ -89,6 +99,8 @@ class ClusterCache:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.pools: dict[str, dict[str, Any]] = {}
         self.workloads: dict[WorkloadKey, dict[str, Any]] = {}
+        self.workload_sets: dict[WorkloadSetKey, dict[str, Any]] = {}
+        self.set_children: dict[WorkloadSetKey, set[str]] = {}  # by the controlling set: workload names
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         # Deployments/StatefulSets by owning workload, then (kind, name)
         self.rendered: dict[WorkloadKey, dict[tuple[str, str], dict[str, Any]]] = {}
@@ -150,10 +162,12 @@ class ClusterCache:
         if event_type == "DELETED":
             self.workloads.pop(key, None)
             self.unschedulable.discard(key)
+            self._index_child(key, current or body, None)
             return key, WorkloadChange.DELETED
         if current is not None and resource_version(current) >= resource_version(body) > 0:
             return key, WorkloadChange.STALE
         raw = body if isinstance(body, dict) else plain(body)
+        self._index_child(key, current, raw)
         recreated = current is not None and (current.get("metadata") or {}).get("uid") != meta.get("uid")
         self.workloads[key] = raw
         if (raw.get("status") or {}).get("phase") == Phase.UNSCHEDULABLE.value:
@@ -161,6 +175,32 @@ class ClusterCache:
         else:
             self.unschedulable.discard(key)
         return key, WorkloadChange.RECREATED if recreated else WorkloadChange.UPDATED
+
+    def _index_child(
+        self, key: WorkloadKey, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
+        before = owning_set(old) if old is not None else None
+        after = owning_set(new) if new is not None else None
+        if before is not None and before != after:
+            names = self.set_children.get(before)
+            if names is not None:
+                names.discard(key.name)
+                if not names:
+                    del self.set_children[before]
+        if after is not None:
+            self.set_children.setdefault(after, set()).add(key.name)
+
+    def observe_workload_set(self, event_type: str | None, body: Mapping[str, Any]) -> tuple[WorkloadSetKey, bool]:
+        """An EdgeWorkloadSet; returns its key and whether anything changed (False: stale or an echo)."""
+        meta = body.get("metadata") or {}
+        key = WorkloadSetKey(meta.get("namespace") or "default", meta.get("name") or "")
+        if event_type == "DELETED":
+            return key, self.workload_sets.pop(key, None) is not None
+        current = self.workload_sets.get(key)
+        if current is not None and resource_version(current) >= resource_version(body) > 0:
+            return key, False
+        self.workload_sets[key] = body if isinstance(body, dict) else plain(body)
+        return key, True
 
     def observe_rendered(self, event_type: str | None, body: Mapping[str, Any]) -> WorkloadKey | None:
         """A Deployment/StatefulSet the operator rendered; returns its workload (None: not ours, or stale)."""
@@ -224,6 +264,7 @@ class ClusterCache:
         nodes = await api.list("v1", "Node")
         pools = await api.list(API_VERSION, "EdgeNodePool")
         workloads = await api.list(API_VERSION, "EdgeWorkload")
+        sets = await api.list(API_VERSION, EdgeWorkloadSet.KIND)
         pods = await api.list("v1", "Pod")
         rendered = [
             obj
@@ -244,19 +285,25 @@ class ClusterCache:
         }
         for gone in set(self.workloads) - live:
             observe("EdgeWorkload", "DELETED", self.workloads[gone])
+        live_sets = {WorkloadSetKey(o["metadata"].get("namespace") or "default", o["metadata"]["name"]) for o in sets}
+        for gone_set in set(self.workload_sets) - live_sets:
+            observe(EdgeWorkloadSet.KIND, "DELETED", self.workload_sets[gone_set])
         self.rendered.clear()
         for kind, objs in (("Node", nodes), ("EdgeNodePool", pools), ("Pod", pods), (RENDERED, rendered)):
             for obj in objs:
                 observe(kind, None, obj)
         for obj in workloads:
             observe("EdgeWorkload", None, obj)
+        for obj in sets:
+            observe(EdgeWorkloadSet.KIND, None, obj)
         self.primed.set()
 
     # ------------------------------------------------------------------ parsed views --
     def pool_model(self, raw: Mapping[str, Any]) -> tuple[EdgeNodePool | None, str | None]:
         """The parsed pool (or None and the validation error), parsed once per spec."""
         name = raw["metadata"]["name"]
-        spec_key = json.dumps([raw.get("spec"), raw["metadata"].get("uid")], sort_keys=True, default=str)
+        meta = raw["metadata"]  # labels too: EdgeWorkloadSets select pools by them
+        spec_key = json.dumps([raw.get("spec"), meta.get("uid"), meta.get("labels")], sort_keys=True, default=str)
         cached = self._pool_models.get(name)
         if cached is not None and cached[0] == spec_key:
             return cached[1], cached[2]

@@ -29,6 +29,7 @@ from continuum.controller.state_health import StateProbe
 
 POOLS = (GROUP, VERSION, "edgenodepools")
 WORKLOADS = (GROUP, VERSION, "edgeworkloads")
+WORKLOAD_SETS = (GROUP, VERSION, "edgeworkloadsets")
 RETRYABLE = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 log = logging.getLogger("continuum.operator")
@@ -156,3 +157,7 @@ def register(
     @kopf.on.event(*WORKLOADS, registry=registry)
     async def workload_event(event: kopf.RawEvent, **_: Any) -> None:
         controller.observe("EdgeWorkload", event.get("type"), event["object"])
+
+    @kopf.on.event(*WORKLOAD_SETS, registry=registry)
+    async def workload_set_event(event: kopf.RawEvent, **_: Any) -> None:
+        controller.observe("EdgeWorkloadSet", event.get("type"), event["object"])

@@ -2,6 +2,8 @@
 
 * :class:`WorkloadKey` — one EdgeWorkload, ``(namespace, name)``; a plain tuple underneath, so it
   indexes the caches directly.
+* :class:`WorkloadSetKey` — one EdgeWorkloadSet, ``(namespace, name)``; a frozen dataclass, so it never
+  equals the :class:`WorkloadKey` of a workload with the same name in the queue or a cache.
 * :class:`Pass` — a pass over many objects: :attr:`Pass.ALL` (queue every workload and the pools)
   and :attr:`Pass.POOLS` (label/taint nodes, write every pool's status).
 * :data:`CLAIM_PLACEMENT` / :data:`CLAIM_PREVIOUS` — the two claims a workload can hold in the
@@ -13,10 +15,17 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 
 class WorkloadKey(NamedTuple):
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSetKey:
     namespace: str
     name: str
 
@@ -26,7 +35,7 @@ class Pass(enum.Enum):
     POOLS = "pools"
 
 
-QueueKey = WorkloadKey | Pass
+QueueKey = WorkloadKey | WorkloadSetKey | Pass
 
 CLAIM_PLACEMENT: Final = ""
 CLAIM_PREVIOUS: Final = "#previous"

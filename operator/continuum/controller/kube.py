@@ -31,6 +31,7 @@ KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets", True),
     ("continuum.dev/v1alpha1", "EdgeNodePool"): ("/apis/continuum.dev/v1alpha1", "edgenodepools", False),
     ("continuum.dev/v1alpha1", "EdgeWorkload"): ("/apis/continuum.dev/v1alpha1", "edgeworkloads", True),
+    ("continuum.dev/v1alpha1", "EdgeWorkloadSet"): ("/apis/continuum.dev/v1alpha1", "edgeworkloadsets", True),
 }
 
 

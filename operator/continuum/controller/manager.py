@@ -17,19 +17,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from continuum.api.models import DriftStatus, StateSyncStatus
-from continuum.controller.cache import ClusterCache, WorkloadChange
-from continuum.controller.keys import RENDERED, Pass, QueueKey, WorkloadKey
+from continuum.api.workloadset import EdgeWorkloadSet
+from continuum.controller.cache import ClusterCache, WorkloadChange, owning_set
+from continuum.controller.keys import RENDERED, Pass, QueueKey, WorkloadKey, WorkloadSetKey
 from continuum.controller.kube import KubeApi
 from continuum.controller.ledger import ClaimChange, ClaimsLedger
 from continuum.controller.pools import PoolReconciler
 from continuum.controller.queue import WorkQueue
 from continuum.controller.settings import OperatorSettings
 from continuum.controller.workloads import EventFn, WorkloadReconciler
+from continuum.controller.workloadsets import WorkloadSetReconciler
 from continuum.placement.snapshot import ClusterSnapshot
 from continuum.render.worker import secret_name_for
 
 POOLS_AFTER_CLAIMS = 1.0  # seconds: pools' requested resources follow claim changes, coalesced
 ALL_AFTER_NODES = 0.05  # seconds: a burst of node/pod changes becomes one pass
+SET_AFTER_CHILDREN = 0.5  # seconds: a set's rollup follows its children's changes, coalesced
+SETS_AFTER_POOLS = 0.1  # seconds: pool changes (labels, sites) re-select every set's sites
 
 
 class Controller:
@@ -65,6 +69,12 @@ class Controller:
             observe_own=self.observe_own,
             post_event=self.post_event,
         )
+        self.sets = WorkloadSetReconciler(
+            self.cache,
+            observe_child=self.observe,
+            observe_own=self.observe_own,
+            post_event=self.post_event,
+        )
         self._api: KubeApi | None = None
         if api is not None:
             self.api = api
@@ -75,7 +85,7 @@ class Controller:
 
     @api.setter
     def api(self, api: KubeApi) -> None:
-        self._api = self.workloads.api = self.pools.api = api
+        self._api = self.workloads.api = self.pools.api = self.sets.api = api
         self.api_ready.set()
 
     # ------------------------------------------------------------------ watch events --
@@ -91,11 +101,22 @@ class Controller:
             return
         if kind == "EdgeWorkload":
             self._observe_workload(event_type, body, enqueue)
+            owner = owning_set(body)  # the set's rollup (and a deleted child is re-created)
+            if owner is not None and owner in self.cache.workload_sets:
+                self.queue.add_after(owner, SET_AFTER_CHILDREN)
+            return
+        if kind == EdgeWorkloadSet.KIND:
+            key, changed = self.cache.observe_workload_set(event_type, body)
+            if changed and enqueue and event_type != "DELETED":
+                self.queue.add(key)
             return
         if self.cache.observe_object(kind, event_type, body):
             self.queue.add_after(Pass.ALL, ALL_AFTER_NODES)
         if kind in ("Node", "EdgeNodePool") and enqueue:
             self.queue.add(Pass.POOLS)
+        if kind == "EdgeNodePool":  # a pool's labels or site may select or drop sites
+            for set_key in list(self.cache.workload_sets):
+                self.queue.add_after(set_key, SETS_AFTER_POOLS)
 
     def observe_own(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         self.observe(kind, event_type, body, enqueue=False)
@@ -168,6 +189,11 @@ class Controller:
         if key is Pass.POOLS:
             await self.pools.reconcile()
             return None
+        if isinstance(key, WorkloadSetKey):
+            raw_set = self.cache.workload_sets.get(key)
+            if raw_set is not None:
+                await self.sets.reconcile(raw_set)
+            return None
         raw = self.cache.workloads.get(key)
         if raw is None:
             return None
@@ -178,6 +204,8 @@ class Controller:
             self.workloads.on_resync()
         for key in list(self.cache.workloads):
             self.queue.add(key)
+        for set_key in list(self.cache.workload_sets):
+            self.queue.add(set_key)
         self.queue.add(Pass.POOLS)
 
     # ------------------------------------------------------------------ narrow callbacks --

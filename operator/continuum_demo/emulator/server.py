@@ -46,6 +46,15 @@ CUSTOM_RESOURCES: dict[str, kmock.ResourceInfo] = {
         subresources={"status"},
         verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
     ),
+    "continuum.dev/v1alpha1/edgeworkloadsets": kmock.ResourceInfo(
+        kind="EdgeWorkloadSet",
+        singular="edgeworkloadset",
+        namespaced=True,
+        shortnames={"ews"},
+        categories={"continuum"},
+        subresources={"status"},
+        verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
+    ),
     "kopf.dev/v1/clusterkopfpeerings": kmock.ResourceInfo(
         kind="ClusterKopfPeering",
         singular="clusterkopfpeering",
