@@ -230,6 +230,7 @@ def workload_status(
         f", draining pool {previous.pool}" if previous else ""
     )
     listed, omitted = status_candidates(decision.candidates, workload.spec)
+    omitted += decision.candidates_omitted  # pools the decision evaluated but did not list (fast path)
     extra: list[Condition] = []
     if workload.spec.state.enabled:
         sync_to = workload.spec.state.sync_to.value if workload.spec.state.sync_to else None

@@ -36,6 +36,7 @@ from continuum.controller.kube import KubeApi
 from continuum.controller.ledger import ClaimsLedger
 from continuum.controller.settings import OperatorSettings
 from continuum.controller.status import (
+    STATUS_CANDIDATES,
     drift_event,
     dump,
     invalid_workload_status,
@@ -44,7 +45,7 @@ from continuum.controller.status import (
     status_patch,
     workload_status,
 )
-from continuum.placement import engine
+from continuum.placement import engine, fast
 from continuum.placement.hysteresis import Action, Verdict, judge
 from continuum.placement.snapshot import ClusterSnapshot
 from continuum.render.worker import RenderSettings, render_worker_manifests, rendered_name, service_url
@@ -120,11 +121,11 @@ class WorkloadReconciler:
         async with self.lock:
             current = old.placement if old.phase in (Phase.PLACED, Phase.UNSCHEDULABLE) else None
             now = now_utc()
-            decision, fresh = self._decide(workload, key, fresh=False)
+            decision, fresh = self._decide(workload, key, current, fresh=False)
             args = (self.settings.policy, old.disruption.since if old.disruption else None, old.better_since)
             verdict = judge(workload.spec, current, decision, now, *args)
             if not fresh and verdict.action in (Action.PLACE, Action.MOVE, Action.FAIL_BACK):
-                decision, _ = self._decide(workload, key, fresh=True)  # act only on a fresh decision
+                decision, _ = self._decide(workload, key, current, fresh=True)  # act only on a fresh decision
                 verdict = judge(workload.spec, current, decision, now, *args)
             target = verdict.target
             previous = old.previous_placement
@@ -164,21 +165,34 @@ class WorkloadReconciler:
         return self._look_again(verdict.action, status, now)
 
     def _decide(
-        self, workload: EdgeWorkload, key: WorkloadKey, fresh: bool
+        self, workload: EdgeWorkload, key: WorkloadKey, current: Placement | None, fresh: bool
     ) -> tuple[engine.PlacementDecision, bool]:
-        """The placement decision, reused while nothing it depends on changed; (decision, was_fresh)."""
+        """The placement decision, reused while nothing it depends on changed; (decision, was_fresh).
+
+        Vectorized over pools (:func:`fast.decide_placement`, same decision as ``engine.decide``); its
+        candidates are what status lists (``STATUS_CANDIDATES``), plus the row of the pool the workload
+        runs on (``current``), which the hysteresis reads."""
         snapshot = self.snapshot()
+        pool = current.pool if current is not None else None
         fingerprint = (
             workload.metadata.uid,
             workload.metadata.generation,
             self.cache.built,
             self.ledger.epoch,
             self.resync_epoch,
+            pool,
         )
         cached = self._decisions.get(key)
         if not fresh and cached is not None and cached[0] == fingerprint:
             return cached[1], False
-        decision = engine.decide(workload.spec, snapshot, self.ledger.usage_excluding(key), workload.key)
+        decision = fast.decide_placement(
+            workload.spec,
+            snapshot,
+            self.ledger.usage_excluding(key),
+            workload.key,
+            current=pool,
+            limit=STATUS_CANDIDATES,
+        )
         self._decisions[key] = (fingerprint, decision)
         return decision, True
 
