@@ -19,7 +19,7 @@ from tests.chart.conftest import CHART, CRDS, EXAMPLES, ROOT, load_docs, of_kind
 
 GITOPS = EXAMPLES / "gitops"
 HEALTH = GITOPS / "argocd" / "health" / "continuum.dev" / "EdgeWorkload"
-CONTINUUM_KINDS = ("EdgeNodePool", "EdgeWorkload")
+CONTINUUM_KINDS = ("EdgeNodePool", "EdgeWorkload", "EdgeWorkloadSet")
 
 
 def _crd_validators() -> dict[str, jsonschema.Draft4Validator]:

@@ -1,4 +1,6 @@
-"""Read Nodes, Pods, EdgeNodePools and EdgeWorkloads from YAML files and folders (``continuum plan -f``).
+"""Read Nodes, Pods, EdgeNodePools, EdgeWorkloads and EdgeWorkloadSets from YAML files and folders
+(``continuum plan -f``). An EdgeWorkloadSet is expanded into its children over the pools read, by the
+function the operator uses (:func:`continuum.api.fleet.expand`): they are placed like any EdgeWorkload.
 
 Pods (``kubectl get pods -A -o yaml``) are what already runs: their requests are taken off their
 node's free capacity by the same rule the operator applies (:func:`continuum.placement.snapshot.pod_holds`,
@@ -23,6 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from continuum.api.models import EdgeNodePool, EdgeWorkload
+from continuum.api.workloadset import EdgeWorkloadSet
 
 SUFFIXES = (".yaml", ".yml", ".json")
 IGNORED_KINDS = frozenset({"Namespace", "CustomResourceDefinition", "ConfigMap", "Secret", "Service"})
@@ -58,7 +61,8 @@ class Manifests:
     pods: list[dict[str, Any]] = field(default_factory=list)
     pod_origins: list[str] = field(default_factory=list)  # "file: document N (Pod ns/name)", per pod
     pools: list[EdgeNodePool] = field(default_factory=list)
-    workloads: list[EdgeWorkload] = field(default_factory=list)
+    workloads: list[EdgeWorkload] = field(default_factory=list)  # EdgeWorkloadSets' children included
+    sets: list[EdgeWorkloadSet] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -107,6 +111,7 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     out = Manifests()
     problems: list[str] = []
     seen: dict[tuple[str, str], str] = {}
+    set_origins: list[str] = []
     for path in _files(paths):
         for index, doc in _documents(path):
             if doc is None:
@@ -150,12 +155,40 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                         out.pools.append(parsed)
                     else:
                         out.workloads.append(parsed)
+                elif kind == "EdgeWorkloadSet":
+                    ns = (obj.get("metadata") or {}).get("namespace")
+                    label = f"{kind} {ns}/{name}"
+                    try:
+                        ews = EdgeWorkloadSet.model_validate(obj)
+                    except ValidationError as exc:
+                        problems.extend(format_validation_error(exc, f"{where} ({label}): "))
+                        continue
+                    if (kind, ews.key) in seen:
+                        problems.append(f"{where} ({label}): duplicate of {seen[(kind, ews.key)]}")
+                        continue
+                    seen[(kind, ews.key)] = where
+                    out.sets.append(ews)
+                    set_origins.append(f"{where} ({label})")
                 elif kind in IGNORED_KINDS:
                     out.skipped.append(f"{where}: {kind} {name}")
                 else:
                     problems.append(
-                        f"{where}: kind {kind!r} is not one of Node, Pod, EdgeNodePool, EdgeWorkload (or a List of them)"
+                        f"{where}: kind {kind!r} is not one of Node, Pod, EdgeNodePool, EdgeWorkload, "
+                        "EdgeWorkloadSet (or a List of them)"
                     )
+    if not problems and out.sets:
+        from continuum.api.fleet import child_workloads  # fleet imports this module: import it late
+
+        for ews, origin in zip(out.sets, set_origins, strict=True):
+            children, errors = child_workloads(ews, out.pools)
+            problems.extend(f"{origin}: {error}" for error in errors)
+            for child in children:
+                ident = ("EdgeWorkload", child.key)
+                if ident in seen:
+                    problems.append(f"{origin}: its child {child.key} duplicates {seen[ident]}")
+                    continue
+                seen[ident] = f"{origin} (site {child.spec.source.site})"
+                out.workloads.append(child)
     if problems:
         raise ManifestError(problems)
     return out
