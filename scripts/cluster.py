@@ -201,7 +201,8 @@ def is_up(name: str) -> bool:
     return probe.returncode == 0 and probe.stdout.strip() == "ok"
 
 
-def up(name: str) -> Path:
+def up(name: str, config: Path = KWOKCTL_CONFIG, *extra: str) -> Path:
+    """Start cluster `name` (kwokctl settings from `config`, extra kwokctl flags appended); its kubeconfig."""
     bins = ensure_binaries()
     with _locked(cache_dir() / f"cluster-{name}.lock"):
         if is_up(name):
@@ -223,9 +224,10 @@ def up(name: str) -> Path:
             "--kube-controller-manager-binary", str(bins / "kube-controller-manager"),
             "--kube-scheduler-binary", str(bins / "kube-scheduler"),
             "--kwok-controller-binary", str(bins / "kwok"),
-            "--config", str(KWOKCTL_CONFIG),
+            "--config", str(config),
             "--extra-args", "kwok-controller=manage-all-nodes=false",
             "--extra-args", f"kwok-controller=manage-nodes-with-annotation-selector={FAKE_NODE_SELECTOR}",
+            *extra,
         )
         log(f"cluster {name!r} up in {time.monotonic() - t0:.1f} s")
     return kubeconfig_path(name)
@@ -250,11 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("build", "up", "down", "status"))
     parser.add_argument("--name", default=os.environ.get("CONTINUUM_CLUSTER", DEFAULT_NAME))
+    parser.add_argument("--config", type=Path, default=KWOKCTL_CONFIG, help="a KwokctlConfiguration file")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(ensure_binaries())
     elif args.command == "up":
-        print(up(args.name))
+        print(up(args.name, args.config))
     elif args.command == "down":
         down(args.name)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 
@@ -35,6 +36,12 @@ def test_dockerfile_is_pinned_multi_stage_non_root(name: str) -> None:
     assert entry and entry.group(1) == script and script in PYPROJECT["project"]["scripts"]
     ignore = path.with_name("Dockerfile.dockerignore").read_text().splitlines()
     assert ignore[1:2] == ["*"] or "*" in ignore, "the context is an allow-list"
+    # the build's smoke test imports the runtime (an image once installed fine and died at import), the same
+    # modules tests/install/test_extras.py imports from a clean venv of that extra alone
+    smoke = re.search(r'python -c "import ([^"]+)"', text)
+    assert smoke and f"{script} {'run' if extra == 'operator' else 'serve'} --help" in text
+    for module in smoke.group(1).split(", "):
+        importlib.import_module(module)
 
 
 def test_worker_image_user_matches_the_rendered_pods() -> None:

@@ -145,3 +145,24 @@ def test_pool_status_counts_members_and_what_workloads_request(example_snapshot)
     assert (status.conditions[1].type, status.conditions[1].status) == ("Conflict", "False")
     written = dump(status)
     assert written["conflicts"] == [] and written["requested"] == {"cpu": "0", "memory": "0", "gpu": 0}
+
+
+def test_a_refused_apply_is_not_ready_and_says_why(example_snapshot, example_workloads):
+    """403 on the state token Secret (the chart's state.enabled=false): Ready=False, ApplyFailed, the fix."""
+    from continuum.controller.status import apply_error_message
+
+    workload = example_workloads["line-defect-inspection"]
+    decision = engine.decide(workload.spec, example_snapshot, {}, workload.key)
+    verdict = judge(workload.spec, None, decision, T0, HysteresisPolicy())
+    text = apply_error_message(
+        403, "Forbidden", 'secrets is forbidden: User "system:serviceaccount:continuum-system:continuum" '
+        'cannot create resource "secrets" in API group "" in the namespace "manufacturing"'
+    )
+    status = workload_status(workload, EdgeWorkloadStatus(), decision, verdict, target=verdict.target,
+                             previous=None, ready=1, state=None, now=T0, apply_error=text)
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "ApplyFailed")
+    assert "state.enabled=true" in ready.message and "403 Forbidden" in ready.message
+    assert status.phase is Phase.PLACED  # the decision stands; only the objects could not be written
+    other = apply_error_message(422, "Invalid", "spec.template: bad")
+    assert "RBAC" not in other and "422 Invalid" in other

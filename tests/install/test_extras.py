@@ -90,7 +90,7 @@ def test_worker_install_serves(tmp_path: Path) -> None:
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
         [str(bin_ / "continuum-worker"), "serve", "--model-name", "identity", "--model-uri", str(model),
-         "--host", "127.0.0.1", "--port", str(port)],
+         "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -196,6 +196,19 @@ def invalid_workload_status(
     )
 
 
+def apply_error_message(status: int, reason: str, message: str) -> str:
+    """What the API server's refusal of a rendered object means for the user (Ready condition, Event)."""
+    text = f"the API server refused a rendered object ({status} {reason}): {message}"
+    if status == 403 and "secrets" in message:
+        text += (
+            "; a workload with spec.state.enabled needs the operator to create a Secret (its sync token): "
+            "with the Helm chart, set state.enabled=true"
+        )
+    elif status == 403:
+        text += "; the operator's RBAC does not allow it"
+    return text
+
+
 def workload_status(
     workload: EdgeWorkload,
     old: EdgeWorkloadStatus,
@@ -208,9 +221,11 @@ def workload_status(
     state: StateSyncStatus | None,
     drift: DriftStatus | None = None,
     now: datetime | None = None,
+    apply_error: str | None = None,
 ) -> EdgeWorkloadStatus:
     """The status after a decision: ``target`` and ``previous`` are where the workload runs now and
-    what still drains (after the apply), ``ready`` its ready replicas, ``state`` its sync health."""
+    what still drains (after the apply), ``ready`` its ready replicas, ``state`` its sync health;
+    ``apply_error`` the API's refusal of a rendered object (Ready=False, reason ApplyFailed)."""
     now = now or now_utc()
     generation = workload.metadata.generation
     action, reason = verdict.action, verdict.reason
@@ -225,10 +240,13 @@ def workload_status(
     placed_message = (
         decision.message if action in (Action.PLACE, Action.UNSCHEDULABLE) and target is None else reason
     )
-    ready_ok = placed and ready >= replicas and previous is None
+    ready_ok = placed and ready >= replicas and previous is None and apply_error is None
     ready_message = f"{ready}/{replicas} replicas ready" + (
         f", draining pool {previous.pool}" if previous else ""
     )
+    ready_reason = "ReplicasReady" if ready_ok else "ReplicasNotReady"
+    if apply_error is not None:
+        ready_reason, ready_message = "ApplyFailed", apply_error
     listed, omitted = status_candidates(decision.candidates, workload.spec)
     omitted += decision.candidates_omitted  # pools the decision evaluated but did not list (fast path)
     extra: list[Condition] = []
@@ -264,7 +282,7 @@ def workload_status(
             condition(
                 "Ready",
                 ready_ok,
-                "ReplicasReady" if ready_ok else "ReplicasNotReady",
+                ready_reason,
                 ready_message,
                 generation,
                 old.conditions,

@@ -32,11 +32,12 @@ from continuum.controller import metrics
 from continuum.controller.cache import ClusterCache
 from continuum.controller.diff import digest, rendered_pool, unchanged
 from continuum.controller.keys import CLAIM_PLACEMENT, CLAIM_PREVIOUS, RENDERED, WorkloadKey
-from continuum.controller.kube import KubeApi
+from continuum.controller.kube import ApiError, KubeApi
 from continuum.controller.ledger import ClaimsLedger
 from continuum.controller.settings import OperatorSettings
 from continuum.controller.status import (
     STATUS_CANDIDATES,
+    apply_error_message,
     drift_event,
     dump,
     invalid_workload_status,
@@ -139,8 +140,18 @@ class WorkloadReconciler:
                 {entry: p.pool for entry, p in ((CLAIM_PLACEMENT, target), (CLAIM_PREVIOUS, previous)) if p},
             )
             self.refresh_claims(key)
+        refused: ApiError | None = None
         try:
-            ready, rolled_out, drained = await self._apply(workload, target, previous)
+            try:
+                ready, rolled_out, drained = await self._apply(workload, target, previous)
+            except ApiError as exc:
+                if exc.status not in (403, 422):
+                    raise
+                # Not transient: RBAC forbids an object (e.g. the chart's state.enabled=false and a workload
+                # with state: no Secrets), or the apiserver rejects what we rendered. Say so where users look,
+                # then retry with backoff (an RBAC fix takes effect without a restart).
+                refused, ready, rolled_out, drained = exc, 0, False, False
+            refused_text = apply_error_message(refused.status, refused.reason, refused.message) if refused else None
             if previous is not None and rolled_out and drained:
                 self.post_event(body, "Normal", "Drained", f"old replicas on pool {previous.pool} are gone")
                 previous = None
@@ -155,8 +166,12 @@ class WorkloadReconciler:
                 state=self.state_health.get(key),
                 drift=self.drift_health.get(key),
                 now=now,
+                apply_error=refused_text,
             )
             await self._write_status(body, status)
+            if refused is not None and refused_text is not None:
+                self.post_event(body, "Warning", "ApplyFailed", refused_text)
+                raise refused
         finally:
             self.ledger.release(key)
             self.refresh_claims(key)
