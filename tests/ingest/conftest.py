@@ -148,3 +148,76 @@ def worker_factory(tmp_path: Path) -> Iterator[object]:
     yield make
     for w in started:
         w.kill()
+
+
+class Link:
+    """A TCP link to a broker that can be cut (every connection closed, new ones refused) and restored on
+    the same port: an uplink outage while the broker itself keeps running. (Stopping Mosquitto 2.0.11
+    instead loses the messages it had queued for a connected persistent-session subscriber: measured,
+    see docs/streaming.md.)"""
+
+    def __init__(self, target_port: int) -> None:
+        import asyncio
+        import threading
+
+        self.target_port = target_port
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server: object | None = None
+        self.writers: set[object] = set()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.restore()
+
+    async def _pipe(self, reader: object, writer: object) -> None:
+        try:
+            while data := await reader.read(65536):  # type: ignore[attr-defined]
+                writer.write(data)  # type: ignore[attr-defined]
+                await writer.drain()  # type: ignore[attr-defined]
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.close()  # type: ignore[attr-defined]
+
+    async def _handle(self, reader: object, writer: object) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()  # type: ignore[attr-defined]
+            return
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    def _run(self, coro: object) -> object:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
+
+    def restore(self) -> None:
+        import asyncio
+
+        async def start() -> None:
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+        self._run(start())
+
+    def cut(self) -> None:
+        async def stop() -> None:
+            if self.server is not None:
+                self.server.close()  # type: ignore[attr-defined]
+                self.server = None
+            for w in list(self.writers):
+                w.transport.abort()  # type: ignore[attr-defined]
+            self.writers.clear()
+
+        self._run(stop())
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def url(self, topic: str) -> str:
+        return f"mqtt://127.0.0.1:{self.port}/{topic}"

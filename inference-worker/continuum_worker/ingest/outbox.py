@@ -213,11 +213,11 @@ class Outbox:
                 time.sleep(0.05)
                 continue
             self.metrics.commits.observe(time.perf_counter() - started)
+            if dropped and self._loop is not None:  # before the writers resume (callbacks run in order)
+                self._loop.call_soon_threadsafe(self._apply_drop, *dropped)
             for j in jobs:
                 if j.future is not None:
                     self._resolve(j.future, None)
-            if dropped and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._apply_drop, *dropped)
         db.close()
 
     def _commit(self, db: sqlite3.Connection, jobs: list[_Job]) -> tuple[int, list[int]] | None:

@@ -119,6 +119,14 @@ class _Client(aiomqtt.Client):
     """aiomqtt's client keeping MQTT's DUP flag on each message (``dup``): only a message the broker
     sends again can be one whose result is already durable, so only those are looked up."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acked = asyncio.Event()  # set on every PUBACK of a publish sent with paho directly
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+        self.acked.set()
+
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         m = aiomqtt.Message._from_paho_message(message)
         m.dup = bool(message.dup)  # type: ignore[attr-defined]
@@ -421,51 +429,54 @@ class IngestService:
 
     _sent_hi = 0
 
-    async def _publish_loop(self, client: aiomqtt.Client, protocol: str, cursor: int, maybe_sent: int) -> None:
+    async def _publish_loop(self, client: _Client, protocol: str, cursor: int, maybe_sent: int) -> None:
+        """A sliding window of QoS 1 publishes sent with paho directly (no task per record); the watermark
+        advances over the contiguous acknowledged prefix."""
         window = self.config.publish_window
-        inflight: collections.deque[tuple[Any, asyncio.Task[None]]] = collections.deque()
+        inflight: collections.deque[tuple[Any, Any]] = collections.deque()  # (row, MQTTMessageInfo | None)
         after = cursor
         loop = asyncio.get_running_loop()
-        try:
-            while True:
-                if len(inflight) < window:
-                    for row in self.outbox.read(after, window - len(inflight)):
-                        after = row.seq
-                        if row.kind == "seen":  # a dedup marker: nothing to send
-                            inflight.append((row, _done_task(loop)))
-                            continue
-                        task = loop.create_task(self._publish(client, protocol, row, row.seq <= maybe_sent))
-                        inflight.append((row, task))
-                        self._sent_hi = max(self._sent_hi, row.seq)
-                if not inflight:
-                    self.outbox.flush_watermark()
-                    await self.outbox.wait_new(after, 0.2)
-                    continue
-                head = inflight[0][1]
-                if not head.done():
-                    waiter = loop.create_task(self.outbox.wait_new(after, 1.0))
-                    await asyncio.wait([head, waiter], return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                now = time.perf_counter()
-                last = None
-                while inflight and inflight[0][1].done():
-                    row, task = inflight.popleft()
-                    task.result()  # a failed publish raises: reconnect and resend from the watermark
-                    last = row.seq
-                    if row.kind != "seen":
-                        self.metrics.published.labels(row.kind).inc()
-                        self.metrics.upstream_bytes.labels(row.kind).inc(len(row.payload))
-                    marks = self._latency.pop(row.seq, None)
-                    if marks is not None:
-                        self.metrics.stage.labels("durable_to_published").observe(now - marks[1])
-                        self.metrics.stage.labels("receive_to_published").observe(now - marks[0])
-                if last is not None:
-                    self.outbox.mark_published(last)
-        finally:
-            for _, task in inflight:
+        disconnected = client._disconnected
+        while True:
+            if disconnected.done():
+                reason = None if disconnected.cancelled() else disconnected.exception()  # retrieved: no asyncio warning
+                raise aiomqtt.MqttError(f"disconnected from the upstream broker ({reason})")
+            if len(inflight) < window:
+                for row in self.outbox.read(after, window - len(inflight)):
+                    after = row.seq
+                    info = None if row.kind == "seen" else self._send(client, protocol, row, row.seq <= maybe_sent)
+                    inflight.append((row, info))
+                    self._sent_hi = max(self._sent_hi, row.seq)
+            if not inflight:
+                self.outbox.flush_watermark()
+                await self.outbox.wait_new(after, 0.2)
+                continue
+            now = time.perf_counter()
+            last = None
+            while inflight and (inflight[0][1] is None or inflight[0][1].is_published()):
+                row, _ = inflight.popleft()
+                last = row.seq
+                if row.kind != "seen":
+                    self.metrics.published.labels(row.kind).inc()
+                    self.metrics.upstream_bytes.labels(row.kind).inc(len(row.payload))
+                marks = self._latency.pop(row.seq, None)
+                if marks is not None:
+                    self.metrics.stage.labels("durable_to_published").observe(now - marks[1])
+                    self.metrics.stage.labels("receive_to_published").observe(now - marks[0])
+            if last is not None:
+                self.outbox.mark_published(last)
+                continue
+            client.acked.clear()
+            if inflight[0][1].is_published():
+                continue
+            waits = [loop.create_task(client.acked.wait())]
+            if len(inflight) < window:
+                waits.append(loop.create_task(self.outbox.wait_new(after, 1.0)))
+            await asyncio.wait([*waits, disconnected], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
                 task.cancel()
 
-    async def _publish(self, client: aiomqtt.Client, protocol: str, row: Any, redelivered: bool) -> None:
+    def _send(self, client: aiomqtt.Client, protocol: str, row: Any, redelivered: bool) -> Any:
         props = None
         if protocol == "5":
             props = Properties(PacketTypes.PUBLISH)
@@ -476,18 +487,13 @@ class IngestService:
                 user.extend((k, v) for k, v in json.loads(row.props).items())
             if redelivered:
                 user.append(("redelivered", "1"))
-                self.metrics.republished.inc()
             props.UserProperty = user
-        elif redelivered:
+        if redelivered:
             self.metrics.republished.inc()
-        await client.publish(row.topic, row.payload, qos=self.config.sink.qos, properties=props)
-
-
-def _done_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
-    async def nothing() -> None:
-        return None
-
-    return loop.create_task(nothing())
+        info = client._client.publish(row.topic, row.payload, qos=self.config.sink.qos, properties=props)
+        if info.rc != 0:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        return info
 
 
 def attach_ingest(app: Any, plane: Any, settings: Any) -> IngestService:
