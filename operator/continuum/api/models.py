@@ -464,6 +464,42 @@ class OffloadSpec(ApiModel):
     fallback_model_uri: str | None = Field(default=None, min_length=1)
 
 
+class IngestSpec(ApiModel):
+    """Streaming input: the worker consumes MQTT topics and publishes results (docs/streaming.md)."""
+
+    broker: str = Field(pattern=r"^mqtt://[^/?#]+$", description="Source broker, mqtt://HOST[:PORT]")
+    topics: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Source topics (+/# allowed)")
+    decoder: Literal["v2", "raw", "npy"] = Field(default="v2", description="v2 infer request JSON, raw array, .npy")
+    dtype: str | None = Field(default=None, description="decoder raw: v2 datatype, e.g. FP32")
+    shape: list[int] | None = Field(default=None, description="decoder raw: shape, -1 for one free dimension")
+    input: str | None = Field(default=None, description="decoder raw/npy: the model input fed")
+    publish_broker: str | None = Field(
+        default=None, pattern=r"^mqtt://[^/?#]+$", description="Where results go; unset: the source broker"
+    )
+    publish_topic: str = Field(min_length=1, description="Results (or events) topic; also TOPIC/summary, TOPIC/dead-letter")
+    filter: Literal["all", "events"] = Field(default="all", description="events: only rows above the threshold, plus summaries")
+    event_threshold: float = Field(default=0.9, description="events filter: top score above it is an event")
+    messages_per_second: float = Field(default=0.0, ge=0, description="Expected message rate (the WAN charge)")
+    message_bytes: int = Field(default=0, ge=0, description="Expected message size in bytes (the WAN charge)")
+
+    @property
+    def mbps(self) -> float:
+        """The stream's data rate in Mbps."""
+        return self.messages_per_second * self.message_bytes * 8 / 1e6
+
+    @model_validator(mode="after")
+    def _decoder_fields(self) -> IngestSpec:
+        if self.decoder == "raw" and (not self.dtype or not self.shape):
+            raise ValueError("ingest.decoder raw needs ingest.dtype and ingest.shape")
+        if self.decoder != "raw" and (self.dtype or self.shape):
+            raise ValueError("ingest.dtype and ingest.shape apply to decoder raw only")
+        if self.decoder == "v2" and self.input:
+            raise ValueError("ingest.input applies to decoder raw/npy (a v2 request names its inputs)")
+        if "#" in self.publish_topic or "+" in self.publish_topic:
+            raise ValueError("ingest.publishTopic cannot hold the wildcards + or #")
+        return self
+
+
 class EdgeWorkloadSpec(ApiModel):
     source: WorkloadSource
     requirements: Requirements
@@ -473,6 +509,23 @@ class EdgeWorkloadSpec(ApiModel):
     worker: WorkerOverrides = Field(default_factory=WorkerOverrides)
     state: StateSpec = Field(default_factory=StateSpec)
     offload: OffloadSpec | None = None
+    ingest: IngestSpec | None = Field(
+        default=None,
+        description="Streaming input over MQTT (needs state.enabled); its messagesPerSecond x messageBytes "
+        "raises requirements.bandwidth.ingestMbps (the WAN charge when placed off-site) to the stream's rate",
+    )
+
+    @model_validator(mode="after")
+    def _ingest(self) -> EdgeWorkloadSpec:
+        if self.ingest is None:
+            return self
+        if not self.state.enabled:
+            raise ValueError("ingest needs state.enabled: results are stored on the state volume before a "
+                             "message is acknowledged")  # fmt: skip
+        if self.ingest.mbps > self.requirements.bandwidth.ingest_mbps:  # placement charges the stream's rate
+            bandwidth = self.requirements.bandwidth.model_copy(update={"ingest_mbps": self.ingest.mbps})
+            object.__setattr__(self, "requirements", self.requirements.model_copy(update={"bandwidth": bandwidth}))
+        return self
 
     @model_validator(mode="after")
     def _offload_elsewhere(self) -> EdgeWorkloadSpec:

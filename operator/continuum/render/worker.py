@@ -123,6 +123,28 @@ def secret_name(workload: EdgeWorkload) -> str:
     return secret_name_for(workload.name)
 
 
+def ingest_env(workload: EdgeWorkload) -> dict[str, str]:
+    """``spec.ingest`` as the worker's variables (docs/streaming.md). With several replicas each topic is an
+    MQTT 5 shared subscription (``$share/<workload>/<topic>``): each message goes to one replica."""
+    ingest = workload.spec.ingest
+    assert ingest is not None
+    options = {"decoder": ingest.decoder} if ingest.decoder != "v2" else {}
+    if ingest.dtype:
+        options["dtype"] = ingest.dtype
+    if ingest.shape:
+        options["shape"] = ",".join(str(d) for d in ingest.shape)
+    if ingest.input:
+        options["input"] = ingest.input
+    query = ("?" + "&".join(f"{k}={v}" for k, v in options.items())) if options else ""
+    share = f"$share/{workload.name}/" if workload.spec.replicas > 1 else ""
+    return {
+        "CONTINUUM_INGEST": " ".join(f"{ingest.broker}/{share}{topic}{query}" for topic in ingest.topics),
+        "CONTINUUM_PUBLISH": f"{ingest.publish_broker or ingest.broker}/{ingest.publish_topic}",
+        "CONTINUUM_INGEST_FILTER": ingest.filter,
+        "CONTINUUM_EVENT_THRESHOLD": str(ingest.event_threshold),
+    }
+
+
 def _env(workload: EdgeWorkload, pool: str, settings: RenderSettings) -> list[dict[str, Any]]:
     spec = workload.spec
     worker = spec.worker
@@ -148,6 +170,8 @@ def _env(workload: EdgeWorkload, pool: str, settings: RenderSettings) -> list[di
             values["CONTINUUM_SYNC_TO"] = settings.upstreams.get(spec.state.sync_to.value)
         if spec.replicas > 1:
             values["CONTINUUM_SYNC_PEERS"] = ",".join(peer_urls(workload, pool))
+    if spec.ingest is not None:
+        values.update(ingest_env(workload))
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if v is not None]
     if spec.state.enabled:
         env.append(
