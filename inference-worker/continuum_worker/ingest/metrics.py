@@ -33,6 +33,10 @@ class IngestMetrics:
         self.pending = Gauge("continuum_ingest_outbox_pending", "Outbox records not yet published upstream", registry=r)
         self.pending_bytes = Gauge("continuum_ingest_outbox_pending_bytes", "Payload bytes in the outbox not yet "
                                    "published", registry=r)  # fmt: skip
+        self.last_seq = Gauge("continuum_ingest_outbox_last_seq", "Sequence number of the newest outbox record",
+                              registry=r)  # fmt: skip
+        self.published_seq = Gauge("continuum_ingest_outbox_published_seq", "Outbox watermark: every record up to "
+                                   "it is acknowledged upstream", registry=r)  # fmt: skip
         self.dropped = Counter("continuum_ingest_outbox_dropped", "Outbox records dropped unpublished "
                                "(--outbox-full-policy drop-oldest)", registry=r)  # fmt: skip
         self.full_waits = Counter("continuum_ingest_outbox_full_waits", "Times intake waited for outbox space "

@@ -343,5 +343,7 @@ class Outbox:
             self._jobs.put(_Job([], {}, None))
 
     def _gauges(self) -> None:
+        self.metrics.last_seq.set(self.last_seq)
+        self.metrics.published_seq.set(self.watermark)
         self.metrics.pending.set(self.pending_count)
         self.metrics.pending_bytes.set(self.pending_bytes)
