@@ -49,6 +49,10 @@ cluster-bin: ## Build (once, cached outside the clone) the control-plane binarie
 cluster: ## Start a local control plane (kwok nodes); the last line printed is the admin kubeconfig
 	@$(PYTHON) scripts/cluster.py up
 
+.PHONY: demo-cluster
+demo-cluster: $(STAMP) ## The demo's story on the real control plane (make cluster; needs Go or CONTINUUM_K8S_BIN)
+	$(BIN)/continuum demo --kubeconfig "$$($(PYTHON) scripts/cluster.py up | tail -1)" $(DEMO_ARGS)
+
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane and remove its files
 	@$(PYTHON) scripts/cluster.py down

@@ -204,7 +204,7 @@ def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> l
     calls = real["calls"]
     writes = sum(v for c, v in calls.items() if not c.startswith(("get ", "list ", "watch ")))
     by_row = {
-        "all applied (client)": f"{real['applied']:.2f} s (kubectl create -f, sequential)",
+        "all applied (client)": f"{real['applied']:.2f} s",
         "all with Deployment and status": f"{real['settled']:.2f} s (and every replica Running on its pool)"
         + ("" if real["complete"] else " (INCOMPLETE)"),
         "create → Deployment p50": f"{statistics.median(to_deploy) * 1000:.0f} ms" if to_deploy else "-",

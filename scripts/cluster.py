@@ -241,7 +241,7 @@ def down(name: str) -> None:
         raise SystemExit(f"cluster: kwokctl missing from {bin_dir()}; cannot stop {name!r}")
     _kwokctl(name, "delete", "cluster")
     leftover = subprocess.run(
-        ["pgrep", "-f", str(workdir() / "clusters" / name)], capture_output=True, text=True, check=False
+        ["pgrep", "-f", f"{workdir() / 'clusters' / name}/"], capture_output=True, text=True, check=False
     ).stdout.split()
     if leftover:
         raise SystemExit(f"cluster: processes still running after delete: {' '.join(leftover)}")

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--examples", type=Path, default=None, help="examples folder (default: the repo's)")
     demo.add_argument("--no-live", action="store_true", help="plain output instead of a live table")
+    demo.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="tell the story on this real control plane with kwok nodes (`make cluster` prints one) "
+        "instead of the embedded emulator",
+    )
     return parser
 
 
@@ -147,6 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             grace_seconds=args.grace_seconds,
             examples=args.examples,
             live=not args.no_live,
+            kubeconfig=args.kubeconfig,
         )
     )
 

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from continuum_demo.emulator import EmulatedCluster
 from continuum_demo.emulator.kubelet import run_fake_kubelet
+from continuum_demo.stages import EmulatorStage, LiveStage, Stage
 
 WORKLOADS = "continuum.dev/v1alpha1/edgeworkloads"
 FAILING_NODE = "munich-ipc-1"
@@ -43,6 +44,7 @@ class DemoOptions:
     examples: Path | None = None
     live: bool = True
     timeout: float = 45.0
+    kubeconfig: Path | None = None  # a real control plane with kwok nodes instead of the emulator
 
 
 def _examples_dir(given: Path | None) -> Path:
@@ -64,7 +66,7 @@ def _docs(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
-def workload_table(cluster: EmulatedCluster, title: str) -> Table:
+def workload_table(cluster: Stage, title: str) -> Table:
     table = Table(title=title, header_style="bold")
     for col in ("NAMESPACE", "NAME", "TIER", "POOL", "LATENCY", "PHASE", "READY", "WHY"):
         table.add_column(col, no_wrap=col != "WHY", overflow="fold", max_width=60 if col == "WHY" else None)
@@ -88,7 +90,7 @@ def workload_table(cluster: EmulatedCluster, title: str) -> Table:
     return table
 
 
-def _settled(cluster: EmulatedCluster) -> bool:
+def _settled(cluster: Stage) -> bool:
     items = cluster.list(WORKLOADS)
     for obj in items:
         status = obj.get("status") or {}
@@ -102,7 +104,7 @@ def _settled(cluster: EmulatedCluster) -> bool:
 
 
 async def _watch(
-    cluster: EmulatedCluster,
+    cluster: Stage,
     console: Console,
     title: str,
     done: Callable[[], bool],
@@ -128,141 +130,141 @@ async def _watch(
     return bool(done())
 
 
-def _events(cluster: EmulatedCluster, since_rv: int = 0) -> list[dict[str, Any]]:
-    events = [e for e in cluster.list("v1/events") if int(e["metadata"]["resourceVersion"]) > since_rv]
-    return sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))
-
-
 async def _demo(options: DemoOptions, console: Console) -> int:
     examples = _examples_dir(options.examples)
+    if options.kubeconfig is not None:  # a real control plane with kwok nodes (`make cluster`)
+        stage = LiveStage(options.kubeconfig)
+        stage.install_crds()
+        stage.provide_volumes()
+        console.print(f"[bold]kube-apiserver[/] at {stage.url}  (kubeconfig: {stage.kubeconfig}; kwok nodes)")
+        return await _story(stage, options, console, examples)
     workdir = Path(tempfile.mkdtemp(prefix="continuum-demo-"))
     async with EmulatedCluster(workdir=workdir) as cluster:
         console.print(
             f"[bold]Kubernetes API emulator[/] on {cluster.url}  (kubeconfig: {cluster.kubeconfig})"
         )
-        for obj in _docs(examples / "cluster"):
-            cluster.apply(obj)
-        console.print(
-            f"loaded {len(cluster.list('v1/nodes'))} nodes and "
-            f"{len(cluster.list('continuum.dev/v1alpha1/edgenodepools'))} EdgeNodePools from {examples / 'cluster'}"
-        )
         kubelet = asyncio.create_task(run_fake_kubelet(cluster.store, cluster.emulator._lock))
-        stop = asyncio.Event()
-        closing = asyncio.Event()
-        _on_signals(closing.set)
-        run = asyncio.create_task(
-            operator(
-                OperatorSettings(
-                    metrics_port=0,
-                    liveness_port=0,
-                    grace_seconds=options.grace_seconds,
-                    stabilization_seconds=3600,
-                    resync_seconds=1.0,
-                ),
-                str(cluster.kubeconfig),
-                stop_flag=stop,
-            )
-        )
-
-        def stopped() -> bool:
-            return run.done() or closing.is_set()
-
         try:
-            workloads = _docs(examples / "workloads")
-            for obj in workloads:
-                cluster.apply(obj)
-            console.print(
-                f"applied {len(workloads)} EdgeWorkloads from {examples / 'workloads'}; the operator places them:"
-            )
-            settled = await _watch(
-                cluster,
-                console,
-                "EdgeWorkloads",
-                lambda: _settled(cluster),
-                options.timeout,
-                options.live,
-                stopped,
-            )
-            if stopped():
-                return _stopped_early(console)
-            if not settled:
-                console.print("[red]error:[/] the workloads did not settle in time")
-                return 1
-            mark = cluster.store.last_rv
-            node = cluster.get("v1/nodes", FAILING_NODE)
-            assert node is not None
-            conditions = [c for c in node["status"].get("conditions", []) if c["type"] != "Ready"]
-            conditions.append(
-                {
-                    "type": "Ready",
-                    "status": "False",
-                    "reason": "NodeStatusUnknown",
-                    "message": "Kubelet stopped posting node status (demo)",
-                }
-            )
-            cluster.patch("v1/nodes", FAILING_NODE, {"status": {"conditions": conditions}}, status=True)
-            console.print(
-                f"\n[bold yellow]node {FAILING_NODE} is NotReady[/] (the only GPU node of pool munich-line); "
-                f"grace period {options.grace_seconds:g}s ..."
-            )
-
-            def moved() -> bool:
-                obj = cluster.get(WORKLOADS, MOVING[1], MOVING[0]) or {}
-                status = obj.get("status") or {}
-                placement = status.get("placement") or {}
-                ready = any(
-                    c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
-                )
-                return (
-                    placement.get("pool") not in (None, "munich-line")
-                    and ready
-                    and not status.get("previousPlacement")
-                )
-
-            ok = await _watch(
-                cluster,
-                console,
-                "EdgeWorkloads after the node failure",
-                moved,
-                options.timeout,
-                options.live,
-                stopped,
-            )
-            if stopped():
-                return _stopped_early(console)
-            events = Table(title="Kubernetes Events", header_style="bold")
-            for col in ("TYPE", "REASON", "OBJECT", "MESSAGE"):
-                events.add_column(col, overflow="fold")
-            for event in _events(cluster, mark):
-                involved = event.get("involvedObject") or {}
-                events.add_row(
-                    event.get("type", ""),
-                    event.get("reason", ""),
-                    f"{involved.get('kind', '')}/{involved.get('name', '')}",
-                    event.get("message", ""),
-                )
-            console.print(events)
-            if not ok:
-                console.print("[red]error:[/] line-defect-inspection was not re-placed in time")
-                return 1
-            console.print("[green]line-defect-inspection moved make-before-break and is Ready again.[/]")
-            if options.keep_open:
-                console.print(
-                    f"\nThe emulator stays up. Try:\n  kubectl --kubeconfig {cluster.kubeconfig} get nodes -L continuum.dev/pool\n"
-                    f"  kubectl --kubeconfig {cluster.kubeconfig} get edgeworkloads -A\n"
-                    "Press Ctrl+C (or send SIGTERM) to stop."
-                )
-                await _until_signal(run, closing)
-                console.print("stopping")
-            return 0
+            return await _story(EmulatorStage(cluster), options, console, examples)
         finally:
-            _on_signals(None)
-            stop.set()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(run, 10)
             kubelet.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await kubelet
+
+
+async def _story(cluster: Stage, options: DemoOptions, console: Console, examples: Path) -> int:
+    """Load the examples, run the operator, place the workloads, fail the Munich GPU node, show the move."""
+    for obj in _docs(examples / "cluster"):
+        cluster.apply(obj)
+    console.print(
+        f"loaded {len(cluster.list('v1/nodes'))} nodes and "
+        f"{len(cluster.list('continuum.dev/v1alpha1/edgenodepools'))} EdgeNodePools from {examples / 'cluster'}"
+    )
+    stop = asyncio.Event()
+    closing = asyncio.Event()
+    _on_signals(closing.set)
+    run = asyncio.create_task(
+        operator(
+            OperatorSettings(
+                metrics_port=0,
+                liveness_port=0,
+                grace_seconds=options.grace_seconds,
+                stabilization_seconds=3600,
+                resync_seconds=1.0,
+            ),
+            str(cluster.kubeconfig),
+            stop_flag=stop,
+        )
+    )
+
+    def stopped() -> bool:
+        return run.done() or closing.is_set()
+
+    try:
+        workloads = _docs(examples / "workloads")
+        for ns in sorted({o["metadata"]["namespace"] for o in workloads}):
+            if cluster.get("v1/namespaces", ns) is None:
+                cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        for obj in workloads:
+            cluster.apply(obj)
+        console.print(
+            f"applied {len(workloads)} EdgeWorkloads from {examples / 'workloads'}; the operator places them:"
+        )
+        settled = await _watch(
+            cluster,
+            console,
+            "EdgeWorkloads",
+            lambda: _settled(cluster),
+            options.timeout,
+            options.live,
+            stopped,
+        )
+        if stopped():
+            return _stopped_early(console)
+        if not settled:
+            console.print("[red]error:[/] the workloads did not settle in time")
+            return 1
+        mark = cluster.mark()
+        how = cluster.fail_node(FAILING_NODE)
+        console.print(
+            f"\n[bold yellow]node {FAILING_NODE} is {how}[/] (the only GPU node of pool munich-line); "
+            f"grace period {options.grace_seconds:g}s ..."
+        )
+
+        def moved() -> bool:
+            obj = cluster.get(WORKLOADS, MOVING[1], MOVING[0]) or {}
+            status = obj.get("status") or {}
+            placement = status.get("placement") or {}
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+            )
+            return (
+                placement.get("pool") not in (None, "munich-line")
+                and ready
+                and not status.get("previousPlacement")
+            )
+
+        ok = await _watch(
+            cluster,
+            console,
+            "EdgeWorkloads after the node failure",
+            moved,
+            options.timeout,
+            options.live,
+            stopped,
+        )
+        if stopped():
+            return _stopped_early(console)
+        events = Table(title="Kubernetes Events", header_style="bold")
+        for col in ("TYPE", "REASON", "OBJECT", "MESSAGE"):
+            events.add_column(col, overflow="fold")
+        for event in cluster.events_since(mark):
+            involved = event.get("involvedObject") or {}
+            events.add_row(
+                event.get("type", ""),
+                event.get("reason", ""),
+                f"{involved.get('kind', '')}/{involved.get('name', '')}",
+                event.get("message", ""),
+            )
+        console.print(events)
+        if not ok:
+            console.print("[red]error:[/] line-defect-inspection was not re-placed in time")
+            return 1
+        console.print("[green]line-defect-inspection moved make-before-break and is Ready again.[/]")
+        if options.keep_open:
+            console.print(
+                f"\nThe emulator stays up. Try:\n  kubectl --kubeconfig {cluster.kubeconfig} get nodes -L continuum.dev/pool\n"
+                f"  kubectl --kubeconfig {cluster.kubeconfig} get edgeworkloads -A\n"
+                "Press Ctrl+C (or send SIGTERM) to stop."
+            )
+            await _until_signal(run, closing)
+            console.print("stopping")
+        return 0
+    finally:
+        _on_signals(None)
+        stop.set()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(run, 10)
 
 
 EXIT_INTERRUPTED = 130
