@@ -204,6 +204,7 @@ def worker_overhead(rounds: int, seconds: float) -> dict:  # type: ignore[type-a
     for mode in ("off", "on"):  # both run for the whole measurement; bursts alternate between them
         env = {"CONTINUUM_DRIFT_WINDOW_SECONDS": "0"} if mode == "off" else {
             "CONTINUUM_DRIFT_REFERENCE": str(tmp / "ref.json")}  # fmt: skip
+        env["CONTINUUM_GRPC_PORT"] = "0"  # two workers at once: HTTP only (the load is HTTP)
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
