@@ -56,12 +56,27 @@ class PlanSummary(StatusModel):
     pools: int = 0
 
 
+class PlanOptimality(StatusModel):
+    """How good the batch plan is known to be (lexicographic: placed count, then rank sum, then cost)."""
+
+    method: str = Field(description="highs: checked by the exact solver; heuristic: not checked")
+    proven: bool = Field(description="No plan places more, then ranks better, then costs less")
+    placed_bound: int | None = Field(default=None, description="No plan places more workloads than this")
+    cost_gap: float | None = Field(
+        default=None, description="Relative gap between the plan's cost and HiGHS's bound (0: optimal)"
+    )
+    seconds: float = 0.0
+    improved: bool = Field(default=False, description="The exact solver improved on the heuristic's plan")
+    summary: str = ""
+
+
 class PlanDocument(StatusModel):
     """What ``continuum plan -o json`` prints (camelCase, by the models' own serialisation)."""
 
     schema_version: int = 2
     placements: list[PlanPlacement] = Field(default_factory=list)
     summary: PlanSummary
+    optimality: PlanOptimality | None = None
     conflicts: dict[str, list[str]] = Field(default_factory=dict)
 
 
@@ -110,6 +125,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "per-pod scheduler would",
     )
     plan.add_argument(
+        "--optimize-seconds",
+        type=float,
+        default=DEFAULT_OPTIMIZE_S,
+        metavar="S",
+        help="batch: up to S seconds for the exact solver (HiGHS) to improve the heuristic's plan and prove "
+        "it optimal or bound its gap (0: heuristic only; default %(default)g)",
+    )
+    plan.add_argument(
         "--explain",
         nargs="?",
         const="",
@@ -151,6 +174,7 @@ def snapshot_of(manifests: Manifests) -> ClusterSnapshot:
 SCHEMA_VERSION = 2  # 1: the unversioned document before rejectedByReason/candidatesOmitted
 SHOW_ALL_POOLS = 50  # up to this many pools every pool is listed per workload by default
 INDENTED_UP_TO = 1000  # -o json is indented up to this many workloads, compact beyond
+DEFAULT_OPTIMIZE_S = 1.0  # seconds for HiGHS to improve and check the batch plan
 
 
 def plan_document(
@@ -160,13 +184,16 @@ def plan_document(
     explain: str | None = None,
     alternatives: int = 3,
     misses_per_reason: int = 2,
+    optimize_seconds: float = 0.0,
 ) -> PlanDocument:
     """The plan for manifests at ``paths`` (raises ManifestError on invalid input).
 
     Each workload lists every pool when there are at most :data:`SHOW_ALL_POOLS` (or ``all_candidates``);
     otherwise its chosen pool, up to ``alternatives`` feasible others, and per reason code the
     ``misses_per_reason`` nearest misses, with ``rejectedByReason`` counts and ``candidatesOmitted``.
-    ``explain`` (``namespace/name``) lists every pool for that workload whatever the size."""
+    ``explain`` (``namespace/name``) lists every pool for that workload whatever the size. With the batch
+    solver and ``optimize_seconds`` > 0, HiGHS improves the heuristic's plan within that budget and says
+    whether it is proven optimal (``optimality``)."""
     from continuum.api.loader import ManifestError, load_manifests
     from continuum.placement import decide_batch, decide_in_order
     from continuum.placement.problem import WorkloadRequest
@@ -180,10 +207,26 @@ def plan_document(
     if explain is not None and explain not in {r.key for r in requests}:
         raise ManifestError([f"--explain {explain}: no EdgeWorkload with that namespace/name in the input"])
     compact = (len(snapshot.pools) > SHOW_ALL_POOLS) if all_candidates is None else not all_candidates
+    optimality: PlanOptimality | None = None
     if solver == "batch":
+        from continuum.placement import exact
+        from continuum.placement.solver import solve
+
+        def solve_then_improve(problem: Any) -> Any:
+            nonlocal optimality
+            start = solve(problem)
+            if optimize_seconds <= 0:
+                found = exact.heuristic_only("--optimize-seconds 0")
+                optimality = _optimality(found)
+                return start
+            result = exact.improve(problem, start, budget_s=optimize_seconds)
+            optimality = _optimality(result.optimality)
+            return result.assignment
+
         decisions = decide_batch(
             requests,
             snapshot,
+            solver=solve_then_improve,
             compact=compact,
             alternatives=alternatives,
             misses_per_reason=misses_per_reason,
@@ -234,6 +277,19 @@ def plan_document(
             pools=len(snapshot.pools),
         ),
         conflicts={node: list(pools) for node, pools in sorted(snapshot.conflicts.items())},
+        optimality=optimality,
+    )
+
+
+def _optimality(o: Any) -> PlanOptimality:
+    return PlanOptimality.model_construct(
+        method=o.method,
+        proven=o.proven,
+        placed_bound=o.placed_bound,
+        cost_gap=None if o.cost_gap is None else round(o.cost_gap, 6),
+        seconds=round(o.seconds, 3),
+        improved=o.improved,
+        summary=o.summary(),
     )
 
 
@@ -312,6 +368,8 @@ def _print_plan_table(result: dict[str, Any], explain: bool, only: str | None = 
         f"{summary['placed']}/{summary['workloads']} placed, {summary['unschedulable']} unschedulable, "
         f"total {summary['hourlyCost']:.4g}/h"
     )
+    if result.get("optimality"):
+        console.print(f"optimality: {result['optimality']['summary']}", highlight=False)
     for node, pools in result["conflicts"].items():
         console.print(
             f"[yellow]warning:[/] node {node} is selected by pools {', '.join(pools)} and joins neither"
@@ -324,7 +382,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     explain_key = args.explain or None  # bare --explain: "" (rejected pools of every workload)
     try:
         doc = plan_document(
-            args.paths, args.solver, all_candidates=True if args.all_candidates else None, explain=explain_key
+            args.paths,
+            args.solver,
+            all_candidates=True if args.all_candidates else None,
+            explain=explain_key,
+            optimize_seconds=args.optimize_seconds,
         )
     except ManifestError as exc:
         print("error: invalid input", file=sys.stderr)

@@ -371,7 +371,22 @@ def test_explain_one_workload_lists_every_pool(fleet, capsys):
 
 
 def test_json_comes_from_the_models(fleet, capsys):
-    code = main(["plan", "-f", fleet, "-o", "json"])
+    code = main(["plan", "-f", fleet, "-o", "json", "--optimize-seconds", "0"])  # plan_result's default
     printed = json.loads(capsys.readouterr().out)
     assert code == 2
     assert printed == plan_result([fleet])
+
+
+def test_plan_says_whether_the_batch_plan_is_proven_optimal():
+    proc = run_cli("plan", "-f", CLUSTER, "-f", WORKLOADS, "-o", "json")
+    doc = json.loads(proc.stdout)  # HiGHS's banner must not reach stdout
+    opt = doc["optimality"]
+    assert opt["method"] == "highs" and opt["proven"] is True
+    assert opt["placedBound"] == doc["summary"]["placed"] and opt["costGap"] == 0.0
+    table = run_cli("plan", "-f", CLUSTER, "-f", WORKLOADS)
+    assert "optimality: proven optimal (HiGHS" in table.stdout
+    off = json.loads(
+        run_cli("plan", "-f", CLUSTER, "-f", WORKLOADS, "-o", "json", "--optimize-seconds", "0").stdout
+    )
+    assert off["optimality"]["method"] == "heuristic" and off["optimality"]["proven"] is False
+    assert off["summary"] == doc["summary"]

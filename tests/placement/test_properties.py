@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from continuum.api.models import Privacy
 from continuum.placement import decide_batch, decide_in_order
+from continuum.placement.exact import improve
 from continuum.placement.problem import (
     build_problem,
     build_problem_reference,
@@ -153,12 +154,42 @@ def test_running_workloads_are_not_moved_for_a_cost_gain():
 
 @pytest.mark.parametrize(("n_w", "n_p", "seed"), [(60, 8, 11), (80, 10, 12), (100, 10, 4), (120, 12, 13)])
 def test_solver_matches_the_ilp_optimum_on_small_instances(n_w, n_p, seed):
+    """What `continuum plan` does (heuristic, then HiGHS for 2 s) against scipy's MILP from scratch.
+
+    The MILP's three phases share their time limit: on [80-10-12] its cost phase alone took 12-20 s on
+    the shared 2-core machine, so with 20 s it sometimes stopped unproven and ``exact.optimal`` failed.
+    Only the count phase (fast) is compared exactly; rank and cost only when the MILP proved them."""
     snapshot, requests = generate(n_w, n_p, seed=seed)
     problem = build_problem(requests, snapshot)
-    ours = objective(problem, solve(problem))
-    exact = solve_ilp(problem, time_limit=20)
+    result = improve(problem, solve(problem), budget_s=2.0)
+    assert violations(problem, result.assignment) == []
+    ours = objective(problem, result.assignment)
+    assert result.optimality.placed_bound == ours.placed  # count proven by HiGHS
+    exact = solve_ilp(problem, time_limit=60)
     best = objective(problem, exact.assignment)
-    assert exact.optimal
     assert ours.placed == best.placed  # the first objective: as many as the optimum
-    assert ours.rank <= best.rank + max(2, best.rank // 10)
-    assert ours.cost <= best.cost * 1.10  # measured gaps are in docs/benchmarks.md
+    if exact.optimal:
+        assert ours.rank <= best.rank
+        assert ours.rank < best.rank or ours.cost <= best.cost * 1.005
+
+
+@SETTINGS
+@given(st.tuples(st.integers(5, 40), st.integers(2, 8), st.integers(0, 10_000), st.floats(0.5, 1.6)))
+def test_exact_stage_is_feasible_never_worse_and_proves_the_count(instance):
+    n_w, n_p, seed, load = instance
+    snapshot, requests = generate(n_w, n_p, seed=seed, load=load)
+    problem = build_problem(requests, snapshot)
+    start = solve(problem)
+    result = improve(problem, start, budget_s=2.0)
+    assert violations(problem, result.assignment) == []
+    ours, before = objective(problem, result.assignment), objective(problem, start)
+    assert not before.better_than(ours)
+    assert result.optimality.improved == ours.better_than(before)
+    if result.optimality.proven:
+        assert result.optimality.placed_bound == ours.placed and result.optimality.cost_gap == 0.0
+    # the count against the MILP from scratch (its count phase is quick at this size)
+    if len(problem.cand_pool):  # scipy's MILP refuses an empty model; nothing can be placed then
+        exact = solve_ilp(problem, time_limit=30)
+        assert ours.placed >= objective(problem, exact.assignment).placed
+    else:
+        assert ours.placed == 0 and result.optimality.proven
