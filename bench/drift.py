@@ -226,7 +226,8 @@ def worker_overhead(rounds: int, seconds: float) -> dict:  # type: ignore[type-a
                     cpu0 = _cpu(proc.pid)
                     rps = throughput(url, "m", 64, clients, seconds)
                     cpu = _cpu(proc.pid) - cpu0
-                    results.setdefault((mode, clients), []).append((rps, cpu / (rps * seconds) * 1e6))
+                    if rps:  # a burst in which no request completed (an overloaded machine) has no ratio
+                        results.setdefault((mode, clients), []).append((rps, cpu / (rps * seconds) * 1e6))
     finally:
         for proc, _ in workers.values():
             stop(proc)
@@ -237,7 +238,7 @@ def worker_overhead(rounds: int, seconds: float) -> dict:  # type: ignore[type-a
         out[clients] = {
             "rps_off": statistics.median(r for r, _ in off), "rps_on": statistics.median(r for r, _ in on),
             "cpu_us_off": statistics.median(c for _, c in off), "cpu_us_on": statistics.median(c for _, c in on),
-            "paired_ratio": statistics.median(b[0] / a[0] for a, b in zip(off, on, strict=True)),
+            "paired_ratio": statistics.median(b[0] / a[0] for a, b in zip(off, on, strict=False)),
         }  # fmt: skip
     return out
 
