@@ -1,0 +1,240 @@
+"""Rollout gates: decide promote / roll back / wait from what the workers count per model version. Pure.
+
+A gate decides only on enough evidence, pooled over the wave's sites (counts are summed: a site with
+1 request/s adds what it has), with Wald's sequential probability ratio test (SPRT), truncated:
+
+* **Error rate, candidate vs stable** (:class:`ErrorGate`). Given the requests each version served, an
+  error is the candidate's with probability ``θ = n_c·p_c / (n_c·p_c + n_s·p_s)``. The test is on that
+  attribution, so the unknown (and per-site different) base error rate cancels: H0 (good) ``p_c = p_s``
+  gives ``θ0 = n_c / (n_c + n_s)``, H1 (bad) ``p_c = ratio·p_s`` gives ``θ1 = ratio·n_c / (ratio·n_c + n_s)``.
+  Each window's errors add ``e_c·log(θ1/θ0) + e_s·log((1-θ1)/(1-θ0))`` to the log likelihood ratio, with
+  the window's own traffic split (the canary weight may change between windows).
+* **Disagreement with the stable version** (:class:`AgreementGate`, shadowed requests: top-1 for
+  classifiers, relative error over a tolerance for regressors): a one-sample binomial SPRT of
+  H0 ``d = d0`` against H1 ``d = d1``.
+
+Wald's boundaries ``A = log((1-β)/α)`` (roll back) and ``B = log(β/(1-α))`` (promote) bound the
+false-rollback rate by about α and the false-promote rate (for a candidate at H1 or worse) by about β.
+No promotion before ``min_samples`` candidate requests (three clean requests promote nothing); at
+``max_samples`` candidate requests a gate that has not crossed either boundary decides by the side of
+zero its log likelihood ratio is on (the rollout neither stalls forever nor waits for errors that a
+good version at a low base rate does not make). The rates actually reached, with that truncation, are
+measured by :func:`simulate` (``bench/gate.py``, ``tests/fleet/test_gate.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Verdict(enum.StrEnum):
+    CONTINUE = "Continue"  # not enough evidence yet
+    PROMOTE = "Promote"
+    ROLLBACK = "Rollback"
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    alpha: float = 0.03  # false rollback (a good candidate rolled back): Wald bound, measured: docs/fleet.md
+    beta: float = 0.03  # false promote (a candidate at the bad hypothesis promoted): likewise
+    error_ratio: float = 2.0  # bad: the candidate's error rate is this many times the stable's
+    disagreement_good: float = 0.01  # H0 of the agreement gate: 1 % of shadowed answers differ
+    disagreement_bad: float = 0.05  # H1: 5 % differ
+    min_samples: int = 500  # candidate requests before anything is promoted
+    max_samples: int = 50_000  # candidate requests after which a gate decides by its LLR's sign
+
+    def __post_init__(self) -> None:
+        if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
+            raise ValueError("alpha and beta must be in (0, 0.5)")
+        if self.error_ratio <= 1:
+            raise ValueError("error_ratio must be > 1")
+        if not 0 < self.disagreement_good < self.disagreement_bad < 1:
+            raise ValueError("need 0 < disagreement_good < disagreement_bad < 1")
+        if not 0 < self.min_samples <= self.max_samples:
+            raise ValueError("need 0 < min_samples <= max_samples")
+
+    @property
+    def upper(self) -> float:
+        return math.log((1 - self.beta) / self.alpha)
+
+    @property
+    def lower(self) -> float:
+        return math.log(self.beta / (1 - self.alpha))
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the wave's sites counted in one window, summed over the sites."""
+
+    stable_requests: int
+    stable_errors: int
+    candidate_requests: int
+    candidate_errors: int
+    shadow_compared: int = 0  # shadowed requests whose answers were compared
+    shadow_disagreed: int = 0
+
+
+@dataclass(frozen=True)
+class GateState:
+    """The evidence so far (kept in the set's status between windows, so a restart loses nothing)."""
+
+    error_llr: float = 0.0
+    agreement_llr: float = 0.0
+    candidate_requests: int = 0
+    shadow_compared: int = 0
+
+
+def error_increment(window: Window, ratio: float) -> float:
+    """The error gate's log likelihood ratio contributed by one window."""
+    n_c, n_s = window.candidate_requests, window.stable_requests
+    if n_c <= 0 or n_s <= 0 or window.candidate_errors + window.stable_errors == 0:
+        return 0.0
+    theta0 = n_c / (n_c + n_s)
+    theta1 = ratio * n_c / (ratio * n_c + n_s)
+    return window.candidate_errors * math.log(theta1 / theta0) + window.stable_errors * math.log(
+        (1 - theta1) / (1 - theta0)
+    )
+
+
+def agreement_increment(window: Window, d0: float, d1: float) -> float:
+    k, n = window.shadow_disagreed, window.shadow_compared
+    return k * math.log(d1 / d0) + (n - k) * math.log((1 - d1) / (1 - d0))
+
+
+def observe(state: GateState, window: Window, settings: GateSettings) -> GateState:
+    return GateState(
+        error_llr=state.error_llr + error_increment(window, settings.error_ratio),
+        agreement_llr=state.agreement_llr
+        + agreement_increment(window, settings.disagreement_good, settings.disagreement_bad),
+        candidate_requests=state.candidate_requests + window.candidate_requests,
+        shadow_compared=state.shadow_compared + window.shadow_compared,
+    )
+
+
+def _one(llr: float, samples: int, settings: GateSettings) -> Verdict:
+    if llr >= settings.upper:
+        return Verdict.ROLLBACK  # no minimum: clear evidence of harm acts at once
+    if samples >= settings.max_samples:
+        return Verdict.ROLLBACK if llr > 0 else Verdict.PROMOTE
+    if llr <= settings.lower and samples >= settings.min_samples:
+        return Verdict.PROMOTE
+    return Verdict.CONTINUE
+
+
+def decide(state: GateState, settings: GateSettings, agreement: bool) -> tuple[Verdict, str]:
+    """Roll back when any gate says so; promote when every gate (agreement only with ``agreement``) does."""
+    verdicts = {"errors": _one(state.error_llr, state.candidate_requests, settings)}
+    if agreement:
+        verdicts["agreement"] = _one(state.agreement_llr, state.shadow_compared, settings)
+    for name, verdict in verdicts.items():
+        if verdict is Verdict.ROLLBACK:
+            llr = state.error_llr if name == "errors" else state.agreement_llr
+            return (
+                Verdict.ROLLBACK,
+                f"{name} gate: log likelihood ratio {llr:.2f} (bad at {settings.upper:.2f})",
+            )
+    if all(v is Verdict.PROMOTE for v in verdicts.values()):
+        return Verdict.PROMOTE, "every gate passed"
+    return Verdict.CONTINUE, "collecting evidence"
+
+
+# --- simulation ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    promoted: float  # fraction of runs promoted
+    rolled_back: float
+    undecided: float  # fraction still undecided at the horizon
+    median_seconds: float  # median time to a decision (decided runs)
+    p95_seconds: float
+
+
+def simulate(
+    *,
+    rate_per_site: float,
+    sites: int,
+    weight: float,
+    stable_error: float,
+    candidate_error: float,
+    settings: GateSettings,
+    disagreement: float | None = None,
+    window_seconds: float = 10.0,
+    horizon_seconds: float = 24 * 3600.0,
+    runs: int = 2000,
+    seed: int = 0,
+) -> SimulationResult:
+    """Many rollouts of one wave, vectorized: each window draws Poisson arrivals per site (summed: the
+    pooling), splits them by ``weight`` (``weight`` 1.0 = shadow: both versions see every request),
+    draws errors and disagreements, updates the gates and applies :func:`decide`'s rule."""
+    rng = np.random.default_rng(seed)
+    upper, lower = settings.upper, settings.lower
+    err_llr = np.zeros(runs)
+    agr_llr = np.zeros(runs)
+    n_cand = np.zeros(runs)
+    n_shadow = np.zeros(runs)
+    decided = np.zeros(runs, dtype=np.int8)  # 0 undecided, 1 promoted, -1 rolled back
+    when = np.full(runs, np.nan)
+    steps = int(horizon_seconds // window_seconds)
+    use_agreement = disagreement is not None
+    ratio = settings.error_ratio
+    for step in range(1, steps + 1):
+        live = decided == 0
+        if not live.any():
+            break
+        arrivals = rng.poisson(rate_per_site * sites * window_seconds, runs)
+        if weight >= 1.0:  # shadow: the candidate answers a copy of every request
+            n_c = arrivals
+            n_s = arrivals
+        else:
+            n_c = rng.binomial(arrivals, weight)
+            n_s = arrivals - n_c
+        e_c = rng.binomial(n_c, candidate_error)
+        e_s = rng.binomial(n_s, stable_error)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            theta0 = n_c / (n_c + n_s)
+            theta1 = ratio * n_c / (ratio * n_c + n_s)
+            inc = e_c * np.log(theta1 / theta0) + e_s * np.log((1 - theta1) / (1 - theta0))
+        ok = (n_c > 0) & (n_s > 0) & ((e_c + e_s) > 0)
+        err_llr = err_llr + np.where(ok & live, inc, 0.0)
+        n_cand = n_cand + np.where(live, n_c, 0)
+        if use_agreement:
+            assert disagreement is not None
+            compared = n_c if weight >= 1.0 else np.zeros(runs, dtype=np.int64)
+            k = rng.binomial(compared, disagreement)
+            d0, d1 = settings.disagreement_good, settings.disagreement_bad
+            agr_llr = agr_llr + np.where(
+                live, k * math.log(d1 / d0) + (compared - k) * math.log((1 - d1) / (1 - d0)), 0
+            )
+            n_shadow = n_shadow + np.where(live, compared, 0)
+
+        def one(llr: np.ndarray, samples: np.ndarray) -> np.ndarray:
+            out = np.zeros(runs, dtype=np.int8)
+            truncated = samples >= settings.max_samples
+            out[(llr <= lower) & (samples >= settings.min_samples)] = 1
+            out[truncated] = np.where(llr[truncated] > 0, -1, 1)
+            out[llr >= upper] = -1
+            return out
+
+        verdict = one(err_llr, n_cand)
+        if use_agreement:
+            other = one(agr_llr, n_shadow)
+            verdict = np.where(
+                (verdict == -1) | (other == -1), -1, np.where((verdict == 1) & (other == 1), 1, 0)
+            )
+        newly = live & (verdict != 0)
+        decided[newly] = verdict[newly]
+        when[newly] = step * window_seconds
+    done = decided != 0
+    times = when[done]
+    return SimulationResult(
+        promoted=float(np.mean(decided == 1)),
+        rolled_back=float(np.mean(decided == -1)),
+        undecided=float(np.mean(decided == 0)),
+        median_seconds=float(np.median(times)) if times.size else math.nan,
+        p95_seconds=float(np.percentile(times, 95)) if times.size else math.nan,
+    )
