@@ -269,7 +269,8 @@ async def test_uplink_cut_every_result_arrives_in_order(
     finally:
         link.close()
     check_complete(results, {"cam1": n, "cam2": n})
-    for _ in range(100):  # the last PUBACKs may reach the worker after the subscriber has the messages
+    for _ in range(150):  # the last PUBACKs may reach the worker after the subscriber has the messages (a lost
+        # PUBACK is resent after ACK_TIMEOUT_SECONDS on a new connection)
         text = metrics(http_port(w))
         if metric(text, "continuum_ingest_outbox_pending") == 0:
             break

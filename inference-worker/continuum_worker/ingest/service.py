@@ -46,6 +46,7 @@ SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
 DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 MAX_LATENCY_TRACKED = 200_000
 RETRIES_WHEN_UNAVAILABLE = 3
+ACK_TIMEOUT_SECONDS = 10.0  # a publish unacknowledged this long on a live connection: reconnect and resend
 
 
 class IngestConfigError(ValueError):
@@ -225,6 +226,8 @@ class IngestService:
                     self._protocols[index] = "3.1.1"
                     continue
                 log.warning("source %s: %s; reconnecting in %.1fs", ep.uri, exc, backoff)
+            except Exception:  # never let the source stop: unacknowledged messages come back on reconnect
+                log.exception("source %s failed; reconnecting in %.1fs", ep.uri, backoff)
             finally:
                 self.metrics.connected.labels("source", broker).set(0)
             await asyncio.sleep(backoff)
@@ -420,6 +423,8 @@ class IngestService:
                     protocol = "3.1.1"
                     continue
                 log.warning("publish to %s: %s; reconnecting in %.1fs", ep.uri, exc, backoff)
+            except Exception:  # never let publishing stop: the outbox resends from its watermark
+                log.exception("publishing to %s failed; reconnecting in %.1fs", ep.uri, backoff)
             finally:
                 self.metrics.connected.labels("sink", broker).set(0)
             cursor = self.outbox.watermark
@@ -433,7 +438,7 @@ class IngestService:
         """A sliding window of QoS 1 publishes sent with paho directly (no task per record); the watermark
         advances over the contiguous acknowledged prefix."""
         window = self.config.publish_window
-        inflight: collections.deque[tuple[Any, Any]] = collections.deque()  # (row, MQTTMessageInfo | None)
+        inflight: collections.deque[tuple[Any, Any, float]] = collections.deque()  # (row, MQTTMessageInfo | None, sent)
         after = cursor
         loop = asyncio.get_running_loop()
         disconnected = client._disconnected
@@ -445,7 +450,7 @@ class IngestService:
                 for row in self.outbox.read(after, window - len(inflight)):
                     after = row.seq
                     info = None if row.kind == "seen" else self._send(client, protocol, row, row.seq <= maybe_sent)
-                    inflight.append((row, info))
+                    inflight.append((row, info, time.monotonic()))
                     self._sent_hi = max(self._sent_hi, row.seq)
             if not inflight:
                 self.outbox.flush_watermark()
@@ -454,7 +459,7 @@ class IngestService:
             now = time.perf_counter()
             last = None
             while inflight and (inflight[0][1] is None or inflight[0][1].is_published()):
-                row, _ = inflight.popleft()
+                row, _, _ = inflight.popleft()
                 last = row.seq
                 if row.kind != "seen":
                     self.metrics.published.labels(row.kind).inc()
@@ -469,6 +474,9 @@ class IngestService:
             client.acked.clear()
             if inflight[0][1].is_published():
                 continue
+            if time.monotonic() - inflight[0][2] > ACK_TIMEOUT_SECONDS:
+                # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
+                raise aiomqtt.MqttError(f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s")
             waits = [loop.create_task(client.acked.wait())]
             if len(inflight) < window:
                 waits.append(loop.create_task(self.outbox.wait_new(after, 1.0)))
