@@ -192,7 +192,7 @@ class IngestService:
         where = hashlib.blake2b(f"{ep.host}:{ep.port}/{ep.topic}".encode(), digest_size=4).hexdigest()
         return f"{self.config.client_id}-{role}-{where}"
 
-    def _client(self, ep: MqttEndpoint, identifier: str, protocol: str, receive_max: int | None) -> aiomqtt.Client:
+    def _client(self, ep: MqttEndpoint, identifier: str, protocol: str, receive_max: int | None) -> _Client:
         kwargs: dict[str, Any] = {"identifier": identifier, "protocol": _protocol(protocol), "keepalive": 10,
                                   "timeout": 10, "max_inflight_messages": self.config.publish_window}  # fmt: skip
         if protocol == "5":
@@ -477,7 +477,7 @@ class IngestService:
             if time.monotonic() - inflight[0][2] > ACK_TIMEOUT_SECONDS:
                 # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
                 raise aiomqtt.MqttError(f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s")
-            waits = [loop.create_task(client.acked.wait())]
+            waits: list[asyncio.Future[Any]] = [loop.create_task(client.acked.wait())]
             if len(inflight) < window:
                 waits.append(loop.create_task(self.outbox.wait_new(after, 1.0)))
             await asyncio.wait([*waits, disconnected], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)

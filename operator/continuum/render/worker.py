@@ -128,7 +128,7 @@ def ingest_env(workload: EdgeWorkload) -> dict[str, str]:
     MQTT 5 shared subscription (``$share/<workload>/<topic>``): each message goes to one replica."""
     ingest = workload.spec.ingest
     assert ingest is not None
-    options = {"decoder": ingest.decoder} if ingest.decoder != "v2" else {}
+    options: dict[str, str] = {"decoder": ingest.decoder} if ingest.decoder != "v2" else {}
     if ingest.dtype:
         options["dtype"] = ingest.dtype
     if ingest.shape:
