@@ -313,7 +313,8 @@ class Outbox:
     def seen(self, key: str) -> bool:
         """Whether a record from a source message with this dedup key is already durable."""
         assert self._read is not None
-        return self._read.execute("SELECT 1 FROM out WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+        # fetchall: a half-read statement would keep this connection's read snapshot open (stale reads)
+        return bool(self._read.execute("SELECT 1 FROM out WHERE key = ? LIMIT 1", (key,)).fetchall())
 
     async def wait_new(self, after: int, timeout: float) -> None:
         if self.last_seq > after:
