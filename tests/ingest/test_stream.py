@@ -275,9 +275,9 @@ async def test_uplink_cut_every_result_arrives_in_order(
         if metric(text, "continuum_ingest_outbox_pending") == 0:
             break
         await asyncio.sleep(0.1)
-    assert metric(text, "continuum_ingest_outbox_pending") == 0, [
-        line for line in text.splitlines() if line.startswith(("continuum_ingest_published", "continuum_ingest_in_",
-                                                                "continuum_ingest_republished", "continuum_ingest_outbox_p"))]
+    assert metric(text, "continuum_ingest_outbox_pending") == 0, {
+        k: metric(text, k) for k in ("continuum_ingest_outbox_last_seq", "continuum_ingest_outbox_published_seq",
+                                     "continuum_ingest_republished_total", "continuum_ingest_in_flight")}
     assert metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok") == 2 * n
 
 
