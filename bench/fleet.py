@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ NAME = "continuum-fleet-bench"
 SYSTEM_NS = "continuum-system"
 SA = "continuum-fleet-bench"
 CHAIN = "bench.example.com/chain"
+SERVICE_RANGE = "10.96.0.0/16"  # 65,534 ClusterIPs (kwokctl's default range ran out at ~250 workers)
 
 KWOKCTL = """apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
@@ -148,18 +150,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def client_of(username: str) -> str:
+def client_of(username: str, agent: str) -> str:
+    """Who made a request: the operator by its ServiceAccount, the others by their user agent (kwokctl
+    runs the control plane's components with the admin's credentials)."""
     if username == f"system:serviceaccount:{SYSTEM_NS}:{SA}":
         return "operator"
-    if username == "system:kube-scheduler":
-        return "kube-scheduler"
-    if username == "system:kube-controller-manager" or username.startswith(
-        "system:serviceaccount:kube-system:"
-    ):
-        return "kube-controller-manager"
-    if username.startswith("system:node:"):
-        return "kubelets (kwok)"
-    return "admin (kwok, kubectl, the bench's watches)"
+    for prefix in ("kube-scheduler", "kube-controller-manager", "kwok", "kubectl"):
+        if agent.startswith(prefix):
+            return prefix
+    return "kube-apiserver and others"
 
 
 def audit_calls(audit: Path, offset: int) -> tuple[Counter[str], Counter[str]]:
@@ -175,7 +174,7 @@ def audit_calls(audit: Path, offset: int) -> tuple[Counter[str], Counter[str]]:
                 continue
             if event.get("stage") != "ResponseComplete":
                 continue
-            who = client_of(event.get("user", {}).get("username", ""))
+            who = client_of(event.get("user", {}).get("username", ""), event.get("userAgent", ""))
             by_client[who] += 1
             if who == "operator":
                 ref = event.get("objectRef") or {}
@@ -260,7 +259,15 @@ def run(sites: int, timeout: float) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     (tmp / "kwokctl.yaml").write_text(KWOKCTL)
     (tmp / "audit.yaml").write_text(AUDIT)
-    kubeconfig = cs.up(NAME, tmp / "kwokctl.yaml", "--kube-audit-policy", str(tmp / "audit.yaml"))
+    kubeconfig = cs.up(
+        NAME,
+        tmp / "kwokctl.yaml",
+        "--kube-audit-policy",
+        str(tmp / "audit.yaml"),
+        # every worker has a ClusterIP Service: 2 x N of them need more than kwokctl's default range
+        "--extra-args",
+        f"kube-apiserver=service-cluster-ip-range={SERVICE_RANGE}",
+    )
     workdir = cs.workdir() / "clusters" / NAME
     kubectl = [str(cs.bin_dir() / "kubectl"), "--kubeconfig", str(kubeconfig)]
 
@@ -434,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds each burst may take")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the operator and the cluster (finally)
     result = run(args.sites, args.timeout)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=dict))

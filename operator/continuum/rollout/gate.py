@@ -13,8 +13,9 @@ A gate decides only on enough evidence, pooled over the wave's sites (counts are
   classifiers, relative error over a tolerance for regressors): a one-sample binomial SPRT of
   H0 ``d = d0`` against H1 ``d = d1``.
 
-Wald's boundaries ``A = log((1-β)/α)`` (roll back) and ``B = log(β/(1-α))`` (promote) bound the
-false-rollback rate by about α and the false-promote rate (for a candidate at H1 or worse) by about β.
+Wald's boundaries ``A = log((1-β)/(α/k))`` (roll back; α is split over the k gates that can roll back)
+and ``B = log(β/(1-α))`` (promote) bound the false-rollback rate by about α and the false-promote rate (for a
+candidate at H1 or worse) by about β.
 No promotion before ``min_samples`` candidate requests (three clean requests promote nothing); at
 ``max_samples`` candidate requests a gate that has not crossed either boundary decides by the side of
 zero its log likelihood ratio is on (the rollout neither stalls forever nor waits for errors that a
@@ -59,7 +60,12 @@ class GateSettings:
 
     @property
     def upper(self) -> float:
-        return math.log((1 - self.beta) / self.alpha)
+        return self.upper_for(1)
+
+    def upper_for(self, gates: int) -> float:
+        """The roll-back boundary when ``gates`` gates can each roll back: alpha is split between them
+        (Bonferroni), so a good candidate is rolled back by any of them with probability about alpha."""
+        return math.log((1 - self.beta) / (self.alpha / gates))
 
     @property
     def lower(self) -> float:
@@ -115,8 +121,8 @@ def observe(state: GateState, window: Window, settings: GateSettings) -> GateSta
     )
 
 
-def _one(llr: float, samples: int, settings: GateSettings) -> Verdict:
-    if llr >= settings.upper:
+def _one(llr: float, samples: int, settings: GateSettings, upper: float) -> Verdict:
+    if llr >= upper:
         return Verdict.ROLLBACK  # no minimum: clear evidence of harm acts at once
     if samples >= settings.max_samples:
         return Verdict.ROLLBACK if llr > 0 else Verdict.PROMOTE
@@ -127,16 +133,14 @@ def _one(llr: float, samples: int, settings: GateSettings) -> Verdict:
 
 def decide(state: GateState, settings: GateSettings, agreement: bool) -> tuple[Verdict, str]:
     """Roll back when any gate says so; promote when every gate (agreement only with ``agreement``) does."""
-    verdicts = {"errors": _one(state.error_llr, state.candidate_requests, settings)}
+    upper = settings.upper_for(2 if agreement else 1)
+    verdicts = {"errors": _one(state.error_llr, state.candidate_requests, settings, upper)}
     if agreement:
-        verdicts["agreement"] = _one(state.agreement_llr, state.shadow_compared, settings)
+        verdicts["agreement"] = _one(state.agreement_llr, state.shadow_compared, settings, upper)
     for name, verdict in verdicts.items():
         if verdict is Verdict.ROLLBACK:
             llr = state.error_llr if name == "errors" else state.agreement_llr
-            return (
-                Verdict.ROLLBACK,
-                f"{name} gate: log likelihood ratio {llr:.2f} (bad at {settings.upper:.2f})",
-            )
+            return Verdict.ROLLBACK, f"{name} gate: log likelihood ratio {llr:.2f} (bad at {upper:.2f})"
     if all(v is Verdict.PROMOTE for v in verdicts.values()):
         return Verdict.PROMOTE, "every gate passed"
     return Verdict.CONTINUE, "collecting evidence"
@@ -172,7 +176,8 @@ def simulate(
     pooling), splits them by ``weight`` (``weight`` 1.0 = shadow: both versions see every request),
     draws errors and disagreements, updates the gates and applies :func:`decide`'s rule."""
     rng = np.random.default_rng(seed)
-    upper, lower = settings.upper, settings.lower
+    use_agreement = disagreement is not None
+    upper, lower = settings.upper_for(2 if use_agreement else 1), settings.lower
     err_llr = np.zeros(runs)
     agr_llr = np.zeros(runs)
     n_cand = np.zeros(runs)
@@ -180,7 +185,6 @@ def simulate(
     decided = np.zeros(runs, dtype=np.int8)  # 0 undecided, 1 promoted, -1 rolled back
     when = np.full(runs, np.nan)
     steps = int(horizon_seconds // window_seconds)
-    use_agreement = disagreement is not None
     ratio = settings.error_ratio
     for step in range(1, steps + 1):
         live = decided == 0
