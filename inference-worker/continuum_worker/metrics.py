@@ -5,16 +5,21 @@ Triton exports its per-model statistics as counters *without* the ``_total`` suf
 ...). prometheus-client would append ``_total`` to a counter's name, so those are rendered here with
 exactly Triton's names, types and labels (``model``, ``version``) and served before the rest. Each server has its own
 registry, so several workers can run in one process (tests, benchmarks).
+
+The request-duration and batch-size histograms (per ``model`` and ``version``) are read from the same
+statistics at scrape time by :class:`StatsHistograms`, so a request pays one ``bisect`` and a list
+increment for them, and no label lookup or lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from continuum_worker.batching import BatchStats
-from continuum_worker.stats import ModelStats, StatsBook
+from continuum_worker.stats import BATCH_BUCKETS, REQUEST_BUCKETS, ModelStats, StatsBook
 
 TRITON_COUNTERS = {
     "nv_inference_request_success": "Number of successful inference requests, all batch sizes",
@@ -58,6 +63,51 @@ def render_triton(book: StatsBook) -> bytes:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+REQUEST_DURATION = "continuum_worker_request_duration_seconds"
+BATCH_SIZE = "continuum_worker_batch_size"
+
+
+class StatsHistograms:
+    """A collector exposing the StatsBook's request durations and batch sizes as histograms."""
+
+    def __init__(self, owner: WorkerMetrics) -> None:
+        self.owner = owner  # read owner.stats at each scrape: bind_stats may replace the book
+
+    def _families(self) -> tuple[HistogramMetricFamily, HistogramMetricFamily]:
+        return (
+            HistogramMetricFamily(
+                REQUEST_DURATION,
+                "Inference request duration in the server (request received to response ready), "
+                "successes and failures, seconds",
+                labels=["model", "version"],
+            ),
+            HistogramMetricFamily(
+                BATCH_SIZE, "Rows per model execution (dynamic batches and direct calls)", labels=["model", "version"]
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        durations, batches = self._families()
+        for (model, version), m in sorted(list(self.owner.stats.models.items())):
+            counts, seconds = m.request_histogram()
+            durations.add_metric([model, version], _buckets(REQUEST_BUCKETS, counts), seconds)
+            counts, rows = m.batch_histogram()
+            batches.add_metric([model, version], _buckets(BATCH_BUCKETS, counts), rows)
+        yield durations
+        yield batches
+
+
+def _buckets(bounds: tuple[float, ...], cumulative: list[int]) -> list[tuple[str, float]]:
+    return [(_le(b), c) for b, c in zip(bounds, cumulative, strict=False)] + [("+Inf", cumulative[-1])]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
 
 
 class WorkerMetrics:
@@ -106,6 +156,7 @@ class WorkerMetrics:
             ["model", "result"],
             registry=self.registry,
         )
+        self.registry.register(StatsHistograms(self))
 
     def bind_stats(self, stats: StatsBook) -> None:
         self.stats = stats

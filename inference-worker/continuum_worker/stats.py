@@ -1,12 +1,22 @@
 """Per model version statistics, as Triton keeps them: one set of numbers behind both the statistics
-extension (``GET /v2/models/{m}/stats``, gRPC ``ModelStatistics``) and the Prometheus ``nv_*`` metrics."""
+extension (``GET /v2/models/{m}/stats``, gRPC ``ModelStatistics``), the Prometheus ``nv_*`` metrics and
+the request-duration and batch-size histograms (``continuum_worker_request_duration_seconds``,
+``continuum_worker_batch_size``)."""
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+# Upper bounds (Prometheus ``le``) of the request-duration histogram, seconds: 100 µs to 10 s
+REQUEST_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# Upper bounds of the batch-size histogram, rows per model execution
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
@@ -41,6 +51,8 @@ class ModelStats:
     stages: dict[str, Duration] = field(default_factory=lambda: {s: Duration() for s in STAGES})
     batches: dict[int, BatchStat] = field(default_factory=lambda: defaultdict(BatchStat))
     memory_bytes: int = 0
+    # requests (successes and failures) per REQUEST_BUCKETS bound, the last one past 10 s (+Inf)
+    request_buckets: list[int] = field(default_factory=lambda: [0] * (len(REQUEST_BUCKETS) + 1))
 
     def success(
         self, rows: int, total: float, queue: float, compute_input: float, compute_infer: float, compute_output: float
@@ -51,11 +63,13 @@ class ModelStats:
         s["compute_input"].add(compute_input)
         s["compute_infer"].add(compute_infer)
         s["compute_output"].add(compute_output)
+        self.request_buckets[bisect_left(REQUEST_BUCKETS, total)] += 1
         self.inference_count += rows
         self.last_inference = int(time.time() * 1000)
 
     def failure(self, total: float) -> None:
         self.stages["fail"].add(total)
+        self.request_buckets[bisect_left(REQUEST_BUCKETS, total)] += 1
         self.last_inference = int(time.time() * 1000)
 
     def execution(self, batch_size: int, compute_input: float, compute_infer: float, compute_output: float) -> None:
@@ -64,6 +78,22 @@ class ModelStats:
         b.compute_input.add(compute_input)
         b.compute_infer.add(compute_infer)
         b.compute_output.add(compute_output)
+
+    def request_histogram(self) -> tuple[list[int], float]:
+        """Cumulative request counts per REQUEST_BUCKETS bound then +Inf, and the seconds they took
+        (successes and failures: the numbers behind ``nv_inference_request_duration_us``)."""
+        return _cumulative(self.request_buckets), (self.stages["success"].ns + self.stages["fail"].ns) / 1e9
+
+    def batch_histogram(self) -> tuple[list[int], int]:
+        """Cumulative model executions per BATCH_BUCKETS bound then +Inf, and the rows they ran
+        (from ``batch_stats``: each execution is counted once there, by its size)."""
+        counts = [0] * (len(BATCH_BUCKETS) + 1)
+        rows = 0
+        for size, b in list(self.batches.items()):
+            n = b.compute_infer.count
+            counts[bisect_left(BATCH_BUCKETS, size)] += n
+            rows += size * n
+        return _cumulative(counts), rows
 
     def json(self) -> dict[str, Any]:
         """Triton's ``model_stats`` entry."""
@@ -99,3 +129,11 @@ class StatsBook:
         if stats is None:
             stats = self.models[key] = ModelStats(name, version)
         return stats
+
+
+def _cumulative(counts: list[int]) -> list[int]:
+    total, out = 0, []
+    for n in counts:
+        total += n
+        out.append(total)
+    return out

@@ -225,7 +225,7 @@ def test_dashboard_structure(path: Path) -> None:
 
 def test_dashboards_cover_what_the_issue_asks_for() -> None:
     """Operator: placements by tier and result, unschedulable, re-placements, pool utilisation,
-    reconcile latency, API errors. Workers: request rate, latency per model/version, batch sizes,
+    reconcile latency, API errors. Workers: request rate, latency percentiles per model/version, batch sizes,
     offload and breaker state, state sync lag."""
     wanted = {
         "continuum-operator": {
@@ -234,17 +234,26 @@ def test_dashboards_cover_what_the_issue_asks_for() -> None:
             "continuum_api_errors_total",
         },
         "continuum-workers": {
-            "nv_inference_request_success", "nv_inference_request_duration_us", "nv_inference_count",
-            "nv_inference_exec_count", "continuum_worker_offloaded_total", "continuum_worker_fallbacks_total",
-            "continuum_worker_upstream_up", "continuum_state_last_sync_timestamp_seconds",
+            "nv_inference_request_success", "continuum_worker_request_duration_seconds_bucket",
+            "continuum_worker_batch_size_bucket", "continuum_worker_offloaded_total",
+            "continuum_worker_fallbacks_total", "continuum_worker_upstream_up",
+            "continuum_state_last_sync_timestamp_seconds",
         },
     }  # fmt: skip
     for path in DASHBOARDS:
         used = set().union(*(metric_names(e) for _, e in _queries(_load(path))))
         assert wanted[path.stem] <= used, f"{path.name} lacks {sorted(wanted[path.stem] - used)}"
-    workers = _load(CHART / "dashboards" / "continuum-workers.json")
-    latency = [e for _, e in _queries(workers) if "nv_inference_request_duration_us" in e]
-    assert latency and all("by (model, version)" in e for e in latency)
+    # latency and batch-size percentiles per model and version, from the worker's histograms
+    workers = [e for _, e in _queries(_load(CHART / "dashboards" / "continuum-workers.json"))]
+    for metric in ("continuum_worker_request_duration_seconds", "continuum_worker_batch_size"):
+        quantiles = {
+            float(m.group(1))
+            for e in workers
+            for m in re.finditer(
+                rf"histogram_quantile\((0\.\d+), sum by \(le, model, version\) \(rate\({metric}_bucket\{{", e
+            )
+        }
+        assert quantiles == {0.5, 0.9, 0.99}, (metric, quantiles)
 
 
 # --- the chart -------------------------------------------------------------------------------------

@@ -162,6 +162,49 @@ def test_statistics_extension(server: WorkerProcess, kind: str) -> None:
     assert server.metric("nv_inference_request_success", model="simple_fp32") == int(inf["success"]["count"])
 
 
+def test_latency_and_batch_size_histograms_count_the_requests(server: WorkerProcess) -> None:
+    """The request-duration and batch-size histograms per model/version count what a few tritonclient
+    requests (HTTP and gRPC) did, from the numbers behind the statistics extension."""
+    model, labels = "simple_fp32", {"model": "simple_fp32", "version": "1"}
+    dur, size = "continuum_worker_request_duration_seconds", "continuum_worker_batch_size"
+
+    def snapshot() -> dict[str, float]:
+        return {
+            "count": server.metric(f"{dur}_count", **labels),
+            "sum": server.metric(f"{dur}_sum", **labels),
+            "le10": server.metric(f"{dur}_bucket", le="10.0", **labels),
+            "inf": server.metric(f"{dur}_bucket", le="+Inf", **labels),
+            "us": server.metric("nv_inference_request_duration_us", **labels),
+            "execs": server.metric(f"{size}_count", **labels),
+            "rows": server.metric(f"{size}_sum", **labels),
+            "le1": server.metric(f"{size}_bucket", le="1.0", **labels),
+            "le2": server.metric(f"{size}_bucket", le="2.0", **labels),
+            "le4": server.metric(f"{size}_bucket", le="4.0", **labels),
+        }
+
+    before = snapshot()
+    wall = 0.0
+    for kind, rows in [("http", 2), ("http", 3), ("grpc", 2), ("grpc", 3), ("grpc", 1)]:
+        x = np.ones((rows, 16), np.float32)
+        c = client(server, kind)
+        started = time.perf_counter()
+        c.infer(model, simple_inputs(kind, x, x, "FP32"))
+        wall += time.perf_counter() - started
+    bad = np.ones((2, 15), np.float32)  # the model takes 16 columns
+    started = time.perf_counter()
+    with pytest.raises(InferenceServerException):  # a failed request is a request too (not an execution)
+        c.infer(model, simple_inputs("grpc", bad, bad, "FP32"))
+    wall += time.perf_counter() - started
+    after = snapshot()
+    d = {k: after[k] - before[k] for k in before}
+    assert d["count"] == 6 and d["inf"] == 6 and d["le10"] == 6  # none took 10 s
+    # the histogram's sum is the Triton counter's number, in seconds; the server's time is within the client's
+    assert after["sum"] == pytest.approx(after["us"] / 1e6, rel=1e-9)
+    assert 0 < d["sum"] < wall
+    assert d["execs"] == 5 and d["rows"] == 2 + 3 + 2 + 3 + 1
+    assert (d["le1"], d["le2"], d["le4"]) == (1, 3, 5)  # sizes 1; 2, 2; 3, 3 (le 4)
+
+
 def test_stats_is_not_a_model_name(server: WorkerProcess) -> None:
     status, body = get(server, "/v2/models/stats")
     assert status == 200 and "model_stats" in body  # type: ignore[operator]

@@ -292,3 +292,23 @@ def test_a_replica_recognises_its_own_peer_url() -> None:
     assert not is_own_url("http://edge-10.edge-peers.ns.svc:8000", "edge-1")
     assert not is_own_url("http://edge-2.edge-peers:8000", "edge-1")
     assert not is_own_url("http://edge-1.peers:8000", None)
+
+
+def test_histogram_buckets_follow_prometheus_le() -> None:
+    """A duration on a bound is counted in that bound's bucket; past 10 s only in +Inf; batch sizes
+    by rows per execution (3 rows in le=4, 300 past 256)."""
+    from continuum_worker.stats import BATCH_BUCKETS, REQUEST_BUCKETS, ModelStats
+
+    m = ModelStats("m", "1")
+    for seconds in (0.0001, 0.00011, 0.003, 12.0):
+        m.success(1, seconds, 0.0, 0.0, 0.0, 0.0)
+    m.failure(0.5)
+    counts, total = m.request_histogram()
+    le = dict(zip([*REQUEST_BUCKETS, float("inf")], counts, strict=True))
+    assert (le[0.0001], le[0.00025], le[0.005], le[0.5], le[10.0], le[float("inf")]) == (1, 2, 3, 4, 4, 5)
+    assert total == pytest.approx(0.0001 + 0.00011 + 0.003 + 12.0 + 0.5)
+    for rows in (1, 3, 3, 300):
+        m.execution(rows, 0.0, 0.0, 0.0)
+    counts, rows_total = m.batch_histogram()
+    le = dict(zip([*BATCH_BUCKETS, float("inf")], counts, strict=True))
+    assert (le[1], le[2], le[4], le[256], le[float("inf")]) == (1, 1, 3, 3, 4) and rows_total == 307
