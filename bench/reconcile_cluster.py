@@ -3,9 +3,9 @@
 kube-apiserver + controller-manager + scheduler + etcd with kwok nodes (scripts/cluster.py, its own cluster
 `continuum-bench`, every request audited), P pools of 10 kwok nodes each, the operator (`continuum run`,
 its own process, a ServiceAccount token of its own so the audit log tells its calls apart), and W
-EdgeWorkloads created in one burst (32 concurrent creates, as the emulator bench's client). Timestamps come from watches opened before
-the burst: the workload ADDED, its Deployment ADDED, its status written, and every replica Running on a node
-of the chosen pool (the real scheduler binds, kwok runs).
+EdgeWorkloads created in one burst (32 concurrent creates, as the emulator bench's client). Timestamps: the
+create answered by the apiserver, then from watches opened before the burst: its Deployment ADDED, its status
+written, and every replica Running on a node of the chosen pool (the real scheduler binds, kwok runs).
 """
 
 from __future__ import annotations
@@ -44,29 +44,36 @@ def _cluster_script() -> Any:
 
 
 class Watch:
-    """`kubectl get -A --watch` of one resource; calls `on(event_type, obj, t)` for each event."""
+    """`kubectl get -A --watch` of one resource; calls `on(event_type, obj, t)` for each event. kubectl is started
+    again if it exits (an apiserver under load may end a watch); the re-list repeats ADDED events, which the
+    callers ignore for what they already saw."""
 
     def __init__(self, kubectl: list[str], resource: str, on: Any) -> None:
-        self.proc = subprocess.Popen(
-            [*kubectl, "get", resource, "-A", "--watch", "--output-watch-events", "-o", "json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
+        self.cmd = [*kubectl, "get", resource, "-A", "--watch", "--output-watch-events", "-o", "json"]
+        self.closed = False
+        self.proc: subprocess.Popen[str] | None = None
         self.thread = threading.Thread(target=self._read, args=(on,), daemon=True)
         self.thread.start()
 
     def _read(self, on: Any) -> None:
-        assert self.proc.stdout
-        for line in self.proc.stdout:
-            now = time.perf_counter()
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            on(event["type"], event["object"], now)
+        while not self.closed:
+            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert self.proc.stdout
+            for line in self.proc.stdout:
+                now = time.perf_counter()
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                on(event["type"], event["object"], now)
+            self.proc.wait()
+            time.sleep(0.2)
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        self.closed = True
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,9 +99,9 @@ def component_cpu(workdir: Path) -> dict[str, float]:
     return out
 
 
-async def post_all(kubeconfig: Path, objs: list[dict[str, Any]], concurrency: int = 32) -> None:
-    """Create the workloads 32 at a time as the admin (the emulator bench's client does the same), so the
-    operator meets a real backlog; kubectl would send them one by one."""
+async def post_all(kubeconfig: Path, objs: list[dict[str, Any]], concurrency: int = 32) -> dict[str, float]:
+    """Create the objects 32 at a time as the admin (the emulator bench's client does the same), so the operator
+    meets a real backlog (kubectl would send them one by one); returns when each create was answered."""
     config = yaml.safe_load(kubeconfig.read_text())
     cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
 
@@ -104,6 +111,7 @@ async def post_all(kubeconfig: Path, objs: list[dict[str, Any]], concurrency: in
     ctx = ssl.create_default_context(cafile=path(cluster["certificate-authority"]))
     ctx.load_cert_chain(path(user["client-certificate"]), path(user["client-key"]))
     sem = asyncio.Semaphore(concurrency)
+    created: dict[str, float] = {}
     async with aiohttp.ClientSession(cluster["server"], connector=aiohttp.TCPConnector(ssl=ctx)) as session:
 
         async def post(obj: dict[str, Any]) -> None:
@@ -114,8 +122,10 @@ async def post_all(kubeconfig: Path, objs: list[dict[str, Any]], concurrency: in
             async with sem, session.post(url, json=obj) as resp:
                 if resp.status >= 300:
                     raise RuntimeError(f"create {url} {obj['metadata']['name']}: {resp.status} {await resp.text()}")
+                created[f"{ns}/{obj['metadata']['name']}"] = time.perf_counter()
 
         await asyncio.gather(*(post(o) for o in objs))
+    return created
 
 
 def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload: Any, console: Any) -> dict[str, Any]:
@@ -145,6 +155,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         admin = yaml.safe_load(kubeconfig.read_text())
         cluster = admin["clusters"][0]["cluster"]
         op_kubeconfig = Path(tempfile.mkdtemp()) / "operator.kubeconfig"
+        op_log = op_kubeconfig.with_name("operator.log")
         op_kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": cluster}],
             "users": [{"name": "op", "user": {"token": token}}],
@@ -166,7 +177,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
             [sys.executable, "-m", "continuum", "run", "--metrics-port", "0", "--liveness-port", "0",
              "--resync-seconds", "120"],
             env={**os.environ, "KUBECONFIG": str(op_kubeconfig), "POD_ID": "bench"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=op_log.open("wb"), stderr=subprocess.STDOUT,
         )
         last = f"pool-{pools - 1:03d}-n{nodes_per_pool - 1}"
         deadline = time.monotonic() + 180
@@ -175,7 +186,8 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
                 break
             time.sleep(0.5)
         else:
-            raise RuntimeError("the operator did not label the pools' nodes within 180 s")
+            raise RuntimeError(f"the operator did not label the pools' nodes within 180 s; its log: {op_log}\n"
+                               + op_log.read_text(errors="replace")[-3000:])
 
         created: dict[str, float] = {}
         deployed: dict[str, float] = {}
@@ -189,8 +201,6 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         def on_ew(kind: str, obj: dict[str, Any], now: float) -> None:
             key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
             with lock:
-                if kind == "ADDED":
-                    created.setdefault(key, now)
                 status = obj.get("status") or {}
                 if status.get("phase"):
                     statused.setdefault(key, now)
@@ -223,7 +233,9 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         audit_offset = audit.stat().st_size if audit.exists() else 0
         cpu0, comp0 = cpu_seconds(operator.pid), component_cpu(workdir)
         started = time.perf_counter()
-        asyncio.run(post_all(kubeconfig, [workload(i) for i in range(workloads)]))
+        accepted = asyncio.run(post_all(kubeconfig, [workload(i) for i in range(workloads)]))
+        with lock:
+            created.update(accepted)  # the apiserver answered the create: the clock starts there
         applied = time.perf_counter() - started
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

@@ -225,6 +225,9 @@ def up(name: str, config: Path = KWOKCTL_CONFIG, *extra: str) -> Path:
             "--kube-scheduler-binary", str(bins / "kube-scheduler"),
             "--kwok-controller-binary", str(bins / "kwok"),
             "--config", str(config),
+            # kube-apiserver's default Service range is a /24 (254 ClusterIPs); k3s gives 10.43.0.0/16. The
+            # benchmark's 1,000 workloads (a Service each) ran out of addresses with the default.
+            "--extra-args", "kube-apiserver=service-cluster-ip-range=10.43.0.0/16",
             "--extra-args", "kwok-controller=manage-all-nodes=false",
             "--extra-args", f"kwok-controller=manage-nodes-with-annotation-selector={FAKE_NODE_SELECTOR}",
             *extra,
