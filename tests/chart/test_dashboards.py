@@ -65,8 +65,11 @@ def worker_metric_names() -> set[str]:
     from continuum_worker.metrics import WorkerMetrics
     from continuum_worker.state.metrics import StateMetrics
 
+    from continuum_worker.drift.monitor import DriftMetrics
+
     worker = WorkerMetrics()
     StateMetrics(worker.registry)  # what worker_integration does when --state-dir is set
+    DriftMetrics(worker.registry)  # what the data plane registers when drift profiling is on
     # render() is what /metrics serves: Triton's counters rendered by hand, then the registry
     return _registry_names(worker.registry) | _text_format_names(worker.render().decode())
 
