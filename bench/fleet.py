@@ -406,8 +406,11 @@ def report(result: dict[str, Any]) -> str:
         if b_op
         else f"| operator API calls | {b_op} | {f_op} | - |"
     )
-    lines.append(f"| all API calls in the window | {b_all} | {f_all} | {f_all / b_all:.2f} |")
-    lines.append(f"| operator's share of the calls | {b_op / b_all:.1%} | {f_op / f_all:.1%} | |")
+    if not (b_all and f_all):  # the audit log held nothing for a burst (rotated?): say so, divide nothing
+        lines.append(f"| all API calls in the window | {b_all} | {f_all} | - |")
+    else:
+        lines.append(f"| all API calls in the window | {b_all} | {f_all} | {f_all / b_all:.2f} |")
+        lines.append(f"| operator's share of the calls | {b_op / b_all:.1%} | {f_op / f_all:.1%} | |")
     lines.append(
         f"| operator CPU (s) | {base['operator_cpu']:.1f} | {fleet['operator_cpu']:.1f} | "
         f"{fleet['operator_cpu'] / max(base['operator_cpu'], 1e-9):.2f} |"
