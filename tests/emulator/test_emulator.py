@@ -282,11 +282,11 @@ async def test_table_format_uses_the_crd_printer_columns(api):
     listed = await (await s.get(EW, headers=TABLE)).json()
     assert listed["kind"] == "Table" and listed["apiVersion"] == "meta.k8s.io/v1"
     names = [c["name"] for c in listed["columnDefinitions"]]
-    assert names == ["Name", "Tier", "Pool", "Latency", "Phase", "Ready", "Cost/h", "Age"]
+    assert names == ["Name", "Tier", "Pool", "Latency", "Phase", "Ready", "Drift", "Cost/h", "Age"]
     rows = {r["cells"][0]: r for r in listed["rows"]}
     assert rows["a"]["cells"][1:6] == ["near-edge", "munich-line", 12.5, "Placed", "False"]
-    assert rows["b"]["cells"][1:7] == [None, None, None, None, None, None]  # kubectl prints blanks
-    assert rows["a"]["cells"][7].endswith("s")  # an age, as the apiserver renders date columns
+    assert rows["b"]["cells"][1:8] == [None] * 7  # kubectl prints blanks
+    assert rows["a"]["cells"][8].endswith("s")  # an age, as the apiserver renders date columns
     assert rows["a"]["object"]["kind"] == "PartialObjectMetadata"
     assert rows["a"]["object"]["metadata"]["namespace"] == "ns"
     one = await (await s.get(f"{EW}/a", headers=TABLE)).json()
@@ -337,7 +337,7 @@ def test_kubectl_get_shows_printer_columns(tmp_path: Path):
         )
         assert proc.returncode == 0, proc.stderr
         header, row = proc.stdout.splitlines()[:2]
-        assert header.split() == ["NAMESPACE", "NAME", "TIER", "POOL", "LATENCY", "PHASE", "READY", "AGE"]
+        assert header.split() == ["NAMESPACE", "NAME", "TIER", "POOL", "LATENCY", "PHASE", "READY", "DRIFT", "AGE"]
         assert row.split()[:7] == ["shop", "cam", "device", "store-1", "4", "Placed", "True"]
     finally:
         cluster.stop()
