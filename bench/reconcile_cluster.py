@@ -65,7 +65,10 @@ class Watch:
                     event = json.loads(line)
                 except ValueError:
                     continue
-                on(event["type"], event["object"], now)
+                obj = event.get("object") or {}
+                # not ERROR (a Status) or BOOKMARK, and only namespaced objects (all of ours are)
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED") and obj.get("metadata", {}).get("namespace"):
+                    on(event["type"], obj, now)
             self.proc.wait()
             time.sleep(0.2)
 

@@ -243,9 +243,14 @@ def down(name: str) -> None:
     if not (bin_dir() / "kwokctl").exists():
         raise SystemExit(f"cluster: kwokctl missing from {bin_dir()}; cannot stop {name!r}")
     _kwokctl(name, "delete", "cluster")
-    leftover = subprocess.run(
-        ["pgrep", "-f", f"{workdir() / 'clusters' / name}/"], capture_output=True, text=True, check=False
-    ).stdout.split()
+    deadline = time.monotonic() + 10
+    while True:  # a killed process may linger a moment as a zombie before its parent reaps it
+        leftover = subprocess.run(
+            ["pgrep", "-f", f"{workdir() / 'clusters' / name}/"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        if not leftover or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if leftover:
         raise SystemExit(f"cluster: processes still running after delete: {' '.join(leftover)}")
     log(f"cluster {name!r} stopped")
