@@ -89,7 +89,9 @@ def condition(obj: dict[str, Any], kind: str) -> str | None:
 
 
 def pods_by_node(cluster: Cluster) -> list[dict[str, Any]]:
-    return [p for p in cluster.get("pods", "-A")["items"] if p["metadata"]["namespace"] != "kube-system"]
+    """Every pod in the examples' namespaces (other modules of the session use namespaces of their own)."""
+    namespaces = {d["metadata"]["namespace"] for d in workloads_docs()}
+    return [p for p in cluster.get("pods", "-A")["items"] if p["metadata"]["namespace"] in namespaces]
 
 
 def node_pools(cluster: Cluster) -> dict[str, str | None]:
