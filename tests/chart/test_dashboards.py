@@ -62,10 +62,9 @@ def operator_metric_names() -> set[str]:
 
 
 def worker_metric_names() -> set[str]:
+    from continuum_worker.drift.monitor import DriftMetrics
     from continuum_worker.metrics import WorkerMetrics
     from continuum_worker.state.metrics import StateMetrics
-
-    from continuum_worker.drift.monitor import DriftMetrics
 
     worker = WorkerMetrics()
     StateMetrics(worker.registry)  # what worker_integration does when --state-dir is set
