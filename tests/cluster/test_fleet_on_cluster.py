@@ -92,6 +92,8 @@ def fleet_operator(cluster: Cluster, operator_venv) -> Iterator[Operators]:
         cluster.kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
         cluster.kubectl("delete", "edgenodepools", "-l", f"{CHAIN}=test", "--ignore-not-found", check=False)
         names = [f"fleet-store-{i:03d}" for i in range(SITES)]
+        # by name too: the test takes one pool out of the selector by removing its label
+        cluster.kubectl("delete", "edgenodepools", *names, "--ignore-not-found", check=False)
         cluster.kubectl("delete", "nodes", *names, "--ignore-not-found", check=False)
 
 

@@ -167,7 +167,9 @@ def test_crds_are_accepted_and_printer_columns_show(placed: Cluster) -> None:
 
 
 def test_pools_label_and_taint_their_nodes(placed: Cluster) -> None:
-    pools = {p["metadata"]["name"]: p for p in placed.get("enp")["items"]}
+    mine = {d["metadata"]["name"] for d in load_docs(EXAMPLES / "cluster" / "pools.yaml")}
+    pools = {p["metadata"]["name"]: p for p in placed.get("enp")["items"] if p["metadata"]["name"] in mine}
+    assert pools.keys() == mine
     nodes = {n["metadata"]["name"]: n for n in placed.get("nodes")["items"]}
     for name, pool in pools.items():
         members = [n for n in nodes.values() if n["metadata"]["labels"].get(POOL_LABEL) == name]
