@@ -8,23 +8,17 @@ window's status, the score moved by at least 0.01), so the status is not rewritt
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import urllib.parse
-from collections.abc import Callable, Mapping, MutableMapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
-
-import aiohttp
 
 from continuum.api.models import DriftStatus
 from continuum.controller import metrics
 from continuum.controller.keys import WorkloadKey
-from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
-from continuum.render.worker import service_name_for
+from continuum.controller.probe import WorkerProbe
 
 DriftTargets = Callable[[], list[tuple[WorkloadKey, int, str]]]  # placed workloads, port, model name
-log = logging.getLogger("continuum.operator")
 
 
 def parse_drift_report(payload: Any, observed_at: datetime) -> DriftStatus:
@@ -60,76 +54,21 @@ def significant(status: DriftStatus | None) -> tuple[Any, ...] | None:
     return (status.reachable, status.drifting, status.window_status, score, status.message, status.version)
 
 
-class DriftProbe:
+class DriftProbe(WorkerProbe[DriftStatus]):
     """Polls the workers' drift views; results land in ``health``, a change that matters requeues."""
 
-    def __init__(
-        self,
-        targets: DriftTargets,
-        health: MutableMapping[WorkloadKey, DriftStatus],
-        requeue: Callable[[WorkloadKey], None],
-        url_template: str = DEFAULT_WORKER_URL_TEMPLATE,
-        interval: float = 30.0,
-        timeout: float = 3.0,
-        concurrency: int = 8,
-    ) -> None:
-        self._targets = targets
-        self.health = health
-        self.requeue = requeue
-        self.url_template = url_template
-        self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.limit = asyncio.Semaphore(concurrency)
+    what = "workers' drift"
+    counter = metrics.DRIFT_PROBES
 
-    def targets(self) -> list[tuple[WorkloadKey, str]]:
-        out = []
-        for key, port, model in self._targets():
-            base = self.url_template.format(
-                service=service_name_for(key.name), namespace=key.namespace, port=port
-            )
-            out.append((key, f"{base.rstrip('/')}/v2/models/{urllib.parse.quote(model, safe='')}/drift"))
-        return out
+    def url(self, key: WorkloadKey, base: str, *extra: Any) -> str:
+        (model,) = extra
+        return f"{base}/v2/models/{urllib.parse.quote(model, safe='')}/drift"
 
-    async def poll_once(self, session: aiohttp.ClientSession) -> None:
-        targets = self.targets()
-        results = await asyncio.gather(*(self._ask(session, url) for _, url in targets))
-        live = {key for key, _ in targets}
-        for key in [k for k in self.health if k not in live]:
-            del self.health[key]
-        for (key, _), status in zip(targets, results, strict=True):
-            changed = significant(self.health.get(key)) != significant(status)
-            self.health[key] = status
-            if changed:
-                self.requeue(key)
+    def parse(self, payload: Any, observed_at: datetime) -> DriftStatus:
+        return parse_drift_report(payload, observed_at)
 
-    async def _ask(self, session: aiohttp.ClientSession, url: str) -> DriftStatus:
-        now = datetime.now(UTC)
-        async with self.limit:
-            try:
-                async with session.get(url, timeout=self.timeout) as response:
-                    if response.status != 200:
-                        text = (await response.text())[:200]
-                        metrics.DRIFT_PROBES.labels("error").inc()
-                        return DriftStatus(
-                            observed_at=now, reachable=False, message=f"HTTP {response.status}: {text}"
-                        )
-                    payload = await response.json(content_type=None)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                metrics.DRIFT_PROBES.labels("unreachable").inc()
-                return DriftStatus(
-                    observed_at=now, reachable=False, message=f"{type(exc).__name__}: {exc}"[:512]
-                )
-        metrics.DRIFT_PROBES.labels("ok").inc()
-        return parse_drift_report(payload, now)
+    def unreachable(self, observed_at: datetime, message: str) -> DriftStatus:
+        return DriftStatus(observed_at=observed_at, reachable=False, message=message)
 
-    async def run(self, active: asyncio.Event) -> None:
-        async with aiohttp.ClientSession() as session:
-            while True:
-                await active.wait()
-                try:
-                    await self.poll_once(session)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # never let one bad poll end the probe
-                    log.exception("polling the workers' drift failed")
-                await asyncio.sleep(self.interval)
+    def significant(self, status: DriftStatus | None) -> tuple[Any, ...] | None:
+        return significant(status)

@@ -10,22 +10,16 @@ go through ``kubectl proxy``:
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-
-import aiohttp
 
 from continuum.api.models import StateSyncStatus
 from continuum.controller import metrics
 from continuum.controller.keys import WorkloadKey
-from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
-from continuum.render.worker import service_name_for
+from continuum.controller.probe import WorkerProbe
 
 Targets = Callable[[], list[tuple[WorkloadKey, int]]]  # placed state-enabled workloads and their port
-log = logging.getLogger("continuum.operator")
 
 
 def parse_sync_report(payload: Any, observed_at: datetime) -> StateSyncStatus:
@@ -66,78 +60,20 @@ def significant(status: StateSyncStatus | None) -> tuple[Any, ...] | None:
     )
 
 
-class StateProbe:
-    """Polls the workers; results land in ``health`` and a change that matters requeues the workload."""
+class StateProbe(WorkerProbe[StateSyncStatus]):
+    """Polls the workers' ``/state/sync``; results land in ``health``, a change that matters requeues."""
 
-    def __init__(
-        self,
-        targets: Targets,
-        health: MutableMapping[WorkloadKey, StateSyncStatus],
-        requeue: Callable[[WorkloadKey], None],
-        url_template: str = DEFAULT_WORKER_URL_TEMPLATE,
-        interval: float = 30.0,
-        timeout: float = 3.0,
-        concurrency: int = 8,
-    ) -> None:
-        self._targets = targets
-        self.health = health
-        self.requeue = requeue
-        self.url_template = url_template
-        self.interval = interval
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self.limit = asyncio.Semaphore(concurrency)
+    what = "workers' state"
+    counter = metrics.STATE_PROBES
 
-    def targets(self) -> list[tuple[WorkloadKey, str]]:
-        out = []
-        for key, port in self._targets():
-            url = self.url_template.format(
-                service=service_name_for(key.name), namespace=key.namespace, port=port
-            )
-            out.append((key, url.rstrip("/") + "/state/sync"))
-        return out
+    def url(self, key: WorkloadKey, base: str, *extra: Any) -> str:
+        return base + "/state/sync"
 
-    async def poll_once(self, session: aiohttp.ClientSession) -> None:
-        targets = self.targets()
-        results = await asyncio.gather(*(self._ask(session, url) for _, url in targets))
-        health = self.health
-        live = {key for key, _ in targets}
-        for key in [k for k in health if k not in live]:
-            del health[key]
-        for (key, _), status in zip(targets, results, strict=True):
-            changed = significant(health.get(key)) != significant(status)
-            health[key] = status
-            if changed:
-                self.requeue(key)
+    def parse(self, payload: Any, observed_at: datetime) -> StateSyncStatus:
+        return parse_sync_report(payload, observed_at)
 
-    async def _ask(self, session: aiohttp.ClientSession, url: str) -> StateSyncStatus:
-        now = datetime.now(UTC)
-        async with self.limit:
-            try:
-                async with session.get(url, timeout=self.timeout) as response:
-                    if response.status != 200:
-                        text = (await response.text())[:200]
-                        metrics.STATE_PROBES.labels("error").inc()
-                        return StateSyncStatus(
-                            observed_at=now, reachable=False, message=f"HTTP {response.status}: {text}"
-                        )
-                    payload = await response.json(content_type=None)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                metrics.STATE_PROBES.labels("unreachable").inc()
-                return StateSyncStatus(
-                    observed_at=now, reachable=False, message=f"{type(exc).__name__}: {exc}"[:512]
-                )
-        metrics.STATE_PROBES.labels("ok").inc()
-        return parse_sync_report(payload, now)
+    def unreachable(self, observed_at: datetime, message: str) -> StateSyncStatus:
+        return StateSyncStatus(observed_at=observed_at, reachable=False, message=message)
 
-    async def run(self, active: asyncio.Event) -> None:
-        """Poll every ``interval`` seconds while ``active`` (this replica acts)."""
-        async with aiohttp.ClientSession() as session:
-            while True:
-                await active.wait()
-                try:
-                    await self.poll_once(session)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # never let one bad poll end the probe
-                    log.exception("polling the workers' state failed")
-                await asyncio.sleep(self.interval)
+    def significant(self, status: StateSyncStatus | None) -> tuple[Any, ...] | None:
+        return significant(status)
