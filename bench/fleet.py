@@ -19,7 +19,6 @@ audit log, with the operator's share; operator CPU seconds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -33,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.reconcile_cluster import Watch, cluster_script, cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "continuum-fleet-bench"
@@ -64,14 +66,6 @@ TEMPLATE = {
     "tiers": {"allowed": ["near-edge"]},
     "model": {"name": "footfall", "uri": "http://models/footfall/4/model.onnx", "version": "4"},
 }
-
-
-def cluster_script() -> Any:
-    spec = importlib.util.spec_from_file_location("continuum_cluster_script", ROOT / "scripts" / "cluster.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def site(i: int) -> str:
@@ -112,42 +106,6 @@ def site_objects(count: int) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-class Watch:
-    """`kubectl get -n NS --watch` of one resource; calls `on(event_type, obj, t)` for each event."""
-
-    def __init__(self, kubectl: list[str], resource: str, namespace: str, on: Any) -> None:
-        self.proc = subprocess.Popen(
-            [*kubectl, "get", resource, "-n", namespace, "--watch", "--output-watch-events", "-o", "json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.thread = threading.Thread(target=self._read, args=(on,), daemon=True)
-        self.thread.start()
-
-    def _read(self, on: Any) -> None:
-        assert self.proc.stdout
-        for line in self.proc.stdout:
-            now = time.perf_counter()
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            on(event["type"], event["object"], now)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def client_of(username: str, agent: str) -> str:
@@ -219,7 +177,7 @@ def burst(
                         wrong.append(f"{owner} on {node}")
 
     k("create", "namespace", namespace)
-    watches = [Watch(kubectl, "edgeworkloads", namespace, on_ew), Watch(kubectl, "pods", namespace, on_pod)]
+    watches = [Watch(kubectl, "edgeworkloads", on_ew, namespace), Watch(kubectl, "pods", on_pod, namespace)]
     time.sleep(2)  # the watches' initial lists
     offset = audit.stat().st_size if audit.exists() else 0
     cpu0 = cpu_seconds(operator_pid)

@@ -35,7 +35,7 @@ NAMESPACE = "continuum-system"
 SA = "continuum-bench"
 
 
-def _cluster_script() -> Any:
+def cluster_script() -> Any:
     spec = importlib.util.spec_from_file_location("continuum_cluster_script", ROOT / "scripts" / "cluster.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -44,12 +44,13 @@ def _cluster_script() -> Any:
 
 
 class Watch:
-    """`kubectl get -A --watch` of one resource; calls `on(event_type, obj, t)` for each event. kubectl is started
+    """`kubectl get --watch` of one resource (all namespaces, or one); calls `on(event_type, obj, t)` for each event. kubectl is started
     again if it exits (an apiserver under load may end a watch); the re-list repeats ADDED events, which the
     callers ignore for what they already saw."""
 
-    def __init__(self, kubectl: list[str], resource: str, on: Any) -> None:
-        self.cmd = [*kubectl, "get", resource, "-A", "--watch", "--output-watch-events", "-o", "json"]
+    def __init__(self, kubectl: list[str], resource: str, on: Any, namespace: str | None = None) -> None:
+        scope = ["-n", namespace] if namespace else ["-A"]
+        self.cmd = [*kubectl, "get", resource, *scope, "--watch", "--output-watch-events", "-o", "json"]
         self.closed = False
         self.proc: subprocess.Popen[str] | None = None
         self.thread = threading.Thread(target=self._read, args=(on,), daemon=True)
@@ -133,7 +134,7 @@ async def post_all(kubeconfig: Path, objs: list[dict[str, Any]], concurrency: in
 
 def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload: Any, console: Any) -> dict[str, Any]:
     """Returns the measurements (seconds, counts) of one burst on the real control plane."""
-    cs = _cluster_script()
+    cs = cluster_script()
     kubeconfig = cs.up(NAME, HERE / "cluster" / "kwokctl.yaml",
                        "--kube-audit-policy", str(HERE / "cluster" / "audit-policy.yaml"))
     workdir = cs.workdir() / "clusters" / NAME
