@@ -266,15 +266,17 @@ async def test_uplink_cut_every_result_arrives_in_order(
             link.restore()
             await asyncio.gather(*feeds)
             await results.wait_for(2 * n, 25)
+        check_complete(results, {"cam1": n, "cam2": n})
+        # the last PUBACKs may reach the worker after the subscriber has the messages: wait for them while the
+        # link is still up (closing it first would strand the last records; they would be resent only on a new
+        # connection, which a closed link refuses)
+        for _ in range(150):
+            text = metrics(http_port(w))
+            if metric(text, "continuum_ingest_outbox_pending") == 0:
+                break
+            await asyncio.sleep(0.1)
     finally:
         link.close()
-    check_complete(results, {"cam1": n, "cam2": n})
-    for _ in range(150):  # the last PUBACKs may reach the worker after the subscriber has the messages (a lost
-        # PUBACK is resent after ACK_TIMEOUT_SECONDS on a new connection)
-        text = metrics(http_port(w))
-        if metric(text, "continuum_ingest_outbox_pending") == 0:
-            break
-        await asyncio.sleep(0.1)
     assert metric(text, "continuum_ingest_outbox_pending") == 0, {
         k: metric(text, k) for k in ("continuum_ingest_outbox_last_seq", "continuum_ingest_outbox_published_seq",
                                      "continuum_ingest_republished_total", "continuum_ingest_in_flight")}
