@@ -25,7 +25,8 @@ def parse_drift_report(payload: Any, observed_at: datetime) -> DriftStatus:
     """The worker's drift view as status; a malformed answer is reported, not raised."""
     if not isinstance(payload, Mapping):
         return DriftStatus(observed_at=observed_at, reachable=True, message="malformed drift answer")
-    last = payload.get("last") if isinstance(payload.get("last"), Mapping) else {}
+    raw_last = payload.get("last")
+    last: Mapping[str, Any] = raw_last if isinstance(raw_last, Mapping) else {}
     try:
         score = payload.get("score")
         features = [str(f) for f in (last.get("drifting_features") or [])[:5]]
