@@ -33,7 +33,9 @@ def _add_run_arguments(run: argparse.ArgumentParser) -> None:
     add_arguments(run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(run_flags: bool = True) -> argparse.ArgumentParser:
+    """The CLI's parser; ``run_flags=False`` leaves out the ``run`` flags, whose settings class imports
+    pydantic-settings and the controller (a third of ``continuum plan``'s start-up)."""
     parser = argparse.ArgumentParser(
         prog="continuum",
         description="Place AI workloads across device, near-edge, regional MEC and cloud; explain why.",
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the operator. Every setting is also read from the CONTINUUM_* environment "
         "variable named in brackets; a flag wins over its variable.",
     )
-    _add_run_arguments(run)
+    if run_flags:
+        _add_run_arguments(run)
     run.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: in-cluster, then $KUBECONFIG)"
     )
@@ -159,8 +162,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line (the first word not starting with "-"), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # only `run` (and help or errors without a command) needs the run flags
+    args = build_parser(run_flags=_command_of(words) in (None, "run")).parse_args(words)
     handler = {
         "plan": plan_cli.cmd_plan,
         "explain": explain_cli.cmd_explain,

@@ -35,6 +35,7 @@ class _State:
     demand: list[tuple[float, float, float]]
     ingest: list[float]
     assign: list[int]
+    at: list[dict[int, tuple[float, bool]]]  # workload -> {pool: (score, offsite)} (O(1) lookups)
 
     def fits(self, w: int, p: int, offsite: bool) -> bool:
         c, d = self.cap[p], self.demand[w]
@@ -64,10 +65,10 @@ class _State:
         self.assign[w] = -1
 
     def offsite(self, w: int, p: int) -> bool:
-        return next(off for _, q, _, off in self.cands[w] if q == p)
+        return self.at[w][p][1]
 
     def score(self, w: int, p: int) -> float:
-        return next(s for s, q, _, _ in self.cands[w] if q == p)
+        return self.at[w][p][0]
 
 
 def _state(problem: AssignmentProblem) -> _State:
@@ -88,6 +89,7 @@ def _state(problem: AssignmentProblem) -> _State:
         demand=[(row[0], row[1], row[2]) for row in problem.demand.tolist()],
         ingest=[float(x) for x in problem.ingest.tolist()],
         assign=[-1] * problem.n_workloads,
+        at=[{p: (score, off) for score, p, _, off in row} for row in cands],
     )
 
 
@@ -220,12 +222,13 @@ def _solve_once(
         demand=base.demand,
         ingest=base.ingest,
         assign=[-1] * problem.n_workloads,
+        at=base.at,
     )
     users: list[set[int]] = [set() for _ in range(problem.n_pools)]
     if keep_current:
         for w in order:
             p = int(problem.current[w])
-            if p >= 0 and any(q == p for _, q, _, _ in st.cands[w]):
+            if p >= 0 and p in st.at[w]:
                 off = st.offsite(w, p)
                 if st.fits(w, p, off):
                     st.take(w, p, off)
