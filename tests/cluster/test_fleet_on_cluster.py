@@ -114,13 +114,24 @@ def test_a_set_fans_out_to_placed_workloads_with_the_charts_rbac(
     cluster.apply(site_objects(SITES))
     cluster.apply([THE_SET])
 
+    seen: dict[str, Any] = {}
+
     def all_placed() -> bool:
         got = children(cluster)
-        return len(got) == SITES and all(
-            (o.get("status") or {}).get("phase") == "Placed" for o in got.values()
+        seen.clear()
+        seen.update(
+            {
+                n: ((o.get("status") or {}).get("phase"), (o.get("status") or {}).get("message"))
+                for n, o in got.items()
+            }
         )
+        return len(got) == SITES and all(phase == "Placed" for phase, _ in seen.values())
 
-    wait_until(all_placed, timeout=300, what=f"{SITES} children Placed")
+    try:
+        wait_until(all_placed, timeout=300, what=f"{SITES} children Placed")
+    except AssertionError:
+        not_placed = {n: v for n, v in seen.items() if v[0] != "Placed"}
+        raise AssertionError(f"{len(seen)} children, not Placed: {not_placed}\n{op.text()[-4000:]}") from None
     got = children(cluster)
     the_set = cluster.get("ews", "footfall", "-n", NS)
     for name, child in got.items():
