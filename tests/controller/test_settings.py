@@ -19,7 +19,7 @@ from continuum.controller.settings import OperatorSettings, env_name, flag_name,
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = OperatorSettings.model_fields
 # settings the chart does not expose (set them with operator.extraEnv)
-NOT_IN_CHART = {"min_cost_gain", "workers", "worker_url_template"}
+NOT_IN_CHART = {"worker_url_template"}  # in-cluster the default is right
 
 
 def _same(a: Any, b: Any) -> bool:
