@@ -48,6 +48,15 @@ from continuum_worker.repository import (
     read_model,
     scan,
 )
+from continuum_worker.rollout import (
+    Conflict,
+    LoadFailed,
+    Rollout,
+    VersionBook,
+    VersionCollector,
+    VersionRef,
+    parse_request,
+)
 from continuum_worker.settings import WorkerSettings
 from continuum_worker.shm import CUDA_UNSUPPORTED, SharedMemoryRegistry
 from continuum_worker.stats import StatsBook
@@ -115,6 +124,9 @@ class DataPlane:
         self.drift = _drift_monitor(settings, self.metrics)
         self.upstream = Upstream(settings.upstream, settings.upstream_timeout_ms) if settings.upstream else None
         self._poller: asyncio.Task[None] | None = None
+        self.versions = VersionBook()  # per version requests/errors/latency/shadow (docs/rollout-protocol.md)
+        self.rollout: Rollout | None = None  # the shorthand model's stable/candidate split
+        self.metrics.registry.register(VersionCollector(self.versions, lambda: [self.rollout] if self.rollout else []))
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,6 +137,7 @@ class DataPlane:
             local = s.fallback_model_uri if (s.upstream and s.fallback_model_uri) else s.model_uri
             sha = None if local != s.model_uri else s.model_sha256
             await self._load_shorthand(local, s.model_version, sha)
+            await self._restore_rollout()
         else:
             assert s.model_repository is not None
             names = list(scan(s.model_repository))
@@ -149,6 +162,8 @@ class DataPlane:
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self.rollout is not None:
+            await self.rollout.close()
         if self.upstream is not None:
             await self.upstream.close()
         for slot in self.models.values():
@@ -179,6 +194,10 @@ class DataPlane:
             if model is None or not model.ready:
                 raise unknown(name, version)
             return model
+        if self.rollout is not None and self.rollout.name == name:
+            primary = slot.versions.get(self.rollout.primary())
+            if primary is not None and primary.ready:
+                return primary
         model = slot.latest()
         if model is None:
             raise NotFound(f"Request for unknown model: '{name}' has no available versions")
@@ -234,8 +253,9 @@ class DataPlane:
         ``timings``, when given, receives this request's ``queue`` and ``compute`` seconds (ingest's
         per-stage latency)."""
         started = time.perf_counter()
-        model = self.model(name, version)
+        model = self._route(name, version)
         stats = self.stats.of(model.name, model.version)
+        counters = self.versions.of(model.name, model.version)
         self.in_flight += 1
         try:
             inputs = self._inputs(request)
@@ -244,27 +264,32 @@ class DataPlane:
             wanted = self._wanted(model, request)
             ready = time.perf_counter()
             timeout = request.parameters.get("timeout")
-            run = model.infer(inputs)
-            results, queued, computed, batched = await (
-                asyncio.wait_for(run, timeout / 1e6) if timeout else run  # type: ignore[arg-type]
-            )
+            if timeout:  # awaited directly (not wait_for's task): the version counts it in flight at once
+                async with asyncio.timeout(timeout / 1e6):
+                    results, queued, computed, batched = await model.infer(inputs)
+            else:
+                results, queued, computed, batched = await model.infer(inputs)
             done = time.perf_counter()
             raw_results = results
             results = self._outputs(model, results, wanted)
             payload = encode(model, results, wanted)
             finished = time.perf_counter()
         except TimeoutError:
-            stats.failure(time.perf_counter() - started)
+            stats.failure(elapsed := time.perf_counter() - started)
+            counters.observe("error", elapsed)
             raise Unavailable("Request timeout expired") from None
-        except ServerError:
-            stats.failure(time.perf_counter() - started)
+        except ServerError as exc:
+            stats.failure(elapsed := time.perf_counter() - started)
+            counters.observe("invalid" if exc.http_status < 500 else "error", elapsed)
             raise
         except ProtocolError as exc:
-            stats.failure(time.perf_counter() - started)
+            stats.failure(elapsed := time.perf_counter() - started)
+            counters.observe("invalid", elapsed)
             raise InvalidArgument(str(exc)) from None
         except Exception as exc:  # a backend failure must never take the server down
             log.exception("inference failed for model %s", name)
-            stats.failure(time.perf_counter() - started)
+            stats.failure(elapsed := time.perf_counter() - started)
+            counters.observe("error", elapsed)
             raise ServerError(f"inference failed: {exc}") from exc
         finally:
             self.in_flight -= 1
@@ -272,6 +297,14 @@ class DataPlane:
         compute_input = ready - started
         queue = queued if batched else max(0.0, done - ready - computed)
         stats.success(rows, finished - started, queue, compute_input, computed, finished - done)
+        counters.observe("success", finished - started)
+        if version is None and self.rollout is not None and self.rollout.name == model.name:
+            try:  # shadow mode: a copy for the candidate, after the answer is computed, never delaying it
+                self.rollout.offer(
+                    model.version, inputs, request.datatypes, raw_results, model.batchable, bool(request.shm_inputs)
+                )
+            except Exception:
+                log.exception("queueing a shadow copy for model %s failed", model.name)
         if timings is not None:
             timings["queue"], timings["compute"] = queue, computed
         if not batched:
@@ -287,6 +320,24 @@ class DataPlane:
             except Exception:  # the answer is computed: a state failure must not turn it into an error
                 log.exception("recording the inference of model %s in the state failed", model.name)
         return payload
+
+    def _route(self, name: str, version: str | None) -> LoadedModel:
+        """The version answering one request: the one asked for, else the rollout's draw."""
+        r = self.rollout
+        if version is None and r is not None and r.name == name:
+            slot = self.models.get(name)
+            model = slot.versions.get(r.pick()) if slot is not None else None
+            if model is not None and model.ready:
+                return model
+        return self.model(name, version)
+
+    def observe_shadow(self, model: LoadedModel, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """A shadow answer of the candidate: profiled for drift under its version like a served one."""
+        if self.drift is not None:
+            try:
+                self.drift.observe(model.name, model.version, model.batchable, inputs, outputs)
+            except Exception:
+                log.exception("drift profiling of model %s (shadow) failed", model.name)
 
     def _inputs(self, request: InferRequest) -> dict[str, np.ndarray]:
         if not request.shm_inputs:
@@ -410,6 +461,11 @@ class DataPlane:
                 raise InvalidArgument(f"load parameter(s) {unknown_params} are not supported (uri, version, sha256)")
             uri = str(parameters.get("uri") or s.model_uri)
             version = str(parameters.get("version") or s.model_version)
+            if self.rollout is not None and self.rollout.candidate is not None:
+                raise Conflict(
+                    f"model '{name}' has a rollout candidate (version {self.rollout.candidate.version}): "
+                    f"roll back or promote it first (PUT /v2/models/{name}/rollout)"
+                )
             try:
                 await self._load_shorthand(uri, version, parameters.get("sha256"))
             except ModelError as exc:
@@ -592,8 +648,121 @@ class DataPlane:
             old = slot.versions
             slot.versions, slot.state, slot.reason = {version: model}, "READY", ""
             self._publish([model], old.values())
+            stable = VersionRef(version, uri, sha256.lower() if sha256 else None)
+            if self.rollout is None:
+                self.rollout = Rollout(self, name, stable, self.versions)
+            else:
+                self.rollout.stable = stable
         for m in old.values():
             asyncio.get_running_loop().create_task(m.retire())
+
+    # -- rollouts (docs/rollout-protocol.md) -------------------------------------------------------
+    def _rollout(self, name: str) -> Rollout:
+        if name not in self.models:
+            raise unknown(name)
+        if self.rollout is None or self.rollout.name != name:
+            raise InvalidArgument(
+                "rollouts are for the one-model shorthand (--model-name/--model-uri); "
+                f"model '{name}' comes from a repository"
+            )
+        return self.rollout
+
+    def rollout_view(self, name: str) -> dict[str, Any]:
+        """``GET /v2/models/{m}/rollout``."""
+        return self._rollout(name).view()
+
+    def check_rollout_auth(self, authorization: str | None) -> None:
+        """A rollout PUT needs the admin or the state token when the worker has either; else it is open."""
+        tokens = [t for t in (self.settings.admin_token, self.settings.state_token) if t]
+        if not tokens:
+            return
+        given = (authorization or "").encode()
+        if not any(hmac.compare_digest(given, f"Bearer {t}".encode()) for t in tokens):
+            raise Unauthorized("missing or wrong bearer token (--admin-token or --state-token)")
+
+    async def apply_rollout(self, name: str, body: Any, authorization: str | None) -> dict[str, Any]:
+        """``PUT /v2/models/{m}/rollout``: load and warm a new candidate first, then switch at once;
+        on any failure nothing changes. Answers the GET body."""
+        self.check_rollout_auth(authorization)
+        r = self._rollout(name)
+        await self._apply_rollout(r, body)
+        try:
+            r.persist(body)
+        except OSError as exc:  # the split is applied; only its survival across a restart is lost
+            log.error("rollout state of model %s not persisted: %s", name, exc)
+        return r.view()
+
+    async def _apply_rollout(self, r: Rollout, body: Any) -> None:
+        async with self.loading:
+            request = parse_request(body, r.stable.version)  # checked under the lock: the stable may change
+            slot = self.models[r.name]
+            retired: list[LoadedModel] = []
+            new = None
+            if request.promote:
+                if r.candidate is None:
+                    raise Conflict("promote: there is no candidate to promote (PUT one first)")
+                old_stable = slot.versions.get(r.stable.version)
+                r.stable, r.candidate = r.candidate, None
+                r.switch(request)  # from here on the former candidate answers as the stable
+                if old_stable is not None:
+                    del slot.versions[old_stable.version]
+                    retired.append(old_stable)
+            else:
+                if request.candidate is not None and request.candidate != r.candidate:
+                    new = await self._load_candidate(r.name, request.candidate)
+                old = slot.versions.get(r.candidate.version) if r.candidate is not None else None
+                if new is not None:
+                    slot.versions[new.version] = new  # ready: versioned paths reach it from now on
+                r.switch(request)  # from here on unversioned requests follow the new split
+                if old is not None and (r.candidate is None or slot.versions.get(r.candidate.version) is not old):
+                    retired.append(old)
+                    if slot.versions.get(old.version) is old:
+                        del slot.versions[old.version]
+            self._publish([new] if new is not None else [], retired)
+            for model in retired:  # requests running on it finish first
+                asyncio.get_running_loop().create_task(model.retire(timeout=self.settings.drain_seconds))
+        log.info(
+            "model %s rollout: mode %s weight %s stable %s candidate %s generation %r", r.name, r.mode, r.share,
+            r.stable.version, r.candidate.version if r.candidate else None, r.generation,
+        )  # fmt: skip
+
+    async def _load_candidate(self, name: str, ref: VersionRef) -> LoadedModel:
+        s = self.settings
+        try:
+            model = await load_model(
+                name, ref.uri, ref.version, self.choices, s.model_cache_dir, ref.sha256, s.max_batch_size,
+                s.max_queue_delay_us, self.executor, self.metrics.batch_hook(self.stats.of(name, ref.version)),
+                s.intra_op_threads or auto_intra_op_threads(s.threads),
+            )  # fmt: skip
+        except ModelError as exc:
+            self.metrics.model_loads.labels(name, "failed").inc()
+            where = "candidate.sha256" if "checksum mismatch" in str(exc) else "candidate.uri"
+            raise LoadFailed(f"{where}: cannot load version {ref.version} from {ref.uri}: {exc}") from None
+        if s.memory_limit is not None:
+            stable = self.rollout.stable.version if self.rollout else ""
+            used = sum(m.memory_bytes for n, slot in self.models.items() for m in slot.versions.values()
+                       if n != name or m.version == stable)  # fmt: skip
+            if used + model.memory_bytes > s.memory_limit:
+                await model.retire(timeout=1)
+                self.metrics.model_loads.labels(name, "failed").inc()
+                raise LoadFailed(
+                    f"candidate: version {ref.version} took {_size(model.memory_bytes)}; {_size(used)} of the "
+                    f"--memory-limit {_size(s.memory_limit)} are in use by the stable and the other models"
+                )
+        return model
+
+    async def _restore_rollout(self) -> None:
+        """Re-apply the persisted split of the shorthand model (a failure leaves the stable serving)."""
+        r = self.rollout
+        saved = r.saved() if r is not None else None
+        if r is None or saved is None:
+            return
+        try:
+            await self._apply_rollout(r, saved.canonical())
+        except ServerError as exc:
+            log.error("rollout state of model %s not restored (the stable version serves alone): %s", r.name, exc.message)
+            return
+        log.info("model %s: rollout restored (generation %r)", r.name, r.generation)
 
     async def _poll(self) -> None:
         """Poll mode: load new and changed models, unload removed ones."""

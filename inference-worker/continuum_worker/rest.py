@@ -178,6 +178,18 @@ class RestEndpoints:
     async def drift(self, request: web.Request) -> web.Response:
         return web.json_response(self.plane.drift_view(request.match_info["model"], _version(request)))
 
+    async def rollout(self, request: web.Request) -> web.Response:
+        return web.json_response(self.plane.rollout_view(request.match_info["model"]))
+
+    async def rollout_put(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise InvalidArgument(f"request is not valid JSON: {exc}") from None
+        name = request.match_info["model"]
+        return web.json_response(await self.plane.apply_rollout(name, body, request.headers.get("Authorization")))
+
     async def metrics(self, request: web.Request) -> web.Response:
         up = self.plane.upstream
         if up is not None:
@@ -199,6 +211,8 @@ def add_routes(app: web.Application, plane: DataPlane) -> RestEndpoints:
         r.add_get(prefix + "/stats", ep.model_stats)
         r.add_get(prefix + "/drift", ep.drift)
         r.add_post(prefix + "/infer", ep.infer)
+    r.add_get("/v2/models/{model}/rollout", ep.rollout)  # docs/rollout-protocol.md
+    r.add_put("/v2/models/{model}/rollout", ep.rollout_put)
     r.add_post("/v2/repository/index", ep.repository_index)
     r.add_post("/v2/repository/models/{model}/load", ep.repository_load)
     r.add_post("/v2/repository/models/{model}/unload", ep.repository_unload)

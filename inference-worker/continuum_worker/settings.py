@@ -113,6 +113,12 @@ class WorkerSettings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads per run; 0: usable CPUs (cgroup quota) / --threads"
     )
+    shadow_tolerance: float = Field(
+        0.01, gt=0, description="rollout shadow mode: relative error under which a regressor output agrees"
+    )
+    shadow_queue: int = Field(
+        64, ge=1, description="rollout shadow mode: request copies waiting for the candidate; beyond: dropped, counted"
+    )
     drain_seconds: float = Field(25.0, ge=0, description="how long SIGTERM waits for requests in flight")
     log_level: str = Field("INFO", description="Python logging level")
     drift_window_seconds: float = Field(
