@@ -101,6 +101,7 @@ class Outbox:
         self._saved_watermark = 0
         self._sizes: dict[int, int] = {}  # pending seq -> payload size (for exact byte accounting)
         self._tail: dict[int, Row] = {}  # records written by this process and not yet published: no read back
+        self.wakers: set[asyncio.Event] = set()  # set on every put (the publisher's one wake-up event)
         self.closed = True
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -118,6 +119,8 @@ class Outbox:
         self.meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.watermark = self._saved_watermark = int(self.meta.get("watermark", "0"))
         self.last_seq = max(self.watermark, db.execute("SELECT COALESCE(MAX(seq), 0) FROM out").fetchone()[0])
+        # sequence numbers are assigned here, never reused (SQLite's rowid would restart below a deleted maximum)
+        self._next_seq = self.last_seq + 1
         for seq, size in db.execute("SELECT seq, length(payload) FROM out WHERE seq > ?", (self.watermark,)):
             self._sizes[seq] = size
         self.pending_count, self.pending_bytes = len(self._sizes), sum(self._sizes.values())
@@ -185,6 +188,8 @@ class Outbox:
         self.meta.update(job.meta)
         self._gauges()
         self._new.set()
+        for waker in self.wakers:
+            waker.set()
         return job.seqs
 
     def _writer(self, db: sqlite3.Connection) -> None:
@@ -222,18 +227,20 @@ class Outbox:
 
     def _commit(self, db: sqlite3.Connection, jobs: list[_Job]) -> tuple[int, list[int]] | None:
         dropped: tuple[int, list[int]] | None = None
+        next_seq = self._next_seq
         db.execute("BEGIN IMMEDIATE")
         try:
             for j in jobs:
                 if j.drop_for is not None:
                     dropped = self._drop(db, *j.drop_for) or dropped
-                j.seqs = []
-                for r in j.records:
-                    cur = db.execute(
-                        "INSERT INTO out (topic, payload, kind, msg_id, key, props) VALUES (?, ?, ?, ?, ?, ?)",
-                        (r.topic, r.payload, r.kind, r.msg_id, r.key, r.props),
-                    )
-                    j.seqs.append(int(cur.lastrowid or 0))
+                first = self._next_seq
+                j.seqs = list(range(first, first + len(j.records)))
+                self._next_seq += len(j.records)
+                db.executemany(
+                    "INSERT INTO out (seq, topic, payload, kind, msg_id, key, props) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(seq, r.topic, r.payload, r.kind, r.msg_id, r.key, r.props)
+                     for seq, r in zip(j.seqs, j.records, strict=True)],
+                )  # fmt: skip
                 for k, v in j.meta.items():
                     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, v))
             wm = self.watermark
@@ -245,6 +252,7 @@ class Outbox:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._next_seq = next_seq
             raise
         return dropped
 

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from continuum_worker.errors import NotFound, ServerError, Unavailable
 from continuum_worker.ingest.decode import DecodeError, decode
 from continuum_worker.ingest.filter import Summary, events_of
-from continuum_worker.ingest.metrics import IngestMetrics
+from continuum_worker.ingest.metrics import STAGES, IngestMetrics
 from continuum_worker.ingest.outbox import Outbox, OutboxError, Record
 from continuum_worker.ingest.uri import MqttEndpoint, parse_endpoint
 from continuum_worker.protocol import HEADER_LENGTH, encode_infer_response
@@ -97,7 +98,7 @@ class IngestConfig:
 class _Work:
     """One source message on its way: what it produced and when."""
 
-    message: aiomqtt.Message
+    message: _Message
     received: float  # perf_counter
     records: list[Record] = field(default_factory=list)
     outcome: str = "ok"
@@ -105,36 +106,155 @@ class _Work:
     summary: tuple[dict[str, int], int] | None = None  # (class counts, events) in filter mode
 
 
-def _user_properties(message: aiomqtt.Message) -> dict[str, str]:
-    props = message.properties
-    if props is None:
-        return {}
-    out = {str(k): str(v) for k, v in getattr(props, "UserProperty", []) or []}
-    corr = getattr(props, "CorrelationData", None)
-    if corr and "id" not in out:
-        out["id"] = corr.decode(errors="replace") if isinstance(corr, bytes) else str(corr)
-    return out
+@dataclass(slots=True)
+class _Message:
+    """One PUBLISH from a source broker, parsed straight from the packet (paho's own parsing builds
+    several objects per message; this is the per-message hot path)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool  # MQTT's DUP flag: only a message the broker sends again can have a durable result already
+    properties: dict[str, str]  # MQTT 5 user properties (last wins), correlation data as "id"
+
+
+_FIXED = {0x01: 1, 0x02: 4, 0x13: 2, 0x21: 2, 0x23: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1, 0x17: 1,
+          0x19: 1, 0x11: 4, 0x18: 4}  # fmt: skip  # property id -> size (byte, two- and four-byte integers)
+_LENGTH_PREFIXED = {0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F}  # UTF-8 strings and binary data
+_PUBACK = 0x40
+_PUBLISH_QOS1 = 0x32
+
+
+def _varint(buf: bytes | bytearray, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+        if shift > 21:
+            raise ValueError("malformed variable byte integer")
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _str16(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def parse_publish(command: int, packet: bytes | bytearray, v5: bool) -> _Message:
+    """The variable header and payload of a PUBLISH (``packet``: everything after the fixed header)."""
+    qos = (command >> 1) & 3
+    n = int.from_bytes(packet[0:2], "big")
+    topic = bytes(packet[2 : 2 + n]).decode()
+    i = 2 + n
+    mid = 0
+    if qos:
+        mid = int.from_bytes(packet[i : i + 2], "big")
+        i += 2
+    props: dict[str, str] = {}
+    if v5:
+        length, i = _varint(packet, i)
+        end = i + length
+        correlation = None
+        while i < end:
+            pid = packet[i]
+            i += 1
+            if pid == 0x26:  # user property: a string pair
+                kl = int.from_bytes(packet[i : i + 2], "big")
+                key = bytes(packet[i + 2 : i + 2 + kl]).decode(errors="replace")
+                i += 2 + kl
+                vl = int.from_bytes(packet[i : i + 2], "big")
+                props[key] = bytes(packet[i + 2 : i + 2 + vl]).decode(errors="replace")
+                i += 2 + vl
+            elif pid in _FIXED:
+                i += _FIXED[pid]
+            elif pid in _LENGTH_PREFIXED:
+                ln = int.from_bytes(packet[i : i + 2], "big")
+                if pid == 0x09:
+                    correlation = bytes(packet[i + 2 : i + 2 + ln])
+                i += 2 + ln
+            elif pid == 0x0B:  # subscription identifier
+                _, i = _varint(packet, i)
+            else:
+                raise ValueError(f"unknown MQTT 5 property 0x{pid:02x}")
+        if i != end:
+            raise ValueError("MQTT 5 properties overrun their length")
+        if correlation and "id" not in props:
+            props["id"] = correlation.decode(errors="replace")
+    return _Message(topic, bytes(packet[i:]), qos, mid, bool(command & 0x08), props)
+
+
+def publish_frame(topic: bytes, payload: bytes, qos: int, mid: int, user: list[tuple[str, str]] | None) -> bytes:
+    """A whole PUBLISH packet; ``user`` (MQTT 5 only, else None): its user properties."""
+    var = _str16(topic) + (mid.to_bytes(2, "big") if qos else b"")
+    if user is not None:
+        props = b"".join(b"\x26" + _str16(k) + _str16(v) for k, v in user)
+        var += _varint_bytes(len(props)) + props
+    return bytes((0x30 | (qos << 1),)) + _varint_bytes(len(var) + len(payload)) + var + payload
 
 
 class _Client(aiomqtt.Client):
-    """aiomqtt's client keeping MQTT's DUP flag on each message (``dup``): only a message the broker
-    sends again can be one whose result is already durable, so only those are looked up."""
+    """aiomqtt's connection handling (connect, subscribe, keepalive, reconnect errors) with the
+    per-message paths taken over: received PUBLISHes are parsed here into :attr:`inbox`, PUBACKs to the
+    source go out many in one write (:meth:`ack_many`, once per group commit), results go out as PUBLISH
+    packets built here, many in one write (:meth:`send_many`), their PUBACKs collected in :attr:`pubacks`.
+    Nothing is resent by paho: after a reconnect the outbox sends again from its watermark."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.acked = asyncio.Event()  # set on every PUBACK of a publish sent with paho directly
+        self.v5 = kwargs.get("protocol") == aiomqtt.ProtocolVersion.V5
+        self.wake = asyncio.Event()  # set on every PUBLISH in, PUBACK in, and on disconnection
+        self.inbox: collections.deque[_Message] = collections.deque()
+        self.pubacks: collections.deque[tuple[int, int]] = collections.deque()  # (packet id, reason code)
+        pc = self._client
+        for attr in ("_handle_publish", "_handle_pubackcomp", "_packet_queue", "_in_packet"):
+            if not hasattr(pc, attr):  # paho-mqtt's internals this relies on (2.x)
+                raise RuntimeError(f"paho-mqtt {getattr(mqtt_client, '__version__', '?')} lacks {attr}")
+        pc._handle_publish = self._handle_publish
+        pc._handle_pubackcomp = self._handle_puback
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-        self.acked.set()
+    def watch_disconnect(self) -> None:
+        self._disconnected.add_done_callback(lambda _: self.wake.set())
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        m = aiomqtt.Message._from_paho_message(message)
-        m.dup = bool(message.dup)  # type: ignore[attr-defined]
+    def _handle_publish(self) -> Any:
+        packet = self._client._in_packet
         try:
-            self._queue.put_nowait(m)
-        except asyncio.QueueFull:  # unbounded queue: cannot happen (the broker's Receive Maximum bounds it)
-            log.error("message queue full: message %s not taken (the broker sends it again)", message.mid)
+            message = parse_publish(packet["command"], packet["packet"], self.v5)
+        except (ValueError, IndexError, UnicodeDecodeError) as exc:
+            log.error("malformed PUBLISH from the broker (%s): disconnecting", exc)
+            return mqtt_client.MQTTErrorCode.MQTT_ERR_PROTOCOL
+        if message.qos > 1:  # subscribed with QoS <= 1: the broker never sends QoS 2
+            return mqtt_client.MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self.inbox.append(message)
+        self.wake.set()
+        return mqtt_client.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_puback(self, cmd: str) -> Any:
+        packet = self._client._in_packet["packet"]
+        self.pubacks.append((int.from_bytes(packet[0:2], "big"), packet[2] if len(packet) > 2 else 0))
+        self.wake.set()
+        return mqtt_client.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: list[int]) -> None:
+        if mids:
+            data = b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in mids)
+            self._client._packet_queue(_PUBACK, data, 0, 0)
+
+    def send_many(self, frames: list[bytes]) -> None:
+        if frames:
+            self._client._packet_queue(_PUBLISH_QOS1, b"".join(frames), 0, 1)  # qos 1: no on_publish for it
 
 
 def _protocol(version: str) -> aiomqtt.ProtocolVersion:
@@ -157,6 +277,7 @@ class IngestService:
         self._latency: dict[int, tuple[float, float]] = {}  # seq -> (received, durable)
         self._protocols = {i: e.protocol for i, e in enumerate(config.sources)}
         self._stopping = False
+        self._stage = {s: self.metrics.stage.labels(s) for s in STAGES}
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -233,20 +354,32 @@ class IngestService:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.reconnect_max_seconds)
 
-    async def _consume(self, ep: MqttEndpoint, client: aiomqtt.Client) -> None:
+    async def _consume(self, ep: MqttEndpoint, client: _Client) -> None:
         order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]] = asyncio.Queue()
-        writer = asyncio.get_running_loop().create_task(self._write_in_order(ep, client, order))
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(self._write_in_order(ep, client, order))
+        writer.add_done_callback(lambda _: client.wake.set())
+        client.watch_disconnect()
+        disconnected, inbox = client._disconnected, client.inbox
         try:
-            async for message in client.messages:
-                await self._slots.acquire()
-                self.in_flight += 1
-                self.metrics.in_flight.set(self.in_flight)
-                work = _Work(message, time.perf_counter())
-                work.marks["wall"] = time.time()
-                order.put_nowait((work, asyncio.get_running_loop().create_task(self._process(ep, work))))
+            while True:
                 if writer.done():
                     writer.result()  # raises what stopped it
+                if disconnected.done():
+                    reason = None if disconnected.cancelled() else disconnected.exception()
+                    raise aiomqtt.MqttError(f"disconnected from the source broker ({reason})")
+                if not inbox:
+                    client.wake.clear()
+                    await client.wake.wait()
+                    continue
+                message = inbox.popleft()
+                await self._slots.acquire()  # no suspension while a slot is free
+                self.in_flight += 1
+                work = _Work(message, time.perf_counter())
+                work.marks["wall"] = time.time()
+                order.put_nowait((work, loop.create_task(self._process(ep, work))))
         finally:
+            self.metrics.in_flight.set(self.in_flight)
             # messages in flight still reach the outbox (they are redelivered anyway: not acknowledged)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._drain_order(order), timeout=5.0)
@@ -259,7 +392,7 @@ class IngestService:
             await asyncio.sleep(0.005)
 
     async def _write_in_order(
-        self, ep: MqttEndpoint, client: aiomqtt.Client, order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]]
+        self, ep: MqttEndpoint, client: _Client, order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]]
     ) -> None:
         """Results become durable in arrival order (per source, several per commit); then acknowledged."""
         while True:
@@ -287,25 +420,30 @@ class IngestService:
                     backoff = min(backoff * 2, 2.0)
             durable = time.perf_counter()
             i = 0
+            mids: list[int] = []
+            outcomes: collections.Counter[str] = collections.Counter()
+            to_durable = self._stage["to_durable"]
             for work, _ in batch:
                 for _ in work.records:
                     if len(self._latency) < MAX_LATENCY_TRACKED:
                         self._latency[seqs[i]] = (work.received, durable)
                     i += 1
-                m = work.message
-                if m.qos > 0:
-                    client._client.ack(m.mid, m.qos)
-                self.metrics.messages.labels(ep.topic, work.outcome).inc()
+                if work.message.qos > 0:
+                    mids.append(work.message.mid)
+                outcomes[work.outcome] += 1
                 if "done" in work.marks:
-                    self.metrics.stage.labels("to_durable").observe(durable - work.marks["done"])
+                    to_durable.observe(durable - work.marks["done"])
                 self._slots.release()
-                self.in_flight -= 1
+            client.ack_many(mids)  # one write for the whole group commit
+            for outcome, n in outcomes.items():
+                self.metrics.messages.labels(ep.topic, outcome).inc(n)
+            self.in_flight -= len(batch)
             self.metrics.in_flight.set(self.in_flight)
 
     async def _process(self, ep: MqttEndpoint, work: _Work) -> None:
         message = work.message
-        payload = bytes(message.payload) if not isinstance(message.payload, bytes) else message.payload
-        props = _user_properties(message)
+        payload = message.payload
+        props = message.properties
         msg_id = props.get("id")
         name = ep.model or self.config.default_model or ""
         try:
@@ -314,13 +452,13 @@ class IngestService:
             msg_id = decoded.msg_id
             if decoded.source_ts is not None:
                 work.marks["source_ts"] = decoded.source_ts
-                self.metrics.stage.labels("source_to_receive").observe(max(0.0, work.marks["wall"] - decoded.source_ts))
-            if decoded.key is not None and getattr(message, "dup", True) and self.outbox.seen(decoded.key):
+                self._stage["source_to_receive"].observe(max(0.0, work.marks["wall"] - decoded.source_ts))
+            if decoded.key is not None and message.dup and self.outbox.seen(decoded.key):
                 work.outcome = "duplicate"  # its result is durable already: only the acknowledgement was lost
                 return
             timings: dict[str, float] = {}
             started = time.perf_counter()
-            self.metrics.stage.labels("receive_to_infer").observe(started - work.received)
+            self._stage["receive_to_infer"].observe(started - work.received)
 
             def encode(m: Any, results: Any, wanted: Any) -> tuple[Any, Any, bytes, dict[str, str]]:
                 body, headers = encode_infer_response(m.name, m.version, decoded.msg_id, results, wanted)
@@ -337,8 +475,8 @@ class IngestService:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))
             work.marks["done"] = time.perf_counter()
-            self.metrics.stage.labels("batch_wait").observe(timings.get("queue", 0.0))
-            self.metrics.stage.labels("compute").observe(timings.get("compute", 0.0))
+            self._stage["batch_wait"].observe(timings.get("queue", 0.0))
+            self._stage["compute"].observe(timings.get("compute", 0.0))
             self.metrics.result_bytes.inc(len(body))
             work.records = self._results(ep, message, decoded.msg_id, decoded.key, m, results, body, headers, work)
         except (DecodeError, NotFound, ServerError) as exc:
@@ -350,7 +488,7 @@ class IngestService:
             work.records = [self._dead_letter(message, msg_id, f"internal error: {exc}", payload, None)]
 
     def _results(
-        self, ep: MqttEndpoint, message: aiomqtt.Message, msg_id: str | None, key: str | None, model: Any,
+        self, ep: MqttEndpoint, message: _Message, msg_id: str | None, key: str | None, model: Any,
         results: Any, body: bytes, headers: dict[str, str], work: _Work,
     ) -> list[Record]:  # fmt: skip
         props: dict[str, str] = {"source": str(message.topic), "model": model.name, "model_version": model.version}
@@ -374,7 +512,7 @@ class IngestService:
         return out
 
     def _dead_letter(
-        self, message: aiomqtt.Message, msg_id: str | None, error: str, payload: bytes, key: str | None
+        self, message: _Message, msg_id: str | None, error: str, payload: bytes, key: str | None
     ) -> Record:
         doc = {"kind": "dead_letter", "source": str(message.topic), "id": msg_id, "error": error,
                "payload_bytes": len(payload),
@@ -435,73 +573,91 @@ class IngestService:
     _sent_hi = 0
 
     async def _publish_loop(self, client: _Client, protocol: str, cursor: int, maybe_sent: int) -> None:
-        """A sliding window of QoS 1 publishes sent with paho directly (no task per record); the watermark
-        advances over the contiguous acknowledged prefix."""
-        window = self.config.publish_window
-        inflight: collections.deque[tuple[Any, Any, float]] = collections.deque()  # (row, MQTTMessageInfo | None, sent)
+        """A sliding window of QoS 1 publishes, each read of the outbox sent in one write; the watermark
+        advances over the contiguous acknowledged prefix. One wake-up event (a PUBACK, a new record, the
+        disconnection): no task per record or per wait."""
+        window, qos = self.config.publish_window, self.config.sink.qos
+        v5 = protocol == "5"
+        inflight: collections.deque[tuple[Any, int, float]] = collections.deque()  # (row, packet id or 0, sent)
+        acked: set[int] = set()
         after = cursor
-        loop = asyncio.get_running_loop()
+        next_mid = 0
+        client.watch_disconnect()
         disconnected = client._disconnected
-        while True:
-            if disconnected.done():
-                reason = None if disconnected.cancelled() else disconnected.exception()  # retrieved: no asyncio warning
-                raise aiomqtt.MqttError(f"disconnected from the upstream broker ({reason})")
-            if len(inflight) < window:
-                for row in self.outbox.read(after, window - len(inflight)):
-                    after = row.seq
-                    info = None if row.kind == "seen" else self._send(client, protocol, row, row.seq <= maybe_sent)
-                    inflight.append((row, info, time.monotonic()))
-                    self._sent_hi = max(self._sent_hi, row.seq)
-            if not inflight:
-                self.outbox.flush_watermark()
-                await self.outbox.wait_new(after, 0.2)
-                continue
-            now = time.perf_counter()
-            last = None
-            while inflight and (inflight[0][1] is None or inflight[0][1].is_published()):
-                row, _, _ = inflight.popleft()
-                last = row.seq
-                if row.kind != "seen":
-                    self.metrics.published.labels(row.kind).inc()
-                    self.metrics.upstream_bytes.labels(row.kind).inc(len(row.payload))
-                marks = self._latency.pop(row.seq, None)
-                if marks is not None:
-                    self.metrics.stage.labels("durable_to_published").observe(now - marks[1])
-                    self.metrics.stage.labels("receive_to_published").observe(now - marks[0])
-            if last is not None:
-                self.outbox.mark_published(last)
-                continue
-            client.acked.clear()
-            if inflight[0][1].is_published():
-                continue
-            if time.monotonic() - inflight[0][2] > ACK_TIMEOUT_SECONDS:
-                # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
-                raise aiomqtt.MqttError(f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s")
-            waits: list[asyncio.Future[Any]] = [loop.create_task(client.acked.wait())]
-            if len(inflight) < window:
-                waits.append(loop.create_task(self.outbox.wait_new(after, 1.0)))
-            await asyncio.wait([*waits, disconnected], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-            for task in waits:
-                task.cancel()
+        self.outbox.wakers.add(client.wake)
+        published = {k: self.metrics.published.labels(k) for k in ("result", "event", "summary", "dead_letter")}
+        upstream = {k: self.metrics.upstream_bytes.labels(k) for k in published}
+        to_published, end_to_end = self._stage["durable_to_published"], self._stage["receive_to_published"]
+        warned = False
+        try:
+            while True:
+                client.wake.clear()  # everything that happened before this is handled below
+                if disconnected.done():
+                    reason = None if disconnected.cancelled() else disconnected.exception()
+                    raise aiomqtt.MqttError(f"disconnected from the upstream broker ({reason})")
+                while client.pubacks:
+                    mid, reason_code = client.pubacks.popleft()
+                    if reason_code >= 0x80 and not warned:  # the broker refused it: not resent (MQTT 5 semantics)
+                        log.warning("upstream broker refused a publish (reason code 0x%02x)", reason_code)
+                        warned = True
+                    acked.add(mid)
+                if len(inflight) < window:
+                    frames = []
+                    now = time.monotonic()
+                    for row in self.outbox.read(after, window - len(inflight)):
+                        after = row.seq
+                        mid = 0
+                        if row.kind != "seen":
+                            if qos:
+                                next_mid = next_mid % 65535 + 1
+                                mid = next_mid
+                            frames.append(self._frame(row, qos, mid, v5, row.seq <= maybe_sent))
+                        inflight.append((row, mid, now))
+                        self._sent_hi = max(self._sent_hi, row.seq)
+                    client.send_many(frames)
+                last = None
+                now = time.perf_counter()
+                while inflight and (inflight[0][1] == 0 or inflight[0][1] in acked):
+                    row, mid, _ = inflight.popleft()
+                    acked.discard(mid)
+                    last = row.seq
+                    if row.kind != "seen":
+                        published[row.kind].inc()
+                        upstream[row.kind].inc(len(row.payload))
+                    marks = self._latency.pop(row.seq, None)
+                    if marks is not None:
+                        to_published.observe(now - marks[1])
+                        end_to_end.observe(now - marks[0])
+                if last is not None:
+                    self.outbox.mark_published(last)
+                    continue
+                if not inflight:
+                    self.outbox.flush_watermark()
+                    timeout = 0.2
+                else:
+                    if time.monotonic() - inflight[0][2] > ACK_TIMEOUT_SECONDS:
+                        # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
+                        raise aiomqtt.MqttError(f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s")
+                    timeout = 1.0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await client.wake.wait()
+        finally:
+            self.outbox.wakers.discard(client.wake)
 
-    def _send(self, client: aiomqtt.Client, protocol: str, row: Any, redelivered: bool) -> Any:
-        props = None
-        if protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)
+    def _frame(self, row: Any, qos: int, mid: int, v5: bool, redelivered: bool) -> bytes:
+        user = None
+        if v5:
             user = [("kind", row.kind), ("seq", str(row.seq))]
             if row.msg_id is not None:
                 user.append(("id", row.msg_id))
             if row.props:
-                user.extend((k, v) for k, v in json.loads(row.props).items())
+                user.extend(json.loads(row.props).items())
             if redelivered:
                 user.append(("redelivered", "1"))
-            props.UserProperty = user
         if redelivered:
             self.metrics.republished.inc()
-        info = client._client.publish(row.topic, row.payload, qos=self.config.sink.qos, properties=props)
-        if info.rc != 0:
-            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
-        return info
+        return publish_frame(row.topic.encode(), row.payload, qos, mid, user)
 
 
 def attach_ingest(app: Any, plane: Any, settings: Any) -> IngestService:
