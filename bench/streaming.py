@@ -248,7 +248,7 @@ def wait_published(port: int, n_ok: float, timeout: float) -> bool:
         text = scrape(port)
         if metric(text, "continuum_ingest_messages_total") >= n_ok and metric(text, "continuum_ingest_outbox_pending") == 0:
             return True
-        time.sleep(0.1)
+        time.sleep(0.5)  # a scrape costs the worker CPU too
     return False
 
 

@@ -219,11 +219,44 @@ class _Client(aiomqtt.Client):
         self.inbox: collections.deque[_Message] = collections.deque()
         self.pubacks: collections.deque[tuple[int, int]] = collections.deque()  # (packet id, reason code)
         pc = self._client
-        for attr in ("_handle_publish", "_handle_pubackcomp", "_packet_queue", "_in_packet"):
+        for attr in ("_handle_publish", "_handle_pubackcomp", "_packet_queue", "_in_packet", "_sock_recv",
+                     "_packet_read", "_loop_rc_handle"):  # fmt: skip
             if not hasattr(pc, attr):  # paho-mqtt's internals this relies on (2.x)
                 raise RuntimeError(f"paho-mqtt {getattr(mqtt_client, '__version__', '?')} lacks {attr}")
         pc._handle_publish = self._handle_publish
         pc._handle_pubackcomp = self._handle_puback
+        self._buffer, self._pos, self._buffered_sock = b"", 0, None
+        pc._sock_recv = self._sock_recv
+        pc.loop_read = self._loop_read
+
+    def _sock_recv(self, size: int) -> bytes:
+        """paho reads a packet as 1 byte, 1 byte per length byte, then the rest: a system call each.
+        Read what the socket holds at once and hand it out from here (plain TCP only: no TLS here)."""
+        sock = self._client._sock
+        if sock is None:
+            raise ConnectionError("the socket is closed")
+        if sock is not self._buffered_sock:
+            self._buffer, self._pos, self._buffered_sock = b"", 0, sock
+        if self._pos >= len(self._buffer):
+            data = sock.recv(65536)  # BlockingIOError: paho waits for the next readable event
+            if not data:
+                return b""  # closed by the broker
+            self._buffer, self._pos = data, 0
+        out = self._buffer[self._pos : self._pos + size]
+        self._pos += len(out)
+        return out
+
+    def _loop_read(self, max_packets: int = 1) -> Any:
+        """Every packet the socket and the buffer hold (the selector cannot see the buffer)."""
+        pc = self._client
+        while True:
+            if pc._sock is None:
+                return mqtt_client.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = pc._packet_read()
+            if rc > 0:
+                return pc._loop_rc_handle(rc)
+            if rc == mqtt_client.MQTTErrorCode.MQTT_ERR_AGAIN:
+                return mqtt_client.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def watch_disconnect(self) -> None:
         self._disconnected.add_done_callback(lambda _: self.wake.set())
