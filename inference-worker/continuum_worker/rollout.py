@@ -385,10 +385,8 @@ class Rollout:
         except asyncio.QueueFull:
             self.book.of(self.name, target).shadow["dropped"] += 1
             return
-        if not self.consumers:
-            loop = asyncio.get_running_loop()
-            workers = max(1, self.plane.settings.threads)
-            self.consumers = [loop.create_task(self._consume()) for _ in range(workers)]
+        if not self.consumers:  # one at a time: a shadow holds at most one executor thread
+            self.consumers = [asyncio.get_running_loop().create_task(self._consume())]
 
     async def _consume(self) -> None:
         while True:
