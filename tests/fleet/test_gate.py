@@ -8,10 +8,12 @@ import pytest
 from continuum.rollout.gate import (
     GateSettings,
     GateState,
+    Histogram,
     Verdict,
     Window,
     decide,
     error_increment,
+    latency_verdict,
     observe,
     simulate,
 )
@@ -90,3 +92,59 @@ def test_false_promote_and_false_rollback_rates_at_most_5_percent(rate: float, w
     assert bad.promoted <= 0.05 and bad.undecided == 0, bad
     if rate >= 10:
         assert good.p95_seconds <= 600 and bad.p95_seconds <= 600  # minutes, not hours, at 10 req/s per site
+
+
+# --- p99 latency relative to the stable version -------------------------------------------------------
+
+BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+def hist(samples: list[float]) -> Histogram:
+    return Histogram(BOUNDS, tuple(sum(1 for s in samples if s <= b) for b in BOUNDS), len(samples))
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    h = Histogram((0.01, 0.1), (50, 100), 100)
+    assert h.quantile(0.5) == pytest.approx(0.01)
+    assert h.quantile(0.75) == pytest.approx(0.01 + 0.09 * 0.5)
+    assert math.isnan(Histogram().quantile(0.99))
+    assert Histogram((0.01,), (10,), 20).quantile(0.99) == 0.01  # in +Inf: the highest finite bound
+    # pooling and differences
+    a, b = hist([0.002] * 10), hist([0.02] * 5)
+    assert (a + b).count == 15 and (a + b).at(0.0025) == 10 and (a + b).at(0.025) == 15
+    assert (a + b).minus(a) == Histogram(BOUNDS, b.counts, 5)
+
+
+def test_latency_gate_rolls_back_a_slower_candidate_once_both_have_enough_samples() -> None:
+    s = GateSettings(min_samples=100)
+    fast, slow = hist([0.002] * 200), hist([0.02] * 200)
+    assert latency_verdict(GateState(stable_latency=fast, candidate_latency=fast), s)[0] is Verdict.PROMOTE
+    verdict, why = latency_verdict(GateState(stable_latency=fast, candidate_latency=slow), s)
+    assert verdict is Verdict.ROLLBACK and why.startswith("latency gate: candidate p99")
+    few = hist([0.02] * 50)
+    assert latency_verdict(GateState(stable_latency=fast, candidate_latency=few), s)[0] is Verdict.CONTINUE
+    # shadow copies are not timed: no candidate latency gates nothing
+    assert latency_verdict(GateState(stable_latency=fast), s)[0] is Verdict.PROMOTE
+    # the slack absorbs sub-millisecond jitter
+    slightly = hist([0.004] * 200)
+    assert (
+        latency_verdict(GateState(stable_latency=fast, candidate_latency=slightly), s)[0] is Verdict.PROMOTE
+    )
+    # decide: the error gate promotes, the latency gate still rolls back
+    state = GateState(
+        error_llr=s.lower - 1, candidate_requests=200, stable_latency=fast, candidate_latency=slow
+    )
+    assert decide(state, s, agreement=False)[0] is Verdict.ROLLBACK
+    state = GateState(
+        error_llr=s.lower - 1, candidate_requests=200, stable_latency=fast, candidate_latency=fast
+    )
+    assert decide(state, s, agreement=False) == (Verdict.PROMOTE, "every gate passed")
+
+
+def test_shadow_decides_on_agreement_alone() -> None:
+    s = GateSettings(min_samples=10, max_samples=20)
+    state = GateState(agreement_llr=-1.0, shadow_compared=25)  # no candidate requests in shadow
+    assert decide(state, s, agreement=True, errors=False)[0] is Verdict.PROMOTE
+    assert decide(state, s, agreement=True)[0] is Verdict.CONTINUE  # the error gate would wait forever
+    with pytest.raises(ValueError):
+        decide(state, s, agreement=False, errors=False)

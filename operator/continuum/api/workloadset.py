@@ -9,6 +9,7 @@ operator and ``continuum plan`` both call it.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,9 +20,12 @@ from continuum.api.models import (
     Condition,
     EdgeWorkloadSpec,
     LabelSelector,
+    ModelRef,
     ObjectMeta,
     SiteName,
     StatusModel,
+    Tier,
+    Timestamp,
     WorkloadSource,
 )
 
@@ -85,10 +89,204 @@ class SiteOverride(ApiModel):
         return value
 
 
+# --- spec.rollout -------------------------------------------------------------------------------------
+# The defaults of the gate settings are GateSettings' (continuum.rollout.gate); api/ cannot import rollout/
+# (layers), so they are repeated here and tests/fleet/test_rollout_api.py checks that both agree.
+
+
+class ShadowStep(ApiModel):
+    """The candidate answers a copy of every request; its answers are compared, never returned."""
+
+    duration_seconds: float = Field(
+        default=0, ge=0, description="The step lasts at least this long, whatever the evidence"
+    )
+    min_samples: int | None = Field(
+        default=None, ge=1, description="Candidate requests before this step may pass; unset: gate.minSamples"
+    )
+
+
+class CanaryStep(ShadowStep):
+    """The worker sends this percentage of requests to the candidate (its answers are returned)."""
+
+    weight: int = Field(ge=1, le=99, description="Percent of requests the candidate answers")
+
+
+class FullStep(ApiModel):
+    """Every request to the candidate: the wave's children get the candidate in spec.model."""
+
+
+class RolloutStep(ApiModel):
+    """Exactly one of shadow, canary, full."""
+
+    shadow: ShadowStep | None = None
+    canary: CanaryStep | None = None
+    full: FullStep | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RolloutStep:
+        if sum(x is not None for x in (self.shadow, self.canary, self.full)) != 1:
+            raise ValueError("a step is exactly one of shadow, canary, full")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "shadow" if self.shadow else "canary" if self.canary else "full"
+
+    @property
+    def gated(self) -> ShadowStep | None:
+        return self.shadow or self.canary
+
+
+def _check_steps(steps: list[RolloutStep]) -> list[RolloutStep]:
+    fulls = [i for i, step in enumerate(steps) if step.full is not None]
+    if fulls and fulls != [len(steps) - 1]:
+        raise ValueError("full may appear once, as the last step")
+    return steps
+
+
+class OnFailure(enum.StrEnum):
+    ROLLBACK = "rollback"  # every site back to the stable version; the rollout halts (RolledBack)
+    PAUSE = "pause"  # the failing wave back to the stable version; the rollout pauses (Paused)
+
+
+class GateSpec(ApiModel):
+    """The gate between steps (continuum.rollout.gate, docs/fleet.md); defaults are GateSettings'."""
+
+    alpha: float = Field(default=0.03, gt=0, lt=0.5, description="Targeted false-rollback rate")
+    beta: float = Field(default=0.03, gt=0, lt=0.5, description="Targeted false-promote rate")
+    error_ratio: float = Field(
+        default=2.0, gt=1, description="Bad: the candidate's error rate is this many times the stable's"
+    )
+    disagreement_good: float = Field(
+        default=0.01, gt=0, lt=1, description="Good: this fraction of shadowed answers differ"
+    )
+    disagreement_bad: float = Field(
+        default=0.05, gt=0, lt=1, description="Bad: this fraction of shadowed answers differ"
+    )
+    min_samples: int = Field(default=500, ge=1, description="Candidate requests before a step may pass")
+    max_samples: int = Field(
+        default=50_000,
+        ge=1,
+        description="Candidate requests after which a gate decides by its evidence's sign",
+    )
+    latency_ratio: float = Field(
+        default=1.5,
+        gt=1,
+        description="Bad: the candidate's p99 latency is above this many times the stable's",
+    )
+    latency_slack_seconds: float = Field(
+        default=0.005, ge=0, description="Added to the latency limit (a 1 ms model's p99 jitters)"
+    )
+    on_failure: OnFailure = Field(default=OnFailure.ROLLBACK, description="rollback (halt) or pause")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateSpec:
+        if self.disagreement_good >= self.disagreement_bad:
+            raise ValueError("disagreementGood must be below disagreementBad")
+        if self.min_samples > self.max_samples:
+            raise ValueError("minSamples must not exceed maxSamples")
+        return self
+
+
+class WaveSpec(ApiModel):
+    """The sites of one wave: those whose tier is in ``tiers`` and whose pools' labels match ``selector``
+    (both when both are given); a site belongs to the first wave that selects it."""
+
+    name: SiteName
+    tiers: list[Tier] | None = Field(
+        default=None, min_length=1, description="The tier the site's child is placed on (else its pools')"
+    )
+    selector: LabelSelector | None = Field(
+        default=None,
+        description="Over the labels of the site's EdgeNodePools (e.g. continuum.dev/ring)",
+    )
+    max_unavailable_sites: int | None = Field(
+        default=None,
+        ge=0,
+        description="Sites that may be deferred (unreachable) while the wave proceeds; "
+        "unset: spec.rollout.maxUnavailableSites",
+    )
+    steps: list[RolloutStep] | None = Field(
+        default=None, min_length=1, description="Unset: spec.rollout.steps"
+    )
+
+    @model_validator(mode="after")
+    def _selects(self) -> WaveSpec:
+        if self.tiers is None and self.selector is None:
+            raise ValueError("give tiers, selector or both")
+        if self.selector is not None and self.selector.is_empty():
+            raise ValueError("an empty selector would match no site; give matchLabels or matchExpressions")
+        if self.steps is not None:
+            _check_steps(self.steps)
+        return self
+
+
+DEFAULT_STEPS = [{"shadow": {}}, {"canary": {"weight": 10}}, {"full": {}}]
+
+
+class RolloutSpec(ApiModel):
+    """How a change of spec.template.model reaches the sites: waves, steps, gates, control fields."""
+
+    waves: list[WaveSpec] = Field(
+        default_factory=list, description="In order; a last wave named 'rest' takes the sites none selects"
+    )
+    steps: list[RolloutStep] = Field(
+        default_factory=lambda: [RolloutStep.model_validate(s) for s in DEFAULT_STEPS],
+        min_length=1,
+        description="Every wave's steps unless the wave gives its own; a last full step is implied",
+    )
+    max_unavailable_sites: int = Field(default=0, ge=0, description="Every wave's unless it gives its own")
+    window_seconds: float = Field(default=10.0, ge=0.2, description="How often the workers are read")
+    gate: GateSpec = Field(default_factory=GateSpec)
+    paused: bool = Field(
+        default=False, description="Hold the rollout at its step (a failing gate still rolls back)"
+    )
+    promote: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The candidate version to promote now: every site gets it, no more gates "
+        "(names a version so that a value left in Git never promotes a later candidate)",
+    )
+    abort: str | None = Field(
+        default=None, min_length=1, description="The candidate version to abort: every site back to stable"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[RolloutStep]) -> list[RolloutStep]:
+        return _check_steps(value)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RolloutSpec:
+        names = [w.name for w in self.waves]
+        if len(set(names)) != len(names):
+            raise ValueError("two waves have the same name")
+        if "rest" in names:
+            raise ValueError("'rest' is the name of the implicit last wave")
+        if self.promote is not None and self.promote == self.abort:
+            raise ValueError("promote and abort name the same version")
+        return self
+
+
 class EdgeWorkloadSetSpec(ApiModel):
     sites: SiteSelection
     template: WorkloadTemplate
     overrides: list[SiteOverride] = Field(default_factory=list)
+    rollout: RolloutSpec | None = Field(
+        default=None,
+        description="Unset: a change of template.model is written into every child at once",
+    )
+
+    @model_validator(mode="after")
+    def _model_is_the_sets(self) -> EdgeWorkloadSetSpec:
+        if self.rollout is not None:
+            for index, override in enumerate(self.overrides):
+                if "model" in override.patch:
+                    raise ValueError(
+                        f"overrides[{index}].patch.model: with spec.rollout the model is the rollout's "
+                        "(one version at every site); remove the override"
+                    )
+        return self
 
 
 class VersionCount(StatusModel):
@@ -96,6 +294,90 @@ class VersionCount(StatusModel):
     sites: int = 0
     placed: int = 0
     ready: int = 0
+
+
+class RolloutPhase(enum.StrEnum):
+    STABLE = "Stable"  # no candidate: every site runs the stable version
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    INVALID = "Invalid"  # the template's model cannot be rolled out (the message names the field)
+
+
+class Histogram(StatusModel):
+    """Latency in seconds: cumulative counts at the finite upper bounds ``le``; ``count`` is every sample."""
+
+    le: list[float] = Field(default_factory=list)
+    counts: list[int] = Field(default_factory=list)
+    count: int = 0
+
+
+class VersionCounters(StatusModel):
+    requests: int = 0
+    errors: int = 0
+    shadow_compared: int = 0
+    shadow_disagreed: int = 0
+    latency: Histogram = Field(default_factory=Histogram)
+
+
+class SiteBaseline(StatusModel):
+    """A site's counters when last read (cumulative per worker process ``instance``): a window is the
+    difference to the next reading."""
+
+    site: str
+    instance: str
+    stable: VersionCounters = Field(default_factory=VersionCounters)
+    candidate: VersionCounters = Field(default_factory=VersionCounters)
+
+
+class GateEvidence(StatusModel):
+    """The gate's state (GateState) for the current step: kept here so a restart loses nothing."""
+
+    error_llr: float = 0.0
+    agreement_llr: float = 0.0
+    candidate_requests: int = 0
+    shadow_compared: int = 0
+    stable_latency: Histogram = Field(default_factory=Histogram)
+    candidate_latency: Histogram = Field(default_factory=Histogram)
+    verdict: str | None = Field(default=None, description="The gate's last decision and why")
+
+
+class WaveStatus(StatusModel):
+    name: str
+    sites: int = Field(default=0, description="Sites in this wave")
+    done: int = Field(default=0, description="Sites whose child runs the candidate")
+    deferred: list[str] = Field(
+        default_factory=list, description="Sites of the running step whose worker has not confirmed it"
+    )
+
+
+class RolloutStatus(StatusModel):
+    phase: RolloutPhase = RolloutPhase.STABLE
+    stable: ModelRef | None = Field(
+        default=None, description="The version every site runs when no rollout is"
+    )
+    candidate: ModelRef | None = None
+    wave: int = Field(default=0, description="Index of the current wave")
+    wave_name: str | None = None
+    step: int = Field(default=0, description="Index of the current step in the wave")
+    step_kind: str | None = None
+    step_started_at: Timestamp | None = None
+    generation: str | None = Field(default=None, description="What the current wave's workers are asked for")
+    waves: list[WaveStatus] = Field(default_factory=list)
+    gate: GateEvidence = Field(default_factory=GateEvidence)
+    baselines: list[SiteBaseline] = Field(default_factory=list)
+    reverting: list[str] = Field(
+        default_factory=list, description="Sites whose worker has not yet confirmed the stable version"
+    )
+    promoting: list[str] = Field(
+        default_factory=list, description="Sites whose worker has not yet confirmed the promoted version"
+    )
+    cause: str | None = Field(default=None, description="Why the rollout rolled back, paused or aborted")
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    paused_by_gate: bool = False
 
 
 class EdgeWorkloadSetStatus(StatusModel):
@@ -112,6 +394,7 @@ class EdgeWorkloadSetStatus(StatusModel):
         default_factory=list, description="Sites named in spec.overrides that are not selected"
     )
     message: str | None = None
+    rollout: RolloutStatus | None = Field(default=None, description="Present with spec.rollout")
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from continuum.api.fleet import Expansion, applied_spec, three_way_patch
 from continuum.api.models import Condition, Phase
-from continuum.api.workloadset import EdgeWorkloadSetStatus, VersionCount
+from continuum.api.workloadset import EdgeWorkloadSetStatus, RolloutPhase, RolloutStatus, VersionCount
 from continuum.controller.status import condition
 
 LISTED = 5  # sites named in a condition message before "(+N more)"
@@ -118,3 +118,23 @@ def invalid_set_status(
         ],
         observed_generation=generation,
     )
+
+
+def rollout_condition(
+    rollout: RolloutStatus, generation: int | None, previous: list[Condition], now: datetime | None = None
+) -> Condition:
+    """``Rollout``: True while every site runs (or is on its way to) a version that passed its gates;
+    False when a rollout rolled back, paused, was aborted or cannot start (the message is the cause)."""
+    phase = rollout.phase
+    stable = rollout.stable.version if rollout.stable is not None else "?"
+    if phase is RolloutPhase.PROGRESSING:
+        candidate = rollout.candidate.version if rollout.candidate is not None else "?"
+        step = f"step {rollout.step + 1} ({rollout.step_kind})" if rollout.step_kind else "starting"
+        message = f"version {candidate} (stable {stable}): wave {rollout.wave_name or rollout.wave}, {step}"
+        return condition("Rollout", True, phase.value, message, generation, previous, now)
+    if phase in (RolloutPhase.STABLE, RolloutPhase.PROMOTED):
+        message = f"every site runs version {stable}" + (
+            f"; confirming on {len(rollout.promoting)} workers" if rollout.promoting else ""
+        )
+        return condition("Rollout", True, phase.value, message, generation, previous, now)
+    return condition("Rollout", False, phase.value, rollout.cause or phase.value, generation, previous, now)

@@ -74,6 +74,7 @@ class Controller:
             observe_child=self.observe,
             observe_own=self.observe_own,
             post_event=self.post_event,
+            url_template=settings.worker_url_template,
         )
         self._api: KubeApi | None = None
         if api is not None:
@@ -192,7 +193,7 @@ class Controller:
         if isinstance(key, WorkloadSetKey):
             raw_set = self.cache.workload_sets.get(key)
             if raw_set is not None:
-                await self.sets.reconcile(raw_set)
+                return await self.sets.reconcile(raw_set)  # a rollout in progress: its next window
             return None
         raw = self.cache.workloads.get(key)
         if raw is None:

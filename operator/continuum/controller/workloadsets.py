@@ -14,27 +14,95 @@ create, merge-patch or delete the children → status (:mod:`continuum.controlle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from continuum.api.fleet import Child, applied_spec, child_object, expand, three_way_patch
+from continuum.api.fleet import Child, Expansion, applied_spec, child_object, expand, three_way_patch
 from continuum.api.loader import format_validation_error
-from continuum.api.models import API_VERSION, EdgeWorkload
-from continuum.api.workloadset import ANNOTATION_APPLIED, LABEL_SET_SITE, EdgeWorkloadSet
+from continuum.api.models import API_VERSION, EdgeNodePool, EdgeWorkload, ModelRef, Tier
+from continuum.api.workloadset import (
+    ANNOTATION_APPLIED,
+    LABEL_SET_SITE,
+    EdgeWorkloadSet,
+    RolloutStatus,
+)
 from continuum.controller import metrics
 from continuum.controller.cache import ClusterCache
-from continuum.controller.fleet_status import invalid_set_status, listed, workload_set_status
+from continuum.controller.fleet_status import (
+    invalid_set_status,
+    listed,
+    rollout_condition,
+    workload_set_status,
+)
 from continuum.controller.keys import WorkloadKey, WorkloadSetKey
 from continuum.controller.kube import ApiError, KubeApi, path_for
-from continuum.controller.status import dump, parse_conditions, status_patch
+from continuum.controller.rollouts import RolloutClient
+from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
+from continuum.controller.status import dump, parse_conditions
+from continuum.rollout import machine
 
 EventFn = Callable[[Mapping[str, Any], str, str, str], None]  # (body, type, reason, message)
 Observe = Callable[[str, "str | None", Mapping[str, Any]], None]
 WRITES_IN_FLIGHT = 16  # child creates/patches/deletes of one set sent at once
+TIER_ORDER = {tier.value: i for i, tier in enumerate(Tier)}
+log = logging.getLogger("continuum.operator")
+
+
+def deep_status_patch(old: Any, new: Any) -> Any:
+    """A merge patch taking ``old`` to ``new`` at every depth (keys gone are nulled; lists are atomic)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = deep_status_patch(old[key], value)
+    return patch
+
+
+def site_infos(
+    expansion: Expansion, pools: list[EdgeNodePool], children: Mapping[str, Mapping[str, Any]]
+) -> list[machine.SiteInfo]:
+    """Each selected site's tier (where its child is placed, else its pools' lowest tier) and the labels
+    of its pools (what a wave's tiers and selector look at)."""
+    labels: dict[str, dict[str, str]] = {}
+    tiers: dict[str, str] = {}
+    for pool in pools:
+        site = pool.spec.site
+        labels.setdefault(site, {}).update(pool.metadata.labels)
+        tier = pool.spec.tier.value
+        if site not in tiers or TIER_ORDER[tier] < TIER_ORDER[tiers[site]]:
+            tiers[site] = tier
+    out = []
+    for child in expansion.children:
+        placed = (((children.get(child.name) or {}).get("status") or {}).get("placement") or {}).get("tier")
+        out.append(machine.SiteInfo(child.site, placed or tiers.get(child.site), labels.get(child.site, {})))
+    return out
+
+
+def running_model(children: Mapping[str, Mapping[str, Any]], template: ModelRef) -> ModelRef:
+    """The model most of the existing children run (the stable version when a rollout is first seen),
+    else the template's."""
+    models: Counter[str] = Counter()
+    for raw in children.values():
+        model = (raw.get("spec") or {}).get("model")
+        if isinstance(model, Mapping):
+            models[json.dumps(model, sort_keys=True)] += 1
+    for text, _ in models.most_common():
+        try:
+            return ModelRef.model_validate(json.loads(text))
+        except ValidationError:
+            continue
+    return template
 
 
 def controlled_by(child: Mapping[str, Any], uid: str | None) -> bool:
@@ -64,27 +132,36 @@ def child_patch(
 
 class WorkloadSetReconciler:
     def __init__(
-        self, cache: ClusterCache, *, observe_child: Observe, observe_own: Observe, post_event: EventFn
+        self,
+        cache: ClusterCache,
+        *,
+        observe_child: Observe,
+        observe_own: Observe,
+        post_event: EventFn,
+        url_template: str = DEFAULT_WORKER_URL_TEMPLATE,
     ) -> None:
         self.cache = cache
         self.observe_child = observe_child  # a child we wrote: into the cache, and queued for placement
         self.observe_own = observe_own  # our own status write: into the cache only
         self.post_event = post_event
         self.api: KubeApi | None = None
+        self.workers = RolloutClient(url_template)
+        self.worker_errors: dict[tuple[str, str], str] = {}  # (set uid, site) → last refusal, posted once
 
-    async def reconcile(self, body: Mapping[str, Any]) -> None:
+    async def reconcile(self, body: Mapping[str, Any]) -> float | None:
+        """One pass over a set; returns seconds after which to look again (a rollout in progress)."""
         assert self.api is not None
         started = time.perf_counter()
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
-            return  # the garbage collector deletes the children
+            return None  # the garbage collector deletes the children
         try:
             ews = EdgeWorkloadSet.model_validate(
                 {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
             )
         except ValidationError as exc:
             await self.write_invalid(body, "; ".join(format_validation_error(exc)))
-            return
+            return None
         key = WorkloadSetKey(ews.namespace, ews.name)
         pools = [
             model
@@ -98,6 +175,10 @@ class WorkloadSetReconciler:
             raw = self.cache.workloads.get(WorkloadKey(ews.namespace, name))
             if raw is not None and controlled_by(raw, ews.metadata.uid):
                 owned[name] = raw
+        outcome = None
+        if ews.spec.rollout is not None:
+            outcome = await self.roll(body, ews, expansion, pools, owned)
+            expansion = self.with_models(expansion, outcome)
         wanted = {c.name for c in expansion.children}
         conflicts: list[str] = []
         created: list[str] = []
@@ -143,12 +224,83 @@ class WorkloadSetReconciler:
         old = body.get("status") or {}
         previous = parse_conditions(old.get("conditions"))
         built = workload_set_status(expansion, children, conflicts, ews.metadata.generation, previous)
+        if outcome is not None:
+            built.rollout = outcome.status
+            built.conditions.append(rollout_condition(outcome.status, ews.metadata.generation, previous))
         if expansion.errors and built.message != old.get("message"):
             self.post_event(body, "Warning", "InvalidSite", built.message or "")
         if conflicts and sorted(conflicts) != sorted(old.get("conflicts") or []):
             self.post_event(body, "Warning", "ChildConflict", built.conditions[0].message)
         await self.write_status(body, dump(built))
         metrics.RECONCILE_SECONDS.labels(EdgeWorkloadSet.KIND).observe(time.perf_counter() - started)
+        return outcome.again if outcome is not None else None
+
+    async def roll(
+        self,
+        body: Mapping[str, Any],
+        ews: EdgeWorkloadSet,
+        expansion: Expansion,
+        pools: list[EdgeNodePool],
+        owned: Mapping[str, Mapping[str, Any]],
+    ) -> machine.Outcome:
+        """Read the workers the rollout needs, decide (:func:`continuum.rollout.machine.advance`), send
+        what it says to the workers, post its Events. The children's models are written by the caller."""
+        rollout = ews.spec.rollout
+        assert rollout is not None
+        raw_prev = (body.get("status") or {}).get("rollout")
+        prev = None
+        if raw_prev:
+            try:
+                prev = RolloutStatus.model_validate(raw_prev)
+            except ValidationError:
+                log.warning("%s: status.rollout unreadable; starting from the children's model", ews.key)
+        infos = site_infos(expansion, pools, owned)
+        template = ews.spec.template.model
+        targets = {
+            c.site: (
+                c.name,
+                ews.namespace,
+                int((c.spec.get("worker") or {}).get("port", 8000)),
+                template.name,
+            )
+            for c in expansion.children
+        }
+        readings = await self.workers.read(targets, machine.sites_to_read(rollout, prev, infos))
+        outcome = machine.advance(
+            rollout,
+            template,
+            ews.metadata.uid or ews.key,
+            infos,
+            prev,
+            readings,
+            datetime.now(UTC),
+            running_model(owned, template),
+        )
+        refused = await self.workers.send(targets, outcome.puts)
+        for site, error in refused.items():
+            key = (ews.metadata.uid or ews.key, site)
+            if self.worker_errors.get(key) != error:
+                self.worker_errors[key] = error
+                self.post_event(body, "Warning", "WorkerRefused", f"site {site}: {error}"[:1024])
+        for site in {p.site for p in outcome.puts} - set(refused):
+            self.worker_errors.pop((ews.metadata.uid or ews.key, site), None)
+        for event in outcome.events:
+            self.post_event(body, event.type, event.reason, event.message)
+        return outcome
+
+    @staticmethod
+    def with_models(expansion: Expansion, outcome: machine.Outcome) -> Expansion:
+        """Each child's spec.model: the candidate where the rollout has put it, the stable version elsewhere."""
+        status = outcome.status
+        children = []
+        for child in expansion.children:
+            model = status.candidate if child.site in outcome.candidate_sites else status.stable
+            if model is None or child.error is not None:
+                children.append(child)
+                continue
+            spec = {**child.spec, "model": model.model_dump(mode="json", by_alias=True, exclude_none=True)}
+            children.append(dataclasses.replace(child, spec=spec))
+        return dataclasses.replace(expansion, children=children)
 
     async def _run(self, writes: list[Any]) -> None:
         gate = asyncio.Semaphore(WRITES_IN_FLIGHT)
@@ -209,7 +361,7 @@ class WorkloadSetReconciler:
                 API_VERSION,
                 EdgeWorkloadSet.KIND,
                 meta["name"],
-                status_patch(old, status),
+                {"status": deep_status_patch(old, status)},
                 meta.get("namespace"),
                 subresource="status",
             )

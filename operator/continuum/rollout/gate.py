@@ -9,6 +9,11 @@ A gate decides only on enough evidence, pooled over the wave's sites (counts are
   gives ``θ0 = n_c / (n_c + n_s)``, H1 (bad) ``p_c = ratio·p_s`` gives ``θ1 = ratio·n_c / (ratio·n_c + n_s)``.
   Each window's errors add ``e_c·log(θ1/θ0) + e_s·log((1-θ1)/(1-θ0))`` to the log likelihood ratio, with
   the window's own traffic split (the canary weight may change between windows).
+* **p99 latency relative to the stable version** (:func:`latency_verdict`): the p99 of the candidate's
+  and of the stable version's latency histograms (buckets pooled over the wave's sites, interpolated as
+  Prometheus' ``histogram_quantile``); once both versions have ``min_samples`` samples, a candidate
+  above ``latency_ratio × stable p99 + latency_slack_seconds`` is rolled back. Not sequential: a
+  threshold on the pooled tail, checked at every window from then on.
 * **Disagreement with the stable version** (:class:`AgreementGate`, shadowed requests: top-1 for
   classifiers, relative error over a tolerance for regressors): a one-sample binomial SPRT of
   H0 ``d = d0`` against H1 ``d = d1``.
@@ -47,6 +52,8 @@ class GateSettings:
     disagreement_bad: float = 0.05  # H1: 5 % differ
     min_samples: int = 500  # candidate requests before anything is promoted
     max_samples: int = 50_000  # candidate requests after which a gate decides by its LLR's sign
+    latency_ratio: float = 1.5  # bad: candidate p99 above this many times the stable p99 (+ the slack)
+    latency_slack_seconds: float = 0.005  # absolute slack on the latency limit (sub-ms models jitter)
 
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
@@ -57,6 +64,8 @@ class GateSettings:
             raise ValueError("need 0 < disagreement_good < disagreement_bad < 1")
         if not 0 < self.min_samples <= self.max_samples:
             raise ValueError("need 0 < min_samples <= max_samples")
+        if self.latency_ratio <= 1 or self.latency_slack_seconds < 0:
+            raise ValueError("need latency_ratio > 1 and latency_slack_seconds >= 0")
 
     @property
     def upper(self) -> float:
@@ -73,6 +82,58 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Latency samples in seconds: cumulative counts at the finite upper bounds ``le`` (ascending) and
+    ``count`` samples in all (the +Inf bucket)."""
+
+    le: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.le) != len(self.counts):
+            raise ValueError("le and counts differ in length")
+
+    def __add__(self, other: Histogram) -> Histogram:
+        if not other.count and not other.le:
+            return self
+        if not self.count and not self.le:
+            return other
+        bounds = tuple(sorted(set(self.le) | set(other.le)))
+        counts = tuple(self.at(b) + other.at(b) for b in bounds)
+        return Histogram(bounds, counts, self.count + other.count)
+
+    def at(self, bound: float) -> int:
+        """Samples at or below ``bound`` (a bound this histogram lacks: the next lower one's count)."""
+        below = 0
+        for le, count in zip(self.le, self.counts, strict=True):
+            if le > bound:
+                break
+            below = count
+        return below
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        """The samples since ``earlier`` (same process): per-bucket differences, never below zero."""
+        bounds = tuple(sorted(set(self.le) | set(earlier.le)))
+        counts = tuple(max(0, self.at(b) - earlier.at(b)) for b in bounds)
+        return Histogram(bounds, counts, max(0, self.count - earlier.count))
+
+    def quantile(self, q: float) -> float:
+        """Prometheus' ``histogram_quantile``: linear within the bucket holding rank q·count; in the +Inf
+        bucket, the highest finite bound. NaN without samples."""
+        if self.count <= 0:
+            return math.nan
+        rank = q * self.count
+        lower, below = 0.0, 0
+        for le, count in zip(self.le, self.counts, strict=True):
+            if count >= rank:
+                inside = count - below
+                return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
+            lower, below = le, count
+        return self.le[-1] if self.le else math.nan
+
+
+@dataclass(frozen=True)
 class Window:
     """What the wave's sites counted in one window, summed over the sites."""
 
@@ -82,6 +143,20 @@ class Window:
     candidate_errors: int
     shadow_compared: int = 0  # shadowed requests whose answers were compared
     shadow_disagreed: int = 0
+    stable_latency: Histogram = Histogram()
+    candidate_latency: Histogram = Histogram()
+
+    def __add__(self, other: Window) -> Window:
+        return Window(
+            self.stable_requests + other.stable_requests,
+            self.stable_errors + other.stable_errors,
+            self.candidate_requests + other.candidate_requests,
+            self.candidate_errors + other.candidate_errors,
+            self.shadow_compared + other.shadow_compared,
+            self.shadow_disagreed + other.shadow_disagreed,
+            self.stable_latency + other.stable_latency,
+            self.candidate_latency + other.candidate_latency,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +167,8 @@ class GateState:
     agreement_llr: float = 0.0
     candidate_requests: int = 0
     shadow_compared: int = 0
+    stable_latency: Histogram = Histogram()  # pooled over the wave's sites and the step's windows
+    candidate_latency: Histogram = Histogram()
 
 
 def error_increment(window: Window, ratio: float) -> float:
@@ -118,7 +195,26 @@ def observe(state: GateState, window: Window, settings: GateSettings) -> GateSta
         + agreement_increment(window, settings.disagreement_good, settings.disagreement_bad),
         candidate_requests=state.candidate_requests + window.candidate_requests,
         shadow_compared=state.shadow_compared + window.shadow_compared,
+        stable_latency=state.stable_latency + window.stable_latency,
+        candidate_latency=state.candidate_latency + window.candidate_latency,
     )
+
+
+def latency_verdict(state: GateState, settings: GateSettings) -> tuple[Verdict, str]:
+    """ROLLBACK when both versions have ``min_samples`` latency samples and the candidate's p99 is above
+    ``latency_ratio × stable p99 + latency_slack_seconds``; PROMOTE when it is not (or when the workers
+    report no latency at all: nothing to gate on); CONTINUE while either has too few samples."""
+    stable, candidate = state.stable_latency, state.candidate_latency
+    if not candidate.count:
+        return Verdict.PROMOTE, "no candidate latency measured (shadow copies are not timed)"
+    if min(stable.count, candidate.count) < settings.min_samples:
+        return Verdict.CONTINUE, "collecting latency samples"
+    p_s, p_c = stable.quantile(0.99), candidate.quantile(0.99)
+    limit = settings.latency_ratio * p_s + settings.latency_slack_seconds
+    text = f"candidate p99 {p_c:.4f} s, stable p99 {p_s:.4f} s (limit {limit:.4f} s)"
+    if p_c > limit:
+        return Verdict.ROLLBACK, "latency gate: " + text
+    return Verdict.PROMOTE, text
 
 
 def _one(llr: float, samples: int, settings: GateSettings, upper: float) -> Verdict:
@@ -131,17 +227,29 @@ def _one(llr: float, samples: int, settings: GateSettings, upper: float) -> Verd
     return Verdict.CONTINUE
 
 
-def decide(state: GateState, settings: GateSettings, agreement: bool) -> tuple[Verdict, str]:
-    """Roll back when any gate says so; promote when every gate (agreement only with ``agreement``) does."""
-    upper = settings.upper_for(2 if agreement else 1)
-    verdicts = {"errors": _one(state.error_llr, state.candidate_requests, settings, upper)}
+def decide(
+    state: GateState, settings: GateSettings, agreement: bool, errors: bool = True
+) -> tuple[Verdict, str]:
+    """Roll back when any gate says so; promote when every gate (agreement only with ``agreement``, the
+    error gate only with ``errors``) and the latency check do. A shadow step gates on agreement alone:
+    the worker does not count shadow copies as the candidate's requests (a candidate error in a shadow
+    copy is a disagreement), docs/rollout-protocol.md."""
+    if not (agreement or errors):
+        raise ValueError("decide needs the error gate, the agreement gate or both")
+    upper = settings.upper_for(int(agreement) + int(errors))
+    verdicts = {}
+    if errors:
+        verdicts["errors"] = _one(state.error_llr, state.candidate_requests, settings, upper)
     if agreement:
         verdicts["agreement"] = _one(state.agreement_llr, state.shadow_compared, settings, upper)
     for name, verdict in verdicts.items():
         if verdict is Verdict.ROLLBACK:
             llr = state.error_llr if name == "errors" else state.agreement_llr
             return Verdict.ROLLBACK, f"{name} gate: log likelihood ratio {llr:.2f} (bad at {upper:.2f})"
-    if all(v is Verdict.PROMOTE for v in verdicts.values()):
+    latency, why = latency_verdict(state, settings)
+    if latency is Verdict.ROLLBACK:
+        return latency, why
+    if all(v is Verdict.PROMOTE for v in verdicts.values()) and latency is Verdict.PROMOTE:
         return Verdict.PROMOTE, "every gate passed"
     return Verdict.CONTINUE, "collecting evidence"
 

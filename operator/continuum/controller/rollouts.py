@@ -1,0 +1,153 @@
+"""The HTTP side of EdgeWorkloadSet rollouts: read and drive each site's worker over its rollout endpoint
+(``GET``/``PUT /v2/models/{m}/rollout``, docs/rollout-protocol.md).
+
+Workers are reached the way the state and drift probes reach them (:mod:`continuum.controller.probe`):
+the worker URL template (``CONTINUUM_WORKER_URL_TEMPLATE``) filled with the child's Service name, its
+namespace and the worker port. The decisions are :mod:`continuum.rollout.machine`'s; this module only
+talks and parses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from prometheus_client import Counter
+
+from continuum.api.workloadset import Histogram, VersionCounters
+from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
+from continuum.render.worker import service_name_for
+from continuum.rollout.machine import Observation, Put, Reading
+
+log = logging.getLogger("continuum.operator")
+
+ROLLOUT_CALLS = Counter(
+    "continuum_rollout_worker_calls_total",
+    "Rollout reads (GET) and changes (PUT) sent to workers, by result",
+    ["method", "result"],
+)
+
+
+def parse_histogram(raw: Any) -> Histogram:
+    """``[[le, cumulative_count], ..., ["+Inf", count]]`` → finite bounds, their counts, the total."""
+    le: list[float] = []
+    counts: list[int] = []
+    total = 0
+    for bound, count in raw or []:
+        value = float(bound)
+        if math.isinf(value):
+            total = int(count)
+        else:
+            le.append(value)
+            counts.append(int(count))
+    if not total and counts:
+        total = counts[-1]
+    return Histogram(le=le, counts=counts, count=total)
+
+
+def parse_reading(payload: Any) -> Observation:
+    """A GET answer as a :class:`Reading`; a malformed answer is a reason (the site is deferred)."""
+    if not isinstance(payload, Mapping):
+        return "malformed rollout answer: not an object"
+    try:
+        versions = {
+            str(v): VersionCounters(
+                requests=int(c.get("requests", 0)),
+                errors=int(c.get("errors", 0)),
+                shadow_compared=int(c.get("shadow_compared", 0)),
+                shadow_disagreed=int(c.get("shadow_disagreed", 0)),
+                latency=parse_histogram(c.get("latency_seconds_buckets")),
+            )
+            for v, c in (payload.get("versions") or {}).items()
+        }
+        stable = payload.get("stable") or {}
+        candidate = payload.get("candidate") or {}
+        return Reading(
+            mode=str(payload["mode"]),
+            generation=str(payload.get("generation") or ""),
+            instance=str(payload.get("instance") or ""),
+            stable_version=str(stable["version"]) if stable.get("version") is not None else None,
+            candidate_version=str(candidate["version"]) if candidate.get("version") is not None else None,
+            versions=versions,
+            weight=float(payload.get("weight") or 0.0),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"malformed rollout answer: {type(exc).__name__}: {exc}"[:300]
+
+
+class RolloutClient:
+    """Reads and drives the workers of one set's sites (``targets``: site → (child name, namespace,
+    port, model name))."""
+
+    def __init__(
+        self,
+        url_template: str = DEFAULT_WORKER_URL_TEMPLATE,
+        timeout: float = 3.0,
+        put_timeout: float = 60.0,  # a PUT answers after the candidate is fetched, loaded and warmed
+        concurrency: int = 16,
+    ) -> None:
+        self.url_template = url_template
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.put_timeout = aiohttp.ClientTimeout(total=put_timeout)
+        self.concurrency = concurrency
+
+    def url(self, child: str, namespace: str, port: int, model: str) -> str:
+        base = self.url_template.format(service=service_name_for(child), namespace=namespace, port=port)
+        return f"{base.rstrip('/')}/v2/models/{model}/rollout"
+
+    async def read(
+        self, targets: Mapping[str, tuple[str, str, int, str]], sites: list[str]
+    ) -> dict[str, Observation]:
+        if not sites:
+            return {}
+        limit = asyncio.Semaphore(self.concurrency)
+        async with aiohttp.ClientSession(timeout=self.timeout) as session:
+
+            async def one(site: str) -> Observation:
+                if site not in targets:
+                    return "no child"
+                async with limit:
+                    return await self._call(session, "GET", self.url(*targets[site]), None)
+
+            results = await asyncio.gather(*(one(s) for s in sites))
+        return dict(zip(sites, results, strict=True))
+
+    async def send(self, targets: Mapping[str, tuple[str, str, int, str]], puts: list[Put]) -> dict[str, str]:
+        """Send the PUTs; returns the error of each site whose worker refused or could not be reached."""
+        if not puts:
+            return {}
+        limit = asyncio.Semaphore(self.concurrency)
+        errors: dict[str, str] = {}
+        async with aiohttp.ClientSession(timeout=self.put_timeout) as session:
+
+            async def one(put: Put) -> None:
+                if put.site not in targets:
+                    errors[put.site] = "no child"
+                    return
+                async with limit:
+                    result = await self._call(session, "PUT", self.url(*targets[put.site]), put.body)
+                if isinstance(result, str):
+                    errors[put.site] = result
+
+            await asyncio.gather(*(one(p) for p in puts))
+        return errors
+
+    async def _call(
+        self, session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None
+    ) -> Observation:
+        try:
+            async with session.request(method, url, json=body) as response:
+                if response.status != 200:
+                    text = (await response.text())[:200]
+                    ROLLOUT_CALLS.labels(method, "error").inc()
+                    return f"HTTP {response.status}: {text}"
+                payload = await response.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            ROLLOUT_CALLS.labels(method, "unreachable").inc()
+            return f"{type(exc).__name__}: {exc}"[:300]
+        ROLLOUT_CALLS.labels(method, "ok").inc()
+        return parse_reading(payload)
