@@ -185,6 +185,12 @@ async def test_end_to_end_v2_json_results_match_http(
                   "durable_to_published", "receive_to_published"):  # fmt: skip
         assert metric(text, "continuum_ingest_stage_seconds_count", stage=stage) >= n - 1, stage
     assert metric(text, "nv_inference_request_success", model="mlp", version="1") >= n
+    # what the operator shows as status.ingest
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port(w)}/v2/ingest", timeout=5) as r:
+        report = json.loads(r.read())
+    assert report["connected"] is True and report["sources"][0]["connected"] and report["sink"]["connected"]
+    assert report["pending_records"] == 0 and report["lag_seconds"] == 0 and report["published_seq"] == n
+    assert 0 <= report["sources"][0]["source_lag_seconds"] < 60
     assert w.terminate() == 0
 
 

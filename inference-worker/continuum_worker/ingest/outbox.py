@@ -17,6 +17,7 @@ A ``LOCK`` file held with ``flock`` keeps a second process off the directory.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import os
@@ -101,6 +102,7 @@ class Outbox:
         self._saved_watermark = 0
         self._sizes: dict[int, int] = {}  # pending seq -> payload size (for exact byte accounting)
         self._tail: dict[int, Row] = {}  # records written by this process and not yet published: no read back
+        self._put_times: collections.deque[tuple[int, float]] = collections.deque()  # (last seq of a put, when)
         self.wakers: set[asyncio.Event] = set()  # set on every put (the publisher's one wake-up event)
         self.closed = True
 
@@ -124,6 +126,8 @@ class Outbox:
         for seq, size in db.execute("SELECT seq, length(payload) FROM out WHERE seq > ?", (self.watermark,)):
             self._sizes[seq] = size
         self.pending_count, self.pending_bytes = len(self._sizes), sum(self._sizes.values())
+        if self.pending_count:  # left by a previous run: their age counts from now
+            self._put_times.append((self.last_seq, time.time()))
         self._loop = asyncio.get_running_loop()
         self._read = sqlite3.connect(self.directory / DB_NAME, isolation_level=None)
         self._thread = threading.Thread(target=self._writer, args=(db,), name="outbox-writer", daemon=True)
@@ -185,6 +189,8 @@ class Outbox:
                 self.pending_bytes += len(r.payload)
         if job.seqs:
             self.last_seq = max(self.last_seq, job.seqs[-1])
+            if job.seqs[-1] > self.watermark:
+                self._put_times.append((job.seqs[-1], time.time()))
         self.meta.update(job.meta)
         self._gauges()
         self._new.set()
@@ -279,6 +285,7 @@ class Outbox:
 
     def _apply_drop(self, new_watermark: int, victims: list[int]) -> None:
         self.watermark = max(self.watermark, new_watermark)
+        self._forget_times()
         for seq in victims:
             self._tail.pop(seq, None)
             size = self._sizes.pop(seq, None)
@@ -343,8 +350,19 @@ class Outbox:
             self.pending_count -= 1
             self._tail.pop(first, None)
         self.watermark = seq
+        self._forget_times()
         self._gauges()
         self._space.set()
+
+    def _forget_times(self) -> None:
+        while self._put_times and self._put_times[0][0] <= self.watermark:
+            self._put_times.popleft()
+
+    def oldest_pending_age(self) -> float:
+        """Seconds since the oldest record not yet published upstream became durable (0: none pending)."""
+        if not self.pending_count or not self._put_times:
+            return 0.0
+        return max(0.0, time.time() - self._put_times[0][1])
 
     def flush_watermark(self) -> None:
         """Queue a commit that saves the watermark (the publisher calls it when idle)."""

@@ -311,6 +311,10 @@ class IngestService:
         self._protocols = {i: e.protocol for i, e in enumerate(config.sources)}
         self._stopping = False
         self._stage = {s: self.metrics.stage.labels(s) for s in STAGES}
+        # what GET /v2/ingest reports per endpoint: connected, and the source's own lag where it has one
+        self._connected: dict[str, bool] = {e.uri: False for e in [*config.sources, config.sink]}
+        self._source_lag: dict[str, float] = {}  # receive time - the publisher's timestamp of the last message
+        self.lag_records: dict[str, int] = {}  # Kafka: records in the topic not yet consumed (end - position)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -340,6 +344,29 @@ class IngestService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.outbox.close()
+
+    def report(self) -> dict[str, Any]:
+        """The stream's health in one JSON document (``GET /v2/ingest``, docs/streaming.md)."""
+        ob = self.outbox
+        sources = [
+            {"uri": e.uri, "connected": self._connected.get(e.uri, False),
+             "source_lag_seconds": self._source_lag.get(e.uri), "lag_records": self.lag_records.get(e.uri)}
+            for e in self.config.sources
+        ]  # fmt: skip
+        sink = {"uri": self.config.sink.uri, "connected": self._connected.get(self.config.sink.uri, False)}
+        return {
+            "connected": all(s["connected"] for s in sources) and sink["connected"],
+            "sources": sources,
+            "sink": sink,
+            "in_flight": self.in_flight,
+            "pending_records": ob.pending_count,
+            "pending_bytes": ob.pending_bytes,
+            "lag_seconds": round(ob.oldest_pending_age(), 3),  # the oldest result not yet published upstream
+            "last_seq": ob.last_seq,
+            "published_seq": ob.watermark,
+            "dropped": ob.dropped,
+            "outbox_policy": ob.policy,
+        }
 
     # -- sources -----------------------------------------------------------------------------------
     def _client_id(self, ep: MqttEndpoint, role: str) -> str:
@@ -372,6 +399,7 @@ class IngestService:
                 async with client:
                     await client.subscribe(ep.topic, qos=ep.qos)
                     self.metrics.connected.labels("source", broker).set(1)  # connected and subscribed
+                    self._connected[ep.uri] = True
                     backoff = 0.1
                     await self._consume(ep, client)
             except aiomqtt.MqttError as exc:
@@ -384,6 +412,7 @@ class IngestService:
                 log.exception("source %s failed; reconnecting in %.1fs", ep.uri, backoff)
             finally:
                 self.metrics.connected.labels("source", broker).set(0)
+                self._connected[ep.uri] = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.config.reconnect_max_seconds)
 
@@ -485,7 +514,9 @@ class IngestService:
             msg_id = decoded.msg_id
             if decoded.source_ts is not None:
                 work.marks["source_ts"] = decoded.source_ts
-                self._stage["source_to_receive"].observe(max(0.0, work.marks["wall"] - decoded.source_ts))
+                lag = max(0.0, work.marks["wall"] - decoded.source_ts)
+                self._stage["source_to_receive"].observe(lag)
+                self._source_lag[ep.uri] = lag
             if decoded.key is not None and message.dup and self.outbox.seen(decoded.key):
                 work.outcome = "duplicate"  # its result is durable already: only the acknowledgement was lost
                 return
@@ -584,6 +615,7 @@ class IngestService:
             try:
                 async with client:
                     self.metrics.connected.labels("sink", broker).set(1)
+                    self._connected[ep.uri] = True
                     backoff = 0.1
                     cursor = max(cursor, self.outbox.watermark)
                     sent = cursor
@@ -598,6 +630,7 @@ class IngestService:
                 log.exception("publishing to %s failed; reconnecting in %.1fs", ep.uri, backoff)
             finally:
                 self.metrics.connected.labels("sink", broker).set(0)
+                self._connected[ep.uri] = False
             cursor = self.outbox.watermark
             maybe_sent = max(maybe_sent, self._sent_hi, sent)
             await asyncio.sleep(backoff)
@@ -694,8 +727,16 @@ class IngestService:
 
 
 def attach_ingest(app: Any, plane: Any, settings: Any) -> IngestService:
-    """Start ingestion with the app (after the models load) and stop it before the data plane stops."""
+    """Start ingestion with the app (after the models load) and stop it before the data plane stops;
+    ``GET /v2/ingest`` reports it (what the operator shows as ``status.ingest``)."""
+    from aiohttp import web
+
     service = IngestService(plane, IngestConfig.from_settings(settings))
+
+    async def report(request: web.Request) -> web.Response:
+        return web.json_response(service.report())
+
+    app.router.add_get("/v2/ingest", report)
 
     async def start(app: Any) -> None:
         await service.start()
