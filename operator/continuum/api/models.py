@@ -615,6 +615,25 @@ class DriftStatus(StatusModel):
     message: str | None = None
 
 
+class IngestStatus(StatusModel):
+    """The streaming input as the workload's worker reports it (``GET /v2/ingest``, docs/streaming.md)."""
+
+    observed_at: Timestamp = Field(description="When the operator last asked the worker")
+    reachable: bool = Field(description="Whether the worker answered")
+    broker_connected: bool = Field(default=False, description="Every source and the results broker connected")
+    pending_records: int = Field(default=0, ge=0, description="Results in the outbox not yet published upstream")
+    pending_bytes: int = Field(default=0, ge=0, description="Their payload bytes")
+    lag_seconds: float = Field(default=0.0, ge=0, description="Age of the oldest result not yet published upstream")
+    source_lag_seconds: float | None = Field(
+        default=None, ge=0, description="Receive time minus the publisher's timestamp of the last message (its clock)"
+    )
+    source_lag_records: int | None = Field(
+        default=None, ge=0, description="Kafka sources: records in the topics not yet consumed"
+    )
+    dropped: int = Field(default=0, ge=0, description="Results dropped unpublished (outbox full, drop-oldest)")
+    message: str | None = None
+
+
 class EdgeWorkloadStatus(StatusModel):
     phase: Phase | None = None
     placement: Placement | None = None
@@ -638,6 +657,7 @@ class EdgeWorkloadStatus(StatusModel):
     )
     state: StateSyncStatus | None = Field(default=None, description="Present when spec.state.enabled")
     drift: DriftStatus | None = Field(default=None, description="Present once the worker was asked")
+    ingest: IngestStatus | None = Field(default=None, description="Present with spec.ingest, once the worker was asked")
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 

@@ -21,6 +21,7 @@ from continuum.api.models import GROUP, LABEL_WORKLOAD, VERSION
 from continuum.controller import metrics
 from continuum.controller.drift_health import DriftProbe
 from continuum.controller.events import EventPoster
+from continuum.controller.ingest_health import IngestProbe, ingest_targets
 from continuum.controller.keys import RENDERED, QueueKey
 from continuum.controller.kube import ApiError, KubeApi
 from continuum.controller.leader import Leadership
@@ -121,6 +122,14 @@ def register(
             settings.state_poll_seconds,
         )
         tasks.append(asyncio.create_task(drift.run(leadership.active)))
+        ingest = IngestProbe(  # streaming workloads' consumer lag (status.ingest), same period
+            ingest_targets(controller.cache),
+            controller.workloads.ingest_health,
+            controller.requeue,
+            settings.worker_url_template,
+            settings.state_poll_seconds,
+        )
+        tasks.append(asyncio.create_task(ingest.run(leadership.active)))
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:

@@ -28,6 +28,7 @@ EVENTS_DROPPED = Counter("continuum_events_dropped_total", "Kubernetes Events gi
 STATE_PROBES = Counter(
     "continuum_state_probes_total", "Asks of workers' /state/sync, by result", ["result"]
 )
+INGEST_PROBES = Counter("continuum_ingest_probes_total", "Asks of workers' /v2/ingest, by result", ["result"])
 DRIFT_PROBES = Counter(
     "continuum_drift_probes_total", "Asks of workers' /v2/models/{m}/drift, by result", ["result"]
 )

@@ -21,6 +21,7 @@ from continuum.api.models import (
     EdgeWorkload,
     EdgeWorkloadSpec,
     EdgeWorkloadStatus,
+    IngestStatus,
     Phase,
     Placement,
     ResourceAmounts,
@@ -222,6 +223,7 @@ def workload_status(
     drift: DriftStatus | None = None,
     now: datetime | None = None,
     apply_error: str | None = None,
+    ingest: IngestStatus | None = None,
 ) -> EdgeWorkloadStatus:
     """The status after a decision: ``target`` and ``previous`` are where the workload runs now and
     what still drains (after the apply), ``ready`` its ready replicas, ``state`` its sync health;
@@ -292,6 +294,7 @@ def workload_status(
         ],
         state=state if workload.spec.state.enabled else None,
         drift=drift if placed else None,
+        ingest=ingest if placed and workload.spec.ingest is not None else None,
         observed_generation=generation,
     )
 

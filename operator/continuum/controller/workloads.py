@@ -24,6 +24,7 @@ from continuum.api.models import (
     DriftStatus,
     EdgeWorkload,
     EdgeWorkloadStatus,
+    IngestStatus,
     Phase,
     Placement,
     StateSyncStatus,
@@ -82,6 +83,7 @@ class WorkloadReconciler:
         self.post_event = post_event
         self.state_health = state_health
         self.drift_health: Mapping[WorkloadKey, DriftStatus] = drift_health if drift_health is not None else {}
+        self.ingest_health: dict[WorkloadKey, IngestStatus] = {}  # filled by ingest_health.IngestProbe
         self.api: KubeApi | None = None
         self.resyncs = 0
         self.resync_epoch = 0
@@ -165,6 +167,7 @@ class WorkloadReconciler:
                 ready=ready,
                 state=self.state_health.get(key),
                 drift=self.drift_health.get(key),
+                ingest=self.ingest_health.get(key),
                 now=now,
                 apply_error=refused_text,
             )
