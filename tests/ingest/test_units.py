@@ -26,7 +26,14 @@ def test_endpoints_parse_and_errors_name_the_part() -> None:
         "broker", 1884, "line/+/features", "raw", "FP32", (-1, 64), "x", 1, "5")
     assert parse_endpoint("mqtt://b/r", source=False).port == 1883
     assert parse_endpoint("mqtt://b/line/#?qos=0", source=True).topic == "line/#"
+    k = parse_endpoint("kafka://k/frames.cam-1?decoder=npy&group=line", source=True)
+    assert (k.scheme, k.host, k.port, k.topic, k.decoder, k.group) == ("kafka", "k", 9092, "frames.cam-1", "npy", "line")
+    assert parse_endpoint("kafka://k:9093/results", source=False).port == 9093
     cases = [
+        ("kafka://k/line/#", True, "Kafka topic cannot hold the wildcards"),
+        ("kafka://k/a b", True, "a Kafka topic is 1-249 of"),
+        ("kafka://k/t?qos=1", True, "unknown option(s) ['qos']"),
+        ("kafka://k/t?group=g", False, "unknown option(s) ['group']"),
         ("http://b:1/t", True, "scheme must be mqtt"),
         ("mqtt://b:1/", True, "no topic"),
         ("mqtt://b:1/t?colour=red", True, "unknown option(s) ['colour']"),

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from continuum_worker.errors import NotFound, ServerError, Unavailable
 from continuum_worker.ingest.decode import DecodeError, decode
 from continuum_worker.ingest.filter import Summary, events_of
+from continuum_worker.ingest.kafka import KafkaLinkError, KafkaSource, kafka_publish_loop
 from continuum_worker.ingest.metrics import STAGES, IngestMetrics
 from continuum_worker.ingest.outbox import Outbox, OutboxError, Record
 from continuum_worker.ingest.uri import MqttEndpoint, parse_endpoint
@@ -388,7 +389,48 @@ class IngestService:
         client.pending_calls_threshold = 2 * self.config.publish_window  # it warns per call above this
         return client
 
+    def mark_connected(self, uri: str, up: bool) -> None:
+        self._connected[uri] = up
+
+    def on_published(self, row: Any, now: float) -> None:
+        """Accounting of one record acknowledged upstream (Kafka sink; the MQTT loop inlines it)."""
+        if row.kind != "seen":
+            self.metrics.published.labels(row.kind).inc()
+            self.metrics.upstream_bytes.labels(row.kind).inc(len(row.payload))
+        marks = self._latency.pop(row.seq, None)
+        if marks is not None:
+            self._stage["durable_to_published"].observe(now - marks[1])
+            self._stage["receive_to_published"].observe(now - marks[0])
+
+    async def _run_kafka_source(self, ep: MqttEndpoint) -> None:
+        backoff = 0.1
+        broker = f"{ep.host}:{ep.port}/{ep.topic}"
+
+        def lag(n: int) -> None:
+            self.lag_records[ep.uri] = n
+
+        while not self._stopping:
+            try:
+                group = ep.group or f"{self.config.client_id}-{ep.topic}"  # stable across restarts
+                source = KafkaSource(ep, self._client_id(ep, "in"), group, self.config.max_in_flight, _Message, lag)
+                async with source:
+                    self.metrics.connected.labels("source", broker).set(1)
+                    self._connected[ep.uri] = True
+                    backoff = 0.1
+                    await self._consume(ep, source)  # type: ignore[arg-type]
+            except KafkaLinkError as exc:
+                log.warning("source %s: %s; reconnecting in %.1fs", ep.uri, exc, backoff)
+            except Exception:  # never let the source stop: uncommitted records come again
+                log.exception("source %s failed; reconnecting in %.1fs", ep.uri, backoff)
+            finally:
+                self.metrics.connected.labels("source", broker).set(0)
+                self._connected[ep.uri] = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.reconnect_max_seconds)
+
     async def _run_source(self, index: int, ep: MqttEndpoint) -> None:
+        if ep.scheme == "kafka":
+            return await self._run_kafka_source(ep)
         backoff = 0.1
         broker = f"{ep.host}:{ep.port}/{ep.topic}"
         while not self._stopping:
@@ -610,6 +652,18 @@ class IngestService:
         maybe_sent = self.outbox.last_seq
         backoff = 0.1
         while True:
+            if ep.scheme == "kafka":
+                try:
+                    self.metrics.connected.labels("sink", broker).set(1)
+                    await kafka_publish_loop(self, ep, self._client_id(ep, "out"), self.outbox.watermark, maybe_sent)
+                except KafkaLinkError as exc:
+                    log.warning("publish to %s: %s; reconnecting in %.1fs", ep.uri, exc, backoff)
+                finally:
+                    self.metrics.connected.labels("sink", broker).set(0)
+                maybe_sent = max(maybe_sent, self._sent_hi)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.reconnect_max_seconds)
+                continue
             client = self._client(ep, self._client_id(ep, "out"), protocol, None)
             sent = cursor
             try:

@@ -1,4 +1,5 @@
-"""``mqtt://HOST:PORT/TOPIC[?options]``: where messages come from and where results go (pure parsing).
+"""``mqtt://HOST:PORT/TOPIC[?options]`` or ``kafka://HOST:PORT/TOPIC[?options]``: where messages come
+from and where results go (pure parsing).
 
 Source options (``--ingest``): ``decoder`` (``v2`` default: the v2 infer request JSON; ``raw``:
 little-endian bytes with ``dtype`` and ``shape``; ``npy``: a NumPy ``.npy`` file), ``dtype`` (a v2
@@ -6,6 +7,8 @@ datatype such as ``FP32``), ``shape`` (comma-separated, ``-1`` for one free dime
 model input the tensor feeds; default: the model's only input), ``model`` and ``version`` (default:
 the worker's one model), ``qos`` (``1`` default, or ``0``), ``protocol`` (``5`` default with a fallback
 to ``3.1.1``, or ``3.1.1``). Sink (``--publish``): ``qos`` and ``protocol`` only.
+Kafka (``kafka://``, one topic, no wildcards): the same decoder options, and ``group`` (the consumer
+group; default: the worker's client id) for a source; ``qos``/``protocol`` do not apply.
 Any other option is an error naming it: nothing in the URI is silently ignored.
 """
 
@@ -18,6 +21,9 @@ DECODERS = ("v2", "raw", "npy")
 NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
 SOURCE_OPTIONS = {"decoder", "dtype", "shape", "input", "model", "version", "qos", "protocol"}
 SINK_OPTIONS = {"qos", "protocol"}
+KAFKA_SOURCE_OPTIONS = (SOURCE_OPTIONS - {"qos", "protocol"}) | {"group"}
+KAFKA_SINK_OPTIONS: set[str] = set()
+SCHEMES = ("mqtt", "kafka")
 PROTOCOLS = ("5", "3.1.1")
 
 
@@ -40,16 +46,22 @@ class MqttEndpoint:
     model: str | None = None
     version: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    scheme: str = "mqtt"
+    group: str | None = None  # Kafka consumer group
+
+
+Endpoint = MqttEndpoint  # an mqtt:// or kafka:// endpoint
 
 
 def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     what = "--ingest" if source else "--publish"
     # '#' is MQTT's multi-level wildcard here, not a URI fragment
     parts = urllib.parse.urlsplit(uri.strip().replace("#", "%23"))
-    if parts.scheme != "mqtt":
-        raise EndpointError(f"{what} {uri!r}: the scheme must be mqtt:// (got {parts.scheme or 'none'!r})")
+    if parts.scheme not in SCHEMES:
+        raise EndpointError(f"{what} {uri!r}: the scheme must be mqtt:// or kafka:// (got {parts.scheme or 'none'!r})")
+    kafka = parts.scheme == "kafka"
     try:
-        host, port = parts.hostname, parts.port or 1883
+        host, port = parts.hostname, parts.port or (9092 if kafka else 1883)
     except ValueError as exc:
         raise EndpointError(f"{what} {uri!r}: {exc}") from None
     if not host:
@@ -57,10 +69,15 @@ def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     topic = urllib.parse.unquote(parts.path.lstrip("/"))
     if not topic:
         raise EndpointError(f"{what} {uri!r}: no topic (mqtt://HOST:PORT/TOPIC)")
-    if not source and ("+" in topic or "#" in topic):
-        raise EndpointError(f"{what} {uri!r}: a publish topic cannot hold the wildcards + or #")
+    if (kafka or not source) and ("+" in topic or "#" in topic):
+        raise EndpointError(f"{what} {uri!r}: a {'Kafka' if kafka else 'publish'} topic cannot hold the wildcards + or #")
+    if kafka and (len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic)):
+        raise EndpointError(f"{what} {uri!r}: a Kafka topic is 1-249 of [a-zA-Z0-9._-] (got {topic!r})")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
-    allowed = SOURCE_OPTIONS if source else SINK_OPTIONS
+    if kafka:
+        allowed = KAFKA_SOURCE_OPTIONS if source else KAFKA_SINK_OPTIONS
+    else:
+        allowed = SOURCE_OPTIONS if source else SINK_OPTIONS
     unknown = sorted(set(query) - allowed)
     if unknown:
         raise EndpointError(f"{what} {uri!r}: unknown option(s) {unknown} (known: {sorted(allowed)})")
@@ -93,5 +110,5 @@ def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     return MqttEndpoint(
         uri=uri.strip(), host=host, port=port, topic=topic, qos=int(qos), protocol=protocol, decoder=decoder,
         dtype=dtype, shape=shape, input=opts.get("input"), model=opts.get("model"), version=opts.get("version"),
-        options=opts,
+        options=opts, scheme=parts.scheme, group=opts.get("group"),
     )  # fmt: skip
