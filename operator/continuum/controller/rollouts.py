@@ -79,9 +79,13 @@ def parse_reading(payload: Any) -> Observation:
         return f"malformed rollout answer: {type(exc).__name__}: {exc}"[:300]
 
 
+Target = tuple[str, str, int, str]  # child name, namespace, worker port, model name
+
+
 class RolloutClient:
-    """Reads and drives the workers of one set's sites (``targets``: site → (child name, namespace,
-    port, model name))."""
+    """Reads and drives the workers of one set's sites (``targets``: site → :data:`Target`). A worker
+    with state has a state token (the Secret the operator created for it): its PUTs carry it
+    (``tokens``: site → token), as the protocol requires."""
 
     def __init__(
         self,
@@ -99,9 +103,7 @@ class RolloutClient:
         base = self.url_template.format(service=service_name_for(child), namespace=namespace, port=port)
         return f"{base.rstrip('/')}/v2/models/{model}/rollout"
 
-    async def read(
-        self, targets: Mapping[str, tuple[str, str, int, str]], sites: list[str]
-    ) -> dict[str, Observation]:
+    async def read(self, targets: Mapping[str, Target], sites: list[str]) -> dict[str, Observation]:
         if not sites:
             return {}
         limit = asyncio.Semaphore(self.concurrency)
@@ -116,7 +118,9 @@ class RolloutClient:
             results = await asyncio.gather(*(one(s) for s in sites))
         return dict(zip(sites, results, strict=True))
 
-    async def send(self, targets: Mapping[str, tuple[str, str, int, str]], puts: list[Put]) -> dict[str, str]:
+    async def send(
+        self, targets: Mapping[str, Target], puts: list[Put], tokens: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """Send the PUTs; returns the error of each site whose worker refused or could not be reached."""
         if not puts:
             return {}
@@ -129,7 +133,8 @@ class RolloutClient:
                     errors[put.site] = "no child"
                     return
                 async with limit:
-                    result = await self._call(session, "PUT", self.url(*targets[put.site]), put.body)
+                    token = (tokens or {}).get(put.site)
+                    result = await self._call(session, "PUT", self.url(*targets[put.site]), put.body, token)
                 if isinstance(result, str):
                     errors[put.site] = result
 
@@ -137,10 +142,16 @@ class RolloutClient:
         return errors
 
     async def _call(
-        self, session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        token: str | None = None,
     ) -> Observation:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            async with session.request(method, url, json=body) as response:
+            async with session.request(method, url, json=body, headers=headers) as response:
                 if response.status != 200:
                     text = (await response.text())[:200]
                     ROLLOUT_CALLS.labels(method, "error").inc()

@@ -14,6 +14,7 @@ create, merge-patch or delete the children → status (:mod:`continuum.controlle
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -47,6 +48,7 @@ from continuum.controller.kube import ApiError, KubeApi, path_for
 from continuum.controller.rollouts import RolloutClient
 from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
 from continuum.controller.status import dump, parse_conditions
+from continuum.render.worker import secret_name_for
 from continuum.rollout import machine
 
 EventFn = Callable[[Mapping[str, Any], str, str, str], None]  # (body, type, reason, message)
@@ -276,7 +278,8 @@ class WorkloadSetReconciler:
             datetime.now(UTC),
             running_model(owned, template),
         )
-        refused = await self.workers.send(targets, outcome.puts)
+        tokens = await self.state_tokens(ews, expansion, {p.site for p in outcome.puts})
+        refused = await self.workers.send(targets, outcome.puts, tokens)
         for site, error in refused.items():
             key = (ews.metadata.uid or ews.key, site)
             if self.worker_errors.get(key) != error:
@@ -287,6 +290,23 @@ class WorkloadSetReconciler:
         for event in outcome.events:
             self.post_event(body, event.type, event.reason, event.message)
         return outcome
+
+    async def state_tokens(
+        self, ews: EdgeWorkloadSet, expansion: Expansion, sites: set[str]
+    ) -> dict[str, str]:
+        """The state token of each stateful child among ``sites`` (its worker wants it on a PUT): from the
+        Secret the workload reconciler created for it; a missing Secret is no token (the PUT is refused
+        and retried on the next pass)."""
+        assert self.api is not None
+        tokens = {}
+        for child in expansion.children:
+            if child.site not in sites or not (child.spec.get("state") or {}).get("enabled"):
+                continue
+            secret = await self.api.get("v1", "Secret", secret_name_for(child.name), ews.namespace)
+            raw = ((secret or {}).get("data") or {}).get("token")
+            if raw:
+                tokens[child.site] = base64.b64decode(raw).decode()
+        return tokens
 
     @staticmethod
     def with_models(expansion: Expansion, outcome: machine.Outcome) -> Expansion:
