@@ -127,10 +127,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     plan.add_argument(
         "--optimize-seconds",
         type=float,
-        default=DEFAULT_OPTIMIZE_S,
+        default=None,
         metavar="S",
         help="batch: up to S seconds for the exact solver (HiGHS) to improve the heuristic's plan and prove "
-        "it optimal or bound its gap (0: heuristic only; default %(default)g)",
+        f"it optimal or bound its gap (0: heuristic only; default {DEFAULT_OPTIMIZE_S:g} s when the batch has "
+        f"at most {AUTO_EXACT_PAIRS:,} candidate (workload, pool) pairs, about 300 workloads × 30 pools, and 0 "
+        "beyond: there a second does not even bound the count)",
     )
     plan.add_argument(
         "--explain",
@@ -175,6 +177,11 @@ SCHEMA_VERSION = 2  # 1: the unversioned document before rejectedByReason/candid
 SHOW_ALL_POOLS = 50  # up to this many pools every pool is listed per workload by default
 INDENTED_UP_TO = 1000  # -o json is indented up to this many workloads, compact beyond
 DEFAULT_OPTIMIZE_S = 1.0  # seconds for HiGHS to improve and check the batch plan
+# Without --optimize-seconds, HiGHS runs only up to this many candidate pairs: at 300 × 30 (1-2 k pairs) a
+# second proves the count and finds the one more placement the heuristic misses on some instances; at
+# 1,000 × 100 (11-14 k pairs) a second gives no bound at all (5 s: the count only), so it would only add
+# a second to every plan.
+AUTO_EXACT_PAIRS = 5_000
 
 
 def plan_document(
@@ -184,7 +191,7 @@ def plan_document(
     explain: str | None = None,
     alternatives: int = 3,
     misses_per_reason: int = 2,
-    optimize_seconds: float = 0.0,
+    optimize_seconds: float | None = 0.0,
 ) -> PlanDocument:
     """The plan for manifests at ``paths`` (raises ManifestError on invalid input).
 
@@ -193,7 +200,8 @@ def plan_document(
     ``misses_per_reason`` nearest misses, with ``rejectedByReason`` counts and ``candidatesOmitted``.
     ``explain`` (``namespace/name``) lists every pool for that workload whatever the size. With the batch
     solver and ``optimize_seconds`` > 0, HiGHS improves the heuristic's plan within that budget and says
-    whether it is proven optimal (``optimality``)."""
+    whether it is proven optimal (``optimality``); None: :data:`DEFAULT_OPTIMIZE_S` up to
+    :data:`AUTO_EXACT_PAIRS` candidate pairs, else none (what the CLI does by default)."""
     from continuum.api.loader import ManifestError, load_manifests
     from continuum.placement import decide_batch, decide_in_order
     from continuum.placement.problem import WorkloadRequest
@@ -215,11 +223,17 @@ def plan_document(
         def solve_then_improve(problem: Any) -> Any:
             nonlocal optimality
             start = solve(problem)
-            if optimize_seconds <= 0:
-                found = exact.heuristic_only("--optimize-seconds 0")
-                optimality = _optimality(found)
+            budget = optimize_seconds
+            pairs = len(problem.cand_pool)
+            if budget is None:
+                budget = DEFAULT_OPTIMIZE_S if pairs <= AUTO_EXACT_PAIRS else 0.0
+                note = f"{pairs:,} candidate pairs, more than {AUTO_EXACT_PAIRS:,}: --optimize-seconds S to check"
+            else:
+                note = "--optimize-seconds 0"
+            if budget <= 0:
+                optimality = _optimality(exact.heuristic_only(note))
                 return start
-            result = exact.improve(problem, start, budget_s=optimize_seconds)
+            result = exact.improve(problem, start, budget_s=budget)
             optimality = _optimality(result.optimality)
             return result.assignment
 

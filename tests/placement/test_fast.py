@@ -215,3 +215,10 @@ def test_operator_decision_equals_the_reference_and_keeps_the_current_pool(insta
         current = engine.placement_on(req.spec, snapshot.pool(current_pool))
         policy = HysteresisPolicy(60, 300, 0.5)
         assert judge(req.spec, current, got, now, policy) == judge(req.spec, current, ref, now, policy)
+        # the operator passes the usage as the ledger's (P, 4) rows: the same decision, rows and messages
+        rows = fast.usage_array(snapshot.table.names, usage)
+        by_rows = fast.decide_placement(
+            req.spec, snapshot, None, req.key, current=current_pool, limit=limit, used=rows
+        )
+        assert (by_rows.phase, by_rows.placement, by_rows.hint) == (got.phase, got.placement, got.hint)
+        assert dump(by_rows.candidates) == dump(got.candidates)

@@ -193,3 +193,32 @@ def test_exact_stage_is_feasible_never_worse_and_proves_the_count(instance):
         assert ours.placed >= objective(problem, exact.assignment).placed
     else:
         assert ours.placed == 0 and result.optimality.proven
+
+
+@pytest.mark.parametrize(
+    ("n_w", "n_p", "seed", "nodes"),
+    [
+        (300, 30, 7, 5),  # bench/placement.py's quality instance
+        (300, 24, 1, 5),  # the heuristic alone places 236 of 237 here
+        (300, 30, 42, 3),  # the CLI rows' generator at 300 × 30
+        (300, 30, 42, 5),
+        (300, 30, 11, 5),
+    ],
+)
+def test_plan_places_the_optimum_count_up_to_300_by_30(n_w, n_p, seed, nodes):
+    """What `continuum plan` does by default at this size (the heuristic, then HiGHS for
+    DEFAULT_OPTIMIZE_S) places exactly the optimum count, proven by HiGHS's bound on the count alone."""
+    from continuum.plan import AUTO_EXACT_PAIRS, DEFAULT_OPTIMIZE_S
+
+    snapshot, requests = generate(n_w, n_p, seed=seed, nodes_per_pool=nodes)
+    problem = build_problem(sorted(requests, key=lambda r: r.key), snapshot)
+    assert len(problem.cand_pool) <= AUTO_EXACT_PAIRS  # so the CLI runs the exact stage by default
+    start = solve(problem)
+    proof = improve(problem, start, budget_s=30.0, phases=1)
+    assert proof.optimality.proven
+    optimum = objective(problem, proof.assignment).placed
+    assert proof.optimality.placed_bound == optimum
+    planned = improve(problem, start, budget_s=DEFAULT_OPTIMIZE_S)
+    assert violations(problem, planned.assignment) == []
+    assert objective(problem, planned.assignment).placed == optimum
+    assert planned.optimality.placed_bound == optimum  # and the plan says so

@@ -29,7 +29,7 @@ from continuum.api.models import Candidate, EdgeWorkloadSpec, Privacy, Reason, R
 from continuum.api.quantity import gib
 from continuum.placement import filters
 from continuum.placement.filters import construct
-from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
+from continuum.placement.snapshot import ClusterSnapshot, PoolUsage, Resources
 
 # Rule slots, in the order filters.evaluate lists reasons; node-fit and aggregate capacity share a code.
 SLOTS: tuple[ReasonCode, ...] = (
@@ -126,6 +126,7 @@ class PoolTable:
         self.name_rank = np.empty(n, dtype=np.int64)  # position of each pool in name order (tie-breaks)
         self.name_rank[sorted(range(n), key=lambda i: self.names[i])] = np.arange(n)
         self.n = n
+        self.tiers = [p.tier for p in pools]
         self.tier = np.array([p.tier.order for p in pools], dtype=np.int64)
         self.privacy = np.array([p.pool.spec.effective_max_privacy.rank for p in pools], dtype=np.int64)
         self.sites = [p.pool.spec.site for p in pools]
@@ -351,6 +352,38 @@ class PoolTable:
         return idx[order] if limit is None else idx[order][:limit]
 
     # --- candidates with messages ------------------------------------------------------------------------
+    def candidates(
+        self, spec: EdgeWorkloadSpec, v: Verdicts, picked: Sequence[int], usage_of: Any
+    ) -> list[Candidate]:
+        """The rows of :meth:`candidate` for the pools ``picked``, in that order, from the arrays at once
+        (``usage_of(p)``: what the others use of pool ``p``, read only for the rejected ones)."""
+        if not len(picked):
+            return []
+        idx = np.asarray(picked, dtype=np.int64)
+        bad = v.bad[idx]
+        rejected: list[bool] = np.any(bad, axis=1).tolist()
+        latency = v.latency[idx].tolist()
+        cost = v.cost[idx].tolist()
+        names, tiers = self.names, self.tiers
+        out = []
+        for j, p in enumerate(picked):
+            p = int(p)
+            est = latency[j]
+            out.append(
+                construct(
+                    Candidate,
+                    pool=names[p],
+                    tier=tiers[p],
+                    feasible=not rejected[j],
+                    estimated_latency_ms=None if est != est else round(est, 3),  # NaN: no route
+                    hourly_cost=round(cost[j], 6),
+                    reasons=self.reasons(spec, v, p, usage_of(p), np.nonzero(bad[j])[0])
+                    if rejected[j]
+                    else [],
+                )
+            )
+        return out
+
     def candidate(self, spec: EdgeWorkloadSpec, v: Verdicts, p: int, usage: PoolUsage) -> Candidate:
         """The candidate row for pool ``p``; reasons written by :func:`filters.evaluate` (the reference)."""
         pool = self.pools[p]
@@ -425,6 +458,14 @@ def _usage_lookup(table: PoolTable, usage: Mapping[str, PoolUsage]) -> Any:
     return lambda p: usage.get(table.names[p], PoolUsage())
 
 
+def _row_lookup(used: npt.NDArray[np.float64]) -> Any:
+    def usage_of(p: int) -> PoolUsage:
+        r = used[p].tolist()
+        return PoolUsage(Resources(int(r[0]), int(r[1]), int(r[2])), r[3])
+
+    return usage_of
+
+
 @dataclass(frozen=True)
 class Shown:
     """What is shown of one workload's evaluation: candidate rows and counts of the rest."""
@@ -441,8 +482,7 @@ def explain_all(spec: EdgeWorkloadSpec, table: PoolTable, v: Verdicts, usage_of:
     order = list(table.choice_order(v, np.nonzero(feasible)[0])) + list(
         rejected[np.argsort(table.name_rank[rejected])]
     )
-    rows = [table.candidate(spec, v, int(p), usage_of(int(p))) for p in order]
-    return Shown(rows, v.rejected_by_reason(), 0)
+    return Shown(table.candidates(spec, v, order, usage_of), v.rejected_by_reason(), 0)
 
 
 def explain_compact(
@@ -493,7 +533,7 @@ def explain_compact(
                 if p not in seen:
                     seen.add(p)
                     picked.append(p)
-    rows = [table.candidate(spec, v, p, usage_of(p)) for p in picked]
+    rows = table.candidates(spec, v, picked, usage_of)
     return Shown(rows, counts, table.n - len(rows))
 
 
@@ -523,11 +563,13 @@ def decide(
     fewest broken rules, preferred tiers first), the count per reason code, and the hint. The pool
     named ``include`` (the one the workload runs on) is listed too, after the others if it is not
     among the first ``limit``, so the hysteresis can always read its verdict."""
-    usage = usage or {}
     if used is None:
+        usage = usage or {}
         used = usage_array(table.names, usage)
+        usage_of = _usage_lookup(table, usage)
+    else:  # the usage rows are the reference: read them back as PoolUsage for the messages
+        usage_of = _row_lookup(used)
     v = table.evaluate(spec, used)
-    usage_of = _usage_lookup(table, usage)
     feasible = v.feasible
     order = [int(p) for p in table.choice_order(v, np.nonzero(feasible)[0], limit)]
     if len(order) < limit:
@@ -538,7 +580,7 @@ def decide(
     extra = table.index.get(include) if include is not None else None
     if extra is not None and extra not in order:
         order.append(extra)
-    shown = [table.candidate(spec, v, p, usage_of(p)) for p in order]
+    shown = table.candidates(spec, v, order, usage_of)
     chosen = order[0] if order and feasible[order[0]] else -1
     return FastDecision(
         pool=table.names[chosen] if chosen >= 0 else None,
@@ -557,16 +599,18 @@ def decide_placement(
     key: str = "",
     current: str | None = None,
     limit: int = 20,
+    used: npt.NDArray[np.float64] | None = None,
 ) -> Any:
     """The operator's per-workload call: :func:`engine.decide` as an ``engine.PlacementDecision`` whose
     ``candidates`` are already what status lists (see :func:`decide`; ``current``: the pool the
     workload runs on, always listed), with ``candidates_omitted``, ``rejected_by_reason`` and
-    ``feasible_pools`` over every pool. Same decision, hint and rows as the reference."""
+    ``feasible_pools`` over every pool. Same decision, hint and rows as the reference. ``used``: the
+    same usage as a (P, 4) array in ``snapshot.table``'s pool order (then ``usage`` is not read)."""
     from continuum.api.models import Phase
     from continuum.placement.engine import PlacementDecision, placement_on
 
     table = snapshot.table
-    d = decide(spec, table, usage, limit, include=current)
+    d = decide(spec, table, usage, limit, used=used, include=current)
     pool = snapshot.pool(d.pool) if d.pool is not None else None
     return PlacementDecision(
         key,
