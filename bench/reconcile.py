@@ -172,19 +172,41 @@ async def bare_replay(url: str, n: int, calls: Counter[tuple[str, str]], concurr
     return time.perf_counter() - started
 
 
-def decide_cost(n_pools: int, samples: int = 200) -> float:
-    """ms per placement decision (explained over every pool) on the same cluster, in this process."""
+def decide_cost(n_pools: int, samples: int = 300) -> tuple[float, float]:
+    """CPU ms per placement decision on the same cluster, in this process, with the usage of ``samples``
+    workloads already placed: (what the controller calls, ``fast.decide_placement`` with the 20 status rows
+    and the ledger's usage rows; the reference ``engine.decide`` explaining every pool). Best of 3."""
     from continuum.api.models import EdgeNodePool, EdgeWorkloadSpec
-    from continuum.placement import build_snapshot, decide
+    from continuum.placement import build_snapshot, decide_in_order, engine, fast
+    from continuum.placement.problem import WorkloadRequest
 
     objs = cluster_objects(n_pools)
     pools = [EdgeNodePool.model_validate(o) for o in objs if o["kind"] == "EdgeNodePool"]
     snapshot = build_snapshot(pools, [o for o in objs if o["kind"] == "Node"])
-    specs = [EdgeWorkloadSpec.model_validate(workload(i)["spec"]) for i in range(samples)]
-    started = time.perf_counter()
-    for spec in specs:
-        decide(spec, snapshot)
-    return (time.perf_counter() - started) / samples * 1000
+    requests = [
+        WorkloadRequest(f"ns/w-{i}", EdgeWorkloadSpec.model_validate(workload(i)["spec"]))
+        for i in range(samples)
+    ]
+    placed = [
+        (d.key, r.spec, d.pool)
+        for d, r in zip(decide_in_order(requests, snapshot), requests, strict=True)
+        if d.pool
+    ]
+    usage = engine.ledger_for(placed, snapshot).by_pool
+    rows = fast.usage_array(snapshot.table.names, usage)
+    for req in requests[:20]:  # warm the table's caches (rtt per site, accelerator masks)
+        fast.decide_placement(req.spec, snapshot, None, req.key, limit=20, used=rows)
+    best_fast = best_ref = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        for req in requests:
+            fast.decide_placement(req.spec, snapshot, None, req.key, limit=20, used=rows)
+        best_fast = min(best_fast, (time.process_time() - start) / samples * 1000)
+        start = time.process_time()
+        for req in requests[:100]:
+            engine.decide(req.spec, snapshot, usage, req.key)
+        best_ref = min(best_ref, (time.process_time() - start) / 100 * 1000)
+    return best_fast, best_ref
 
 
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
@@ -195,7 +217,6 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 
 def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> list[list[str]]:
@@ -217,9 +238,15 @@ def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> l
         "operator CPU per workload": f"{real['operator_cpu'] / n * 1000:.1f} ms",
     }
     merged = [[*row, by_row.get(row[0], "-")] for row in rows]
-    merged.append(["create → all replicas Running on the chosen pool p50 / p99 (real scheduler + kwok)", "-",
-                   f"{statistics.median(to_running) * 1000:.0f} / {percentile(to_running, 0.99) * 1000:.0f} ms"
-                   if to_running else "-"])
+    merged.append(
+        [
+            "create → all replicas Running on the chosen pool p50 / p99 (real scheduler + kwok)",
+            "-",
+            f"{statistics.median(to_running) * 1000:.0f} / {percentile(to_running, 0.99) * 1000:.0f} ms"
+            if to_running
+            else "-",
+        ]
+    )
     merged.append(["replicas on a node outside the chosen pool", "-", str(len(real["wrong_pool"]))])
     cpu = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(real["components_cpu"].items()) if v >= 0.05)
     merged.append(["control-plane CPU during the burst", "-", cpu])
@@ -231,10 +258,17 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="200 workloads, 20 pools")
+    parser.add_argument("--decide-only", action="store_true", help=argparse.SUPPRESS)  # the row alone
     parser.add_argument("--workloads", type=int, default=1000)
     parser.add_argument("--pools", type=int, default=100)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--profile", type=Path, help="run the operator under cProfile, write stats here")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="sample the operator with py-spy (if installed) from the burst until settled; write a "
+        "collapsed-stack file here (no cProfile distortion)",
+    )
     parser.add_argument(
         "--cluster",
         action="store_true",
@@ -247,6 +281,9 @@ def main() -> int:
         return 0
     if args.quick:
         args.workloads, args.pools = 200, 20
+    if args.decide_only:
+        print(decide_cost(args.pools))
+        return 0
     console = Console(width=140)
     cluster = EmulatedCluster(workdir=Path("/tmp") / f"continuum-bench-{time.time_ns()}").start_in_thread()
     for obj in cluster_objects(args.pools):
@@ -280,6 +317,26 @@ def main() -> int:
             break
         time.sleep(0.1)
     recorder.calls.clear()
+    spy = None
+    if args.py_spy:
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "-p",
+                str(operator.pid),
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(args.py_spy),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # attached
     emulator_tid = cluster._thread.native_id if cluster._thread is not None else None
     cpu_before = (cpu_seconds(operator.pid), cpu_seconds(os.getpid(), emulator_tid))
     started = time.perf_counter()
@@ -307,12 +364,16 @@ def main() -> int:
     calls = Counter(recorder.calls)
     operator_cpu = cpu_seconds(operator.pid) - cpu_before[0]
     emulator_cpu = cpu_seconds(os.getpid(), emulator_tid) - cpu_before[1]
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
+        spy.wait(timeout=60)
     operator.terminate()
     operator.wait(timeout=30)
     bare = asyncio.run(bare_replay(cluster.url, args.workloads, calls))
     cluster.stop()
     ok = len(latencies) >= args.workloads
-    decide_ms = decide_cost(args.pools)
+    decide_ms, reference_ms = decide_cost(args.pools)
+    load = os.getloadavg()
     total_calls = sum(v for (a, _), v in calls.items() if a in ("CREATE", "UPDATE", "FETCH"))
     rows = [
         ["workloads × pools", f"{args.workloads:,} × {args.pools}"],
@@ -337,9 +398,13 @@ def main() -> int:
             else "-",
         ],
         [
-            "operator CPU per workload",
-            f"{operator_cpu / args.workloads * 1000:.1f} ms (placement decision alone: {decide_ms:.1f} ms)",
+            "operator CPU per workload (goal ≤ 1.5 ms at 100 pools, #12)",
+            f"{operator_cpu / args.workloads * 1000:.2f} ms "
+            f"({'met' if operator_cpu / args.workloads <= 0.0015 else 'NOT met'}; load-independent: process CPU "
+            f"time; the decision the controller makes, `fast.decide_placement` with 20 status rows: "
+            f"{decide_ms:.2f} ms in isolation, vs {reference_ms:.2f} ms for the reference `engine.decide`)",
         ],
+        ["load average (1, 5, 15 min) at the end", ", ".join(f"{x:.1f}" for x in load)],
     ]
     columns = ["measure", "emulator"]
     if args.cluster:

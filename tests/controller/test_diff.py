@@ -8,7 +8,10 @@ from continuum.controller.diff import contains, unchanged
 def deployment(**template_spec: object) -> dict:
     return {
         "metadata": {"name": "w", "labels": {"continuum.dev/workload": "w"}},
-        "spec": {"replicas": 1, "template": {"spec": {"nodeSelector": {"continuum.dev/pool": "p"}, **template_spec}}},
+        "spec": {
+            "replicas": 1,
+            "template": {"spec": {"nodeSelector": {"continuum.dev/pool": "p"}, **template_spec}},
+        },
     }
 
 
@@ -23,7 +26,9 @@ def test_empty_lists_and_maps_read_back_absent():
 
 
 def test_real_changes_still_count():
-    rendered = deployment(tolerations=[{"key": "continuum.dev/tier", "operator": "Equal", "value": "near-edge"}])
+    rendered = deployment(
+        tolerations=[{"key": "continuum.dev/tier", "operator": "Equal", "value": "near-edge"}]
+    )
     assert not unchanged(deployment(), rendered)
     assert not unchanged(deployment(tolerations=[]), deployment(nodeSelector={"continuum.dev/pool": "q"}))
     assert not contains(None, [1]) and not contains([], [1])

@@ -12,9 +12,14 @@ async def test_list_items_carry_kind_although_the_server_leaves_it_off(tmp_path:
     """kube-apiserver puts kind/apiVersion on the list only; the cache keys rendered objects by kind, so a list
     without them made every Deployment look stale after an operator restart on a real cluster."""
     async with EmulatedCluster(workdir=tmp_path) as cluster:
-        cluster.apply({"apiVersion": "apps/v1", "kind": "Deployment",
-                       "metadata": {"name": "w", "namespace": "ns", "labels": {"continuum.dev/workload": "w"}},
-                       "spec": {"replicas": 1}})
+        cluster.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "w", "namespace": "ns", "labels": {"continuum.dev/workload": "w"}},
+                "spec": {"replicas": 1},
+            }
+        )
         api = KubeApi(cluster.url)
         try:
             raw = await api.request("GET", "/apis/apps/v1/namespaces/ns/deployments")

@@ -87,3 +87,39 @@ def test_rebuild_recomputes_every_claim_against_a_new_snapshot(example_snapshot,
     )
     assert held and ledger.epoch == epoch + 1
     assert ledger.by_pool["munich-cameras"] == filters.usage_of(spec, example_snapshot.pool("munich-cameras"))
+
+
+def test_usage_rows_follow_every_change_as_the_dict_does(example_snapshot, example_workloads):
+    """The (P, 4) rows the operator decides with (kept row by row) equal the dict rebuilt from scratch,
+    after claims, a second claim on the same pool, a move, a drop and a new snapshot (a new table)."""
+    import random
+
+    import numpy as np
+    from continuum.placement import fast
+    from continuum.placement.snapshot import build_snapshot
+
+    specs = [w.spec for w in example_workloads.values()]
+    pools = [p.name for p in example_snapshot.pools]
+    keys = [WorkloadKey("ns", f"w{i}") for i in range(8)]
+    rng = random.Random(5)
+    ledger = ClaimsLedger()
+    snapshot = example_snapshot
+    for step in range(60):
+        key = rng.choice(keys)
+        spec = specs[keys.index(key) % len(specs)]
+        roll = rng.random()
+        if roll < 0.15:
+            ledger.drop(key)
+        elif roll < 0.3:
+            ledger.set(
+                key, {CLAIM_PLACEMENT: rng.choice(pools), CLAIM_PREVIOUS: rng.choice(pools)}, spec, snapshot
+            )
+        else:
+            ledger.set(key, {CLAIM_PLACEMENT: rng.choice(pools)}, spec, snapshot)
+        if step == 30:  # a rebuilt snapshot: its own table, the rows follow
+            snapshot = build_snapshot([p.pool for p in example_snapshot.pools], [])
+        table = snapshot.table
+        assert np.array_equal(ledger.used_array(table), fast.usage_array(table.names, ledger.by_pool))
+        for other in keys:
+            expected = fast.usage_array(table.names, ledger.usage_excluding(other))
+            assert np.array_equal(ledger.used_excluding(other, table), expected)

@@ -53,7 +53,9 @@ def test_readiness_is_complete_only_when_every_replica_is_updated_and_ready():
 
 def test_a_first_placement(example_snapshot, example_workloads):
     workload = example_workloads["line-defect-inspection"]
-    workload = workload.model_copy(update={"metadata": workload.metadata.model_copy(update={"generation": 4})})
+    workload = workload.model_copy(
+        update={"metadata": workload.metadata.model_copy(update={"generation": 4})}
+    )
     decision = engine.decide(workload.spec, example_snapshot, {}, workload.key)
     verdict = judge(workload.spec, None, decision, T0, HysteresisPolicy())
     assert verdict.action is Action.PLACE
@@ -155,11 +157,23 @@ def test_a_refused_apply_is_not_ready_and_says_why(example_snapshot, example_wor
     decision = engine.decide(workload.spec, example_snapshot, {}, workload.key)
     verdict = judge(workload.spec, None, decision, T0, HysteresisPolicy())
     text = apply_error_message(
-        403, "Forbidden", 'secrets is forbidden: User "system:serviceaccount:continuum-system:continuum" '
-        'cannot create resource "secrets" in API group "" in the namespace "manufacturing"'
+        403,
+        "Forbidden",
+        'secrets is forbidden: User "system:serviceaccount:continuum-system:continuum" '
+        'cannot create resource "secrets" in API group "" in the namespace "manufacturing"',
     )
-    status = workload_status(workload, EdgeWorkloadStatus(), decision, verdict, target=verdict.target,
-                             previous=None, ready=1, state=None, now=T0, apply_error=text)
+    status = workload_status(
+        workload,
+        EdgeWorkloadStatus(),
+        decision,
+        verdict,
+        target=verdict.target,
+        previous=None,
+        ready=1,
+        state=None,
+        now=T0,
+        apply_error=text,
+    )
     ready = next(c for c in status.conditions if c.type == "Ready")
     assert (ready.status, ready.reason) == ("False", "ApplyFailed")
     assert "state.enabled=true" in ready.message and "403 Forbidden" in ready.message

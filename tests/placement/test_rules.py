@@ -130,7 +130,10 @@ def test_accelerator_and_no_nodes():
     assert only(r, "p") == []
     r = reasons(workload(), [pool("p")], [node("n", "p", ready=False)])
     assert only(r, "p") == [
-        ("NoNodes", "none of the pool's 1 member nodes can run its workers (1 not ready; a worker tolerates only the pool's own taints)")
+        (
+            "NoNodes",
+            "none of the pool's 1 member nodes can run its workers (1 not ready; a worker tolerates only the pool's own taints)",
+        )
     ]
     r = reasons(workload(), [pool("empty")], [])
     assert only(r, "empty")[0][0] == ReasonCode.NO_NODES.value

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continuum.api.models import EdgeWorkloadSpec, Phase
 from continuum.controller.keys import CLAIM_PLACEMENT, CLAIM_PREVIOUS, WorkloadKey
-from continuum.placement import filters
+from continuum.placement import fast, filters
 from continuum.placement.snapshot import ClusterSnapshot, PoolUsage
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 Claims = Mapping[str, str]  # claim entry (CLAIM_PLACEMENT, CLAIM_PREVIOUS) -> pool name
 
@@ -58,6 +62,10 @@ class ClaimsLedger:
         self.by_pool: dict[str, PoolUsage] = {}
         self._reserved: dict[WorkloadKey, dict[str, str]] = {}  # decided, not yet in status
         self.epoch = 0  # bumped whenever capacity is freed (cached decisions become stale)
+        # by_pool as a (P, 4) array in a PoolTable's pool order, refreshed row by row (the pools whose
+        # sum moved since), so a decision does not rebuild it from the dict
+        self._array: tuple[fast.PoolTable, npt.NDArray[np.float64]] | None = None
+        self._moved: set[str] = set()
 
     def reserve(self, key: WorkloadKey, claims: Claims) -> None:
         self._reserved[key] = dict(claims)
@@ -99,6 +107,7 @@ class ClaimsLedger:
             return UNCHANGED
         freed = False
         for entry, claim in old.items():
+            self._moved.add(claim.pool)
             self.by_pool[claim.pool] = self.by_pool.get(claim.pool, PoolUsage()) - claim.usage
             now = new.get(entry)
             if (
@@ -108,6 +117,7 @@ class ClaimsLedger:
             ):
                 freed = True
         for claim in new.values():
+            self._moved.add(claim.pool)
             self.by_pool[claim.pool] = self.by_pool.get(claim.pool, PoolUsage()) + claim.usage
         if new:
             self._claims[key] = new
@@ -131,6 +141,7 @@ class ClaimsLedger:
         returns whether any workload holds a claim."""
         self._claims.clear()
         self.by_pool.clear()
+        self._array = None
         held = False
         for key in keys:
             wanted, spec = claim_inputs(key)
@@ -144,3 +155,41 @@ class ClaimsLedger:
         for claim in self._claims.get(key, {}).values():
             out[claim.pool] = out[claim.pool] - claim.usage
         return out
+
+    def used_array(self, table: fast.PoolTable) -> npt.NDArray[np.float64]:
+        """:attr:`by_pool` as :func:`fast.usage_array` gives it for ``table`` (kept, updated by row;
+        read it, do not modify it)."""
+        if self._array is None or self._array[0] is not table:
+            self._array = (table, fast.usage_array(table.names, self.by_pool))
+            self._moved.clear()
+        rows = self._array[1]
+        if self._moved:
+            for name in self._moved:
+                i = table.index.get(name)
+                if i is not None:
+                    rows[i] = _row(self.by_pool.get(name))
+            self._moved.clear()
+        return rows
+
+    def used_excluding(self, key: WorkloadKey, table: fast.PoolTable) -> npt.NDArray[np.float64]:
+        """:meth:`usage_excluding` as a (P, 4) array for ``table``: the same numbers, without the dict."""
+        rows = self.used_array(table)
+        claims = self._claims.get(key)
+        if not claims:
+            return rows
+        mine: dict[str, PoolUsage] = {}
+        for claim in claims.values():  # as usage_excluding subtracts them, claim by claim
+            mine[claim.pool] = mine.get(claim.pool, self.by_pool[claim.pool]) - claim.usage
+        out = rows.copy()
+        for name, usage in mine.items():
+            i = table.index.get(name)
+            if i is not None:
+                out[i] = _row(usage)
+        return out
+
+
+def _row(usage: PoolUsage | None) -> tuple[float, float, float, float]:
+    if usage is None:
+        return (0.0, 0.0, 0.0, 0.0)
+    r = usage.resources
+    return (r.cpu_millis, r.memory_bytes, r.gpu, usage.wan_mbps)

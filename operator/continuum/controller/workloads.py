@@ -109,10 +109,12 @@ class WorkloadReconciler:
         """Decide, apply and record one workload. Returns when to look again (seconds) or None."""
         assert self.api is not None
         started = time.perf_counter()
+        fields = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        spec = self.cache.spec(body)  # validated once per generation (the watch event already did it)
+        if spec is not None:
+            fields["spec"] = spec  # a model instance is not validated again; an invalid one is, for its errors
         try:
-            workload = EdgeWorkload.model_validate(
-                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-            )
+            workload = EdgeWorkload.model_validate(fields)
         except ValidationError as exc:
             await self.write_invalid(body, exc)
             return None
@@ -206,10 +208,11 @@ class WorkloadReconciler:
         decision = fast.decide_placement(
             workload.spec,
             snapshot,
-            self.ledger.usage_excluding(key),
+            None,
             workload.key,
             current=pool,
             limit=STATUS_CANDIDATES,
+            used=self.ledger.used_excluding(key, snapshot.table),  # kept by the ledger, row by row
         )
         self._decisions[key] = (fingerprint, decision)
         return decision, True
