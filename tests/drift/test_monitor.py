@@ -166,3 +166,25 @@ def test_each_replica_keeps_its_newest_entries_and_old_replicas_age_out() -> Non
     assert starts == [500.0, 1100.0, 1200.0, 1300.0]  # own: newest 3; the predecessor's is within the horizon
     sink.record_summary("m", "1", 1600.0, blob)  # 1600 - 1000 > 500: the predecessor's entry ages out
     assert [s for _, _, s, _ in sink.summaries("m")] == [1200.0, 1300.0, 1600.0]
+
+
+def test_every_version_is_in_the_view_with_its_score_and_windows_are_scored_at_a_larger_k(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    mon = _monitor(tmp_path, clock, upload=60)
+    mon.sink = StateSink(SimpleNamespace(state=StateDoc(), opened=True))
+    _feed(mon, 1000)
+    for _ in range(250):  # a candidate version whose inputs moved
+        x = RNG.normal(0.8, 1.0, size=(4, 8)).astype(np.float32)
+        mon.observe("m", "2", True, {"x": x}, {"y": x @ W})
+    assert mon.tracks[("m", "1")].window.k == 400 and mon.tracks[("m", "1")].upload.k == 200
+    clock.now += 61
+    mon.tick()
+    versions = mon.view("m", "1")["versions"]
+    assert set(versions) == {"1", "2"}
+    assert versions["1"]["status"] == "ok" and not versions["1"]["drifting"]
+    assert versions["2"]["drifting"] and versions["2"]["score"] > versions["1"]["score"] + 0.1
+    assert versions["2"]["samples"] == 1000 and versions["2"]["reference"]
+    (entry,) = [e for e in mon.sink.summaries("m") if e[1] == "1"]
+    assert Profile.from_bytes(entry[3]).sketches["x[0]"].k == 200  # what goes upstream stays at k=200

@@ -122,3 +122,23 @@ def test_scores() -> None:
     ref2.classes, ref2.rows = {"y": {"0": 1000, "1": 1000}}, 2000
     report = compare(prior, ref2, t)
     assert report["drifting_outputs"] == ["y"] and report["drifting"] and report["psi"]["y"] > 0.2
+
+
+def test_sorted_block_updates_keep_the_bound_and_views_of_large_buffers_flush_early() -> None:
+    from continuum_worker.drift import profile as prof
+    from continuum_worker.drift import sketch as sk
+
+    x = RNG.normal(size=(50_000, 8)).astype(np.float32)
+    p = _profile(x, requests=5000)  # 10-row requests, 512-row sorted blocks
+    grid = np.quantile(x[:, 2], np.linspace(0.01, 0.99, 99))
+    exact = np.searchsorted(np.sort(x[:, 2]), grid, side="right") / len(x)
+    assert np.max(np.abs(np.asarray(p.sketches["x[2]"].get_cdf(grid))[:-1] - exact)) <= sk.rank_error(200)
+    big = np.zeros((prof.BUFFER_BYTES // 4 // 8 + 1, 8), np.float32)  # a batch of > BUFFER_BYTES
+    q = Profile("m", "1")
+    q.observe({"x": big[:1]}, {}, True)  # one row, but it keeps the whole batch alive
+    assert not q._inputs and q.sketches["x[0]"].n == 1
+    nan = RNG.normal(size=(600, 8)).astype(np.float32)
+    nan[::3, 1] = np.nan
+    nan[0, 2] = np.inf
+    r = _profile(nan, requests=60)
+    assert r.sketches["x[1]"].n == 400 and r.sketches["x[2]"].n == 599 and r.sketches["x[0]"].n == 600

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from continuum_worker.drift.profile import Profile, load_reference
 from continuum_worker.drift.score import Thresholds, compare
+from continuum_worker.drift.sketch import SCORING_K
 from continuum_worker.drift.upstream import SummarySink, fleet_profiles
 
 log = logging.getLogger("continuum.worker.drift")
@@ -33,9 +34,14 @@ METRICS_EVERY = 256
 class DriftConfig:
     window_seconds: float = 60.0
     upload_seconds: float = 900.0
-    k: int = 200
+    k: int = 200  # the upload period's sketches (what goes upstream)
     max_features: int = 256
     thresholds: Thresholds = field(default_factory=Thresholds)
+    window_k: int | None = None  # the scored windows' sketches (local only); None: max(2k, 400)
+
+    @property
+    def scoring_k(self) -> int:
+        return self.window_k if self.window_k else max(2 * self.k, SCORING_K)
 
 
 class DriftMetrics:
@@ -149,12 +155,15 @@ class DriftMonitor:
                 self._maybe_close(track, now)
 
     # -- windows -----------------------------------------------------------------------------------
-    def _new_profile(self, model: str, version: str, start: float) -> Profile:
-        return Profile(model, version, self.config.k, self.config.max_features, start=start)
+    def _new_profile(self, model: str, version: str, start: float, k: int | None = None) -> Profile:
+        return Profile(model, version, k or self.config.k, self.config.max_features, start=start)
+
+    def _new_window(self, model: str, version: str, start: float) -> Profile:
+        return self._new_profile(model, version, start, self.config.scoring_k)
 
     def _track(self, model: str, version: str, now: float) -> Track:
         track = Track(
-            model, version, self._new_profile(model, version, now), self._new_profile(model, version, now)
+            model, version, self._new_window(model, version, now), self._new_profile(model, version, now)
         )
         track.samples_child = self.metrics.samples.labels(model, version)
         track.bytes_child = self.metrics.input_bytes.labels(model, version)
@@ -217,7 +226,7 @@ class DriftMonitor:
                             report.get("drifting_features", [])[:5])  # fmt: skip
             track.was_drifting = report["drifting"]
         track.upload.merge(w)
-        track.window = self._new_profile(track.model, track.version, now)
+        track.window = self._new_window(track.model, track.version, now)
         track.counted_rows = track.counted_bytes = 0
         self.metrics.profile_bytes.labels(*labels).set(
             track.window.memory_bytes() + track.upload.memory_bytes()
@@ -261,6 +270,7 @@ class DriftMonitor:
             "window_seconds": cfg.window_seconds,
             "upload_seconds": cfg.upload_seconds,
             "k": cfg.k,
+            "window_k": cfg.scoring_k,
             "reference": None if track.reference is None else {
                 "path": str(track.reference_path), "rows": track.reference.rows, "version": track.reference.version,
                 "features": len(track.reference.sketches),
@@ -275,8 +285,25 @@ class DriftMonitor:
                          "input_bytes": track.input_bytes,
                          "ratio": (track.summary_bytes / track.input_bytes) if track.input_bytes else None},
         }  # fmt: skip
+        out["versions"] = self.versions(model)
         if self.sink is not None:
             out["fleet"] = self.fleet(model, version, track.reference)
+        return out
+
+    def versions(self, model: str) -> dict[str, dict[str, Any]]:
+        """Every profiled version of ``model`` and its last scored window (what a rollout gate compares:
+        the candidate version's score against the stable one's, docs/drift.md)."""
+        out = {}
+        for t in self.tracks.values():
+            if t.model != model:
+                continue
+            last = t.last or {}
+            out[t.version] = {
+                "drifting": bool(last.get("drifting")), "score": last.get("score"),
+                "status": last.get("status", "open"), "samples": last.get("samples", 0),
+                "end": last.get("end"), "windows_closed": t.windows, "open_samples": t.window.rows,
+                "reference": t.reference is not None,
+            }  # fmt: skip
         return out
 
     def fleet(self, model: str, version: str, reference: Profile | None) -> dict[str, Any] | None:

@@ -13,9 +13,11 @@ class frequencies of categorical outputs:
   values per row, the argmax is a class (frequencies, ``y`` in ``classes``) and the top value a
   score (``y.top``). An integer output with one value per row is a class label.
 
-Rows are buffered (``buffer_rows`` per tensor layout) and added to the sketches column by column,
-so the per-request cost is a copy of the row. Memory per profile is bounded: features x one KLL
-sketch (O(k log(n/k)) floats, ~2.4 KB serialized at k=200 up to a million rows) + the buffer +
+Requests are filed, not copied (a list append per tensor), and featurized and added to the sketches
+``BUFFER_ROWS`` rows at once, each feature's block sorted before the KLL update (cheaper compactions;
+the error bound holds for any input order). Memory per profile is bounded: features x one KLL
+sketch (O(k log(n/k)) floats, ~2.4 KB serialized at k=200 up to a million rows) + the filed arrays
+(at most ``BUFFER_ROWS`` rows and about ``BUFFER_BYTES``, counting the buffers they are views of) +
 at most ``MAX_CLASSES`` class counters per output.
 """
 
@@ -37,6 +39,34 @@ FORMAT = "continuum-drift-profile/1"
 MAX_CLASSES = 1000
 OTHER = "other"
 BUFFER_ROWS = 512
+BUFFER_BYTES = 8 << 20  # arrays held before a flush, counting the buffers they are views of
+
+
+def _held(array: np.ndarray, base: object) -> int:
+    """Bytes an array keeps alive: its base's (a request body, a batch's output) when it is a view."""
+    size = getattr(base, "nbytes", None)
+    if size is None:
+        try:
+            size = len(base)  # type: ignore[arg-type]
+        except TypeError:
+            size = 0
+    return max(array.nbytes, int(size))
+
+
+def _stacked(parts: list[np.ndarray], batched: bool) -> list[np.ndarray]:
+    """The filed arrays of one tensor as row blocks (rows along axis 0), one block per row shape."""
+    if not batched or parts[0].ndim == 0:
+        parts = [p.reshape(1, *p.shape) for p in parts]
+    if len(parts) == 1:
+        return parts
+    try:
+        return [np.concatenate(parts, axis=0)]
+    except ValueError:  # requests of different row shapes (a dynamic axis): one block per shape
+        pass
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for p in parts:
+        groups.setdefault(p.shape[1:], []).append(p)
+    return [np.concatenate(g, axis=0) for g in groups.values()]
 
 
 def _rows(array: np.ndarray, batched: bool) -> np.ndarray:
@@ -129,10 +159,11 @@ class Profile:
     raw_bytes: int = 0  # bytes of the input tensors summarized (what shipping them would cost)
     sketches: dict[str, kll_floats_sketch] = field(default_factory=dict)
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
-    _pending: dict[tuple[str, str, tuple[int, ...], bool], list[np.ndarray]] = field(
-        default_factory=dict, repr=False
-    )
+    _inputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    _outputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    _batched: bool = field(default=True, repr=False)
     _pending_rows: int = field(default=0, repr=False)
+    _pending_bytes: int = field(default=0, repr=False)
 
     # -- observing ---------------------------------------------------------------------------------
     def observe(
@@ -140,51 +171,59 @@ class Profile:
     ) -> None:
         """Add one request (or a batch of sample rows): inputs and the model's raw outputs.
 
-        The request path only files the arrays by tensor layout; featurization and sketching happen
-        for ``BUFFER_ROWS`` rows at once (:meth:`flush`)."""
+        The request path only files references to the arrays (no copy: the caller does not reuse
+        them); featurization and sketching happen for ``BUFFER_ROWS`` rows at once (:meth:`flush`),
+        or sooner when the arrays held (with the buffers they are views of) reach ``BUFFER_BYTES``."""
+        if batched is not self._batched:
+            if self._pending_rows:
+                self.flush()
+            self._batched = batched
         n = 0
-        pending = self._pending
+        held = 0
+        pending = self._inputs
         for name, array in inputs.items():
             if array.dtype.kind not in "fiub":
                 continue
-            shape = array.shape
-            key = ("in", name, shape[1:] if batched else shape, batched)
-            held = pending.get(key)
-            if held is None:
-                held = pending[key] = []
-            # a view would keep its whole base alive (a batch, a request buffer): keep a copy of the rows
-            held.append(array.copy() if array.base is not None else array)
-            self.raw_bytes += array.nbytes
-            rows = shape[0] if batched and shape else 1
+            parts = pending.get(name)
+            if parts is None:
+                parts = pending[name] = []
+            parts.append(array)
+            size = array.nbytes
+            self.raw_bytes += size
+            base = array.base
+            held += size if base is None else _held(array, base)
+            rows = (array.shape[0] if array.ndim else 1) if batched else 1
             if rows > n:
                 n = rows
+        pending = self._outputs
         for name, array in outputs.items():
             if array.dtype.kind not in "fiub":
                 continue
-            shape = array.shape
-            key = ("out", name, shape[1:] if batched else shape, batched)
-            held = pending.get(key)
-            if held is None:
-                held = pending[key] = []
-            held.append(array.copy() if array.base is not None else array)
+            parts = pending.get(name)
+            if parts is None:
+                parts = pending[name] = []
+            parts.append(array)
+            base = array.base
+            held += array.nbytes if base is None else _held(array, base)
         self.rows += n
         self._pending_rows += n
-        if self._pending_rows >= BUFFER_ROWS:
+        self._pending_bytes += held
+        if self._pending_rows >= BUFFER_ROWS or self._pending_bytes >= BUFFER_BYTES:
             self.flush()
 
     def flush(self) -> Profile:
         """Featurize the pending rows and add them to the sketches and class counts."""
-        pending, self._pending, self._pending_rows = self._pending, {}, 0
-        for (kind, name, _shape, batched), parts in pending.items():
-            array = np.concatenate(parts, axis=0) if batched and parts[0].ndim else np.stack(parts)
-            rows_batched = batched and parts[0].ndim > 0
-            if not rows_batched:  # each part is one row
-                array = array.reshape(len(parts), *parts[0].shape)
-            if kind == "in":
+        if not self._pending_rows and not self._inputs and not self._outputs:
+            return self
+        ins, outs, batched = self._inputs, self._outputs, self._batched
+        self._inputs, self._outputs, self._pending_rows, self._pending_bytes = {}, {}, 0, 0
+        for name, parts in ins.items():
+            for array in _stacked(parts, batched):
                 feats = input_features(name, array, True, self.max_features)
                 if feats is not None:
                     self._sketch(*feats)
-            else:
+        for name, parts in outs.items():
+            for array in _stacked(parts, batched):
                 names, scores, labels = output_features(name, array, True)
                 if scores is not None:
                     self._sketch(names, scores)
@@ -193,16 +232,22 @@ class Profile:
         return self
 
     def _sketch(self, names: tuple[str, ...], matrix: np.ndarray) -> None:
-        columns = np.ascontiguousarray(matrix.T, dtype=np.float32)
+        """Add a rows x features block: each column sorted first (a KLL sketch's error bound holds for
+        any order of its input, and sorted runs make its compactions ~2.5x cheaper)."""
+        if matrix.size == 0:
+            return
+        columns = np.array(matrix.T, dtype=np.float32, order="C")
+        columns.sort(axis=1)  # NaN sort last
+        finite = np.isfinite(columns[:, [0, -1]]).all()  # sorted: only the ends can be -inf/inf/NaN
+        sketches = self.sketches
         for name, column in zip(names, columns, strict=True):
-            finite = np.isfinite(column)
-            if not finite.all():
-                column = column[finite]  # NaN/inf carry no rank information
-            if column.size == 0:
-                continue
-            s = self.sketches.get(name)
+            if not finite:
+                column = column[np.isfinite(column)]  # NaN/inf carry no rank information
+                if column.size == 0:
+                    continue
+            s = sketches.get(name)
             if s is None:
-                s = self.sketches[name] = sk.new(self.k)
+                s = sketches[name] = sk.new(self.k)
             s.update(column)
 
     def _count(self, output: str, labels: np.ndarray) -> None:
@@ -241,7 +286,7 @@ class Profile:
 
     def memory_bytes(self) -> int:
         """Serialized size of the sketches plus the buffered rows (what this profile holds)."""
-        held = sum(a.nbytes for parts in self._pending.values() for a in parts)
+        held = sum(a.nbytes for d in (self._inputs, self._outputs) for parts in d.values() for a in parts)
         return held + sum(len(s.serialize()) for s in self.sketches.values())
 
     # -- encoding ----------------------------------------------------------------------------------

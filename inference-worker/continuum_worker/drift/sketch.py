@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from datasketches import kll_floats_sketch
 
-DEFAULT_K = 200
+DEFAULT_K = 200  # the summaries that go upstream
+SCORING_K = 400  # the windows the worker scores and the references it scores them against (local only)
 
 
 def new(k: int = DEFAULT_K) -> kll_floats_sketch:
