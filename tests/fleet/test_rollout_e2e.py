@@ -284,6 +284,7 @@ def test_a_bad_version_is_rolled_back_in_its_first_wave(
         back = datetime.now(decided.tzinfo)
         time.sleep(1)
     assert (back - decided).total_seconds() < 60
+    print(f"rolled back {(back - decided).total_seconds():.1f} s after the decision: {status['cause']}")
     assert status["cause"].startswith("rolled back: wave ring-0 step 1 (shadow): agreement gate"), status[
         "cause"
     ]
