@@ -82,12 +82,15 @@ class WorkloadReconciler:
         self.observe_own = observe_own
         self.post_event = post_event
         self.state_health = state_health
-        self.drift_health: Mapping[WorkloadKey, DriftStatus] = drift_health if drift_health is not None else {}
+        self.drift_health: Mapping[WorkloadKey, DriftStatus] = (
+            drift_health if drift_health is not None else {}
+        )
         self.ingest_health: dict[WorkloadKey, IngestStatus] = {}  # filled by ingest_health.IngestProbe
         self.api: KubeApi | None = None
         self.resyncs = 0
         self.resync_epoch = 0
-        self._decisions: dict[WorkloadKey, tuple[Hashable, engine.PlacementDecision]] = {}
+        # per workload: (what the decision depends on, the pool it was told the workload runs on, decision)
+        self._decisions: dict[WorkloadKey, tuple[Hashable, str | None, engine.PlacementDecision]] = {}
         self._applied: dict[tuple[str, str, str], tuple[str, int]] = {}  # Services/Secrets: (digest, epoch)
 
     def on_resync(self) -> None:
@@ -112,7 +115,9 @@ class WorkloadReconciler:
         fields = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
         spec = self.cache.spec(body)  # validated once per generation (the watch event already did it)
         if spec is not None:
-            fields["spec"] = spec  # a model instance is not validated again; an invalid one is, for its errors
+            fields["spec"] = (
+                spec  # a model instance is not validated again; an invalid one is, for its errors
+            )
         try:
             workload = EdgeWorkload.model_validate(fields)
         except ValidationError as exc:
@@ -155,7 +160,9 @@ class WorkloadReconciler:
                 # with state: no Secrets), or the apiserver rejects what we rendered. Say so where users look,
                 # then retry with backoff (an RBAC fix takes effect without a restart).
                 refused, ready, rolled_out, drained = exc, 0, False, False
-            refused_text = apply_error_message(refused.status, refused.reason, refused.message) if refused else None
+            refused_text = (
+                apply_error_message(refused.status, refused.reason, refused.message) if refused else None
+            )
             if previous is not None and rolled_out and drained:
                 self.post_event(body, "Normal", "Drained", f"old replicas on pool {previous.pool} are gone")
                 previous = None
@@ -200,11 +207,15 @@ class WorkloadReconciler:
             self.cache.built,
             self.ledger.epoch,
             self.resync_epoch,
-            pool,
         )
         cached = self._decisions.get(key)
-        if not fresh and cached is not None and cached[0] == fingerprint:
-            return cached[1], False
+        if (
+            not fresh
+            and cached is not None
+            and cached[0] == fingerprint
+            and _lists(cached[1], cached[2], pool)
+        ):
+            return cached[2], False
         decision = fast.decide_placement(
             workload.spec,
             snapshot,
@@ -214,7 +225,7 @@ class WorkloadReconciler:
             limit=STATUS_CANDIDATES,
             used=self.ledger.used_excluding(key, snapshot.table),  # kept by the ledger, row by row
         )
-        self._decisions[key] = (fingerprint, decision)
+        self._decisions[key] = (fingerprint, pool, decision)
         return decision, True
 
     def _look_again(self, action: Action, new: EdgeWorkloadStatus, now: datetime) -> float | None:
@@ -361,3 +372,14 @@ class WorkloadReconciler:
         event = drift_event(old, new)
         if event is not None:
             self.post_event(body, *event)
+
+
+def _lists(decision: engine.PlacementDecision, made_for: str | None, pool: str | None) -> bool:
+    """Whether ``decision``, made for a workload running on ``made_for``, is also the one for a workload
+    running on ``pool``: the same pool, or its rows are the first ``STATUS_CANDIDATES`` without an extra
+    row appended for ``made_for`` and ``pool``'s row is among them (e.g. the pool it was just placed on)."""
+    if pool == made_for:
+        return True
+    rows = [c.pool for c in decision.candidates]
+    appended = made_for is not None and len(rows) > STATUS_CANDIDATES  # made_for's row after the first ones
+    return not appended and (pool is None or pool in rows)
