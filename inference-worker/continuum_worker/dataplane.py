@@ -672,11 +672,13 @@ class DataPlane:
         return self._rollout(name).view()
 
     def check_rollout_auth(self, authorization: str | None) -> None:
-        """A rollout PUT needs the admin token when the worker has one (``--admin-token``); else it is open
-        (the operator drives it without credentials, docs/rollout-protocol.md)."""
-        token = self.settings.admin_token
-        if token and not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
-            raise Unauthorized("missing or wrong bearer token (--admin-token)")
+        """A rollout PUT needs the admin or the state token when the worker has either; else it is open."""
+        tokens = [t for t in (self.settings.admin_token, self.settings.state_token) if t]
+        if not tokens:
+            return
+        given = (authorization or "").encode()
+        if not any(hmac.compare_digest(given, f"Bearer {t}".encode()) for t in tokens):
+            raise Unauthorized("missing or wrong bearer token (--admin-token or --state-token)")
 
     async def apply_rollout(self, name: str, body: Any, authorization: str | None) -> dict[str, Any]:
         """``PUT /v2/models/{m}/rollout``: load and warm a new candidate first, then switch at once;

@@ -489,7 +489,7 @@ def test_hot_switching_under_load_fails_no_request(start_worker, models: dict[st
 
 def test_the_split_survives_a_restart(start_worker, models: dict[str, Path], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     state = tmp_path / "state"
-    token = ["--state-token", "t0k"]  # guards /state, not the rollout PUT (the operator sends no token)
+    token = ["--state-token", "t0k"]  # the operator's state token also guards the PUT
     args = ["--model-name", "m", "--model-uri", str(models["mlp"]), "--state-dir", str(state), *token]
     worker = start_worker(*args)
     body = {
@@ -498,7 +498,8 @@ def test_the_split_survives_a_restart(start_worker, models: dict[str, Path], tmp
         "candidate": candidate(models["mlp2"], "2"),
         "generation": "wave-0/canary",
     }
-    assert put(worker, body)[0] == 200
+    assert put(worker, body)[0] == 401
+    assert put(worker, body, token="t0k")[0] == 200
     x = np.random.default_rng(2).normal(size=(1, 64)).astype(np.float32)
     infer("http", worker, x)
     before = rollout(worker)
@@ -513,7 +514,7 @@ def test_the_split_survives_a_restart(start_worker, models: dict[str, Path], tmp
     assert infer("http", worker, x, version="2")[0] == "2"  # the candidate is loaded again
 
     # promote, restart with the promoted version as the model arguments: the same thing is served
-    assert put(worker, {"promote": True, "generation": "promoted"})[0] == 200
+    assert put(worker, {"promote": True, "generation": "promoted"}, token="t0k")[0] == 200
     worker.stop()
     promoted = start_worker("--model-name", "m", "--model-uri", str(models["mlp2"]), "--model-version", "2",
                             "--state-dir", str(state), *token, port=worker.port)  # fmt: skip
@@ -528,7 +529,7 @@ def test_the_split_survives_a_restart(start_worker, models: dict[str, Path], tmp
 
     # other model arguments than the persisted stable: the persisted split is discarded
     again = start_worker(*args, port=worker.port)
-    assert put(again, body)[0] == 200  # persisted for version 1 again
+    assert put(again, body, token="t0k")[0] == 200  # persisted for version 1 again
     again.stop()
     other = start_worker("--model-name", "m", "--model-uri", str(models["mlp_small"]), "--model-version", "9",
                          "--state-dir", str(state), *token)  # fmt: skip
