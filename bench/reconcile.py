@@ -258,6 +258,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="200 workloads, 20 pools")
+    parser.add_argument("--operator-log", type=Path, help="write the operator's log here")
     parser.add_argument("--decide-only", action="store_true", help=argparse.SUPPRESS)  # the row alone
     parser.add_argument("--workloads", type=int, default=1000)
     parser.add_argument("--pools", type=int, default=100)
@@ -308,7 +309,7 @@ def main() -> int:
             "120",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(args.operator_log, "wb") if args.operator_log else subprocess.DEVNULL,  # noqa: SIM115
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the operator is up once it labelled the pools' nodes

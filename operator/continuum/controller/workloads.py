@@ -213,7 +213,7 @@ class WorkloadReconciler:
             not fresh
             and cached is not None
             and cached[0] == fingerprint
-            and _lists(cached[1], cached[2], pool)
+            and _lists(cached[2], cached[1], pool)
         ):
             return cached[2], False
         decision = fast.decide_placement(
