@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--input", default=None, help="the model input the data feeds (when it has several)")
     prof.add_argument("--model-name", default=None, help="model name recorded in the profile (default: file stem)")
     prof.add_argument("--model-version", default="1", help="model version recorded in the profile")
-    prof.add_argument("--k", type=int, default=400, help="KLL sketch size (default 400: 0.9 %% rank error)")
+    prof.add_argument("--k", type=int, default=1600, help="KLL sketch size (default 1600: 0.23 %% rank error)")
     prof.add_argument("--max-features", type=int, default=256, help="as the worker's --drift-max-features")
     prof.add_argument("--batch", type=int, default=256, help="rows per model run")
     return parser

@@ -60,3 +60,17 @@ def test_merged_sites_answer_like_the_union_within_the_bound() -> None:
     )
     # and against a single sketch of the union: the KS distance between them is within both bounds
     assert sk.ks_distance(merged, _sketch(union)) <= 2 * sk.rank_error(200)
+
+
+def test_ks_distance_is_the_supremum_over_every_retained_item_of_both_sketches() -> None:
+    rng = np.random.default_rng(7)
+    for shift in (0.0, 0.1, 0.3):
+        a, b = sk.new(400), sk.new(1600)
+        a.update(rng.normal(shift, 1, size=1000).astype(np.float32))
+        b.update(rng.normal(size=20_000).astype(np.float32))
+        values, cum = sk.steps(a)
+        assert np.allclose(np.asarray(a.get_cdf(values, inclusive=True))[:-1], cum, atol=1e-6)
+        grid = np.unique(np.concatenate([values, sk.steps(b)[0]]))
+        fa = np.asarray(a.get_cdf(grid, inclusive=True))[:-1]
+        fb = np.asarray(b.get_cdf(grid, inclusive=True))[:-1]
+        assert sk.ks_distance(a, b) == pytest.approx(float(np.max(np.abs(fa - fb))), abs=1e-6)

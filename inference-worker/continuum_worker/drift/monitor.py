@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from continuum_worker.drift.profile import Profile, load_reference
 from continuum_worker.drift.score import Thresholds, compare
-from continuum_worker.drift.sketch import SCORING_K
+from continuum_worker.drift.sketch import WINDOW_K
 from continuum_worker.drift.upstream import SummarySink, fleet_profiles
 
 log = logging.getLogger("continuum.worker.drift")
@@ -41,7 +41,7 @@ class DriftConfig:
 
     @property
     def scoring_k(self) -> int:
-        return self.window_k if self.window_k else max(2 * self.k, SCORING_K)
+        return self.window_k if self.window_k else max(2 * self.k, WINDOW_K)
 
 
 class DriftMetrics:

@@ -164,6 +164,7 @@ class Profile:
     _batched: bool = field(default=True, repr=False)
     _pending_rows: int = field(default=0, repr=False)
     _pending_bytes: int = field(default=0, repr=False)
+    _steps: dict[str, sk.Steps] = field(default_factory=dict, repr=False)  # CDFs of unchanged sketches
 
     # -- observing ---------------------------------------------------------------------------------
     def observe(
@@ -249,6 +250,16 @@ class Profile:
             if s is None:
                 s = sketches[name] = sk.new(self.k)
             s.update(column)
+        if self._steps:
+            self._steps.clear()
+
+    def steps(self, name: str) -> sk.Steps:
+        """The CDF of feature ``name`` as steps (:func:`sketch.steps`), kept until the sketch changes
+        (a reference computes it once)."""
+        st = self._steps.get(name)
+        if st is None:
+            st = self._steps[name] = sk.steps(self.sketches[name])
+        return st
 
     def _count(self, output: str, labels: np.ndarray) -> None:
         counts = self.classes.setdefault(output, {})
@@ -264,6 +275,7 @@ class Profile:
         """Add ``other`` into this profile (sketch merges; class counts add)."""
         self.flush()
         other.flush()
+        self._steps.clear()
         for name, s in other.sketches.items():
             mine = self.sketches.get(name)
             if mine is None:

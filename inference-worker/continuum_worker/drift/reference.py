@@ -59,7 +59,7 @@ def read_data(path: Path) -> np.ndarray:
 
 def build_reference(
     model_path: Path, data_path: Path, *, name: str | None = None, version: str = "1", input_name: str | None = None,
-    k: int = sk.SCORING_K, max_features: int = 256, batch: int = 256,
+    k: int = sk.REFERENCE_K, max_features: int = 256, batch: int = 256,
 ) -> Profile:  # fmt: skip
     """Run the model over the data and profile inputs and outputs as the worker does."""
     import onnxruntime as ort

@@ -30,7 +30,7 @@ def compare(window: Profile, reference: Profile, t: Thresholds) -> dict[str, Any
     window.flush()
     reference.flush()
     ks = {
-        name: round(sk.ks_distance(s, reference.sketches[name]), 6)
+        name: round(sk.ks_steps(window.steps(name), reference.steps(name)), 6)
         for name, s in sorted(window.sketches.items())
         if name in reference.sketches and not s.is_empty() and not reference.sketches[name].is_empty()
     }
