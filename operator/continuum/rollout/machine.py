@@ -455,6 +455,9 @@ class _Pass:
         st = self.st
         assert st.stable is not None
         tag = st.candidate.version if st.candidate is not None else st.stable.version
+        known = {s for w in self.waves for s in w.sites}  # a site that left the set has no worker to ask
+        st.reverting = [s for s in st.reverting if s in known]
+        st.promoting = [s for s in st.promoting if s in known]
         reverting = []
         for site in st.reverting:
             reading = self.readings.get(site)
