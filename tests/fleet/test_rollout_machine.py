@@ -13,6 +13,7 @@ from continuum.api.workloadset import (
     RolloutPhase,
     RolloutSpec,
     RolloutStatus,
+    SiteBaseline,
     VersionCounters,
 )
 from continuum.rollout import gate
@@ -24,7 +25,9 @@ from continuum.rollout.machine import (
     SiteInfo,
     advance,
     assign_waves,
+    baseline_of,
     sites_to_read,
+    window_between,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -356,3 +359,58 @@ def test_properties(names: list[str], rings: list[str], down: set[str], disagree
             assert st_.stable == V5
     if disagree == 0:
         assert status.phase is not RolloutPhase.ROLLED_BACK
+
+
+BUCKETS = [0.001, 0.01, 0.1]
+
+
+def counters(requests: int, errors: int, compared: int, disagreed: int, fast: int) -> VersionCounters:
+    fast = min(fast, requests)
+    return VersionCounters.model_validate(
+        {
+            "requests": requests,
+            "errors": errors,
+            "shadowCompared": compared,
+            "shadowDisagreed": disagreed,
+            "latency": {"le": BUCKETS, "counts": [fast, fast, requests], "count": requests},
+        }
+    )
+
+
+increments = st.lists(st.tuples(*[st.integers(0, 50)] * 5), min_size=1, max_size=12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stable_steps=increments, candidate_steps=increments)
+def test_windows_add_up_to_the_counters_difference(
+    stable_steps: list[tuple[int, ...]], candidate_steps: list[tuple[int, ...]]
+) -> None:
+    """However often a worker is read, the windows between its readings add up to what it counted in all
+    (cumulative counters of one process): no request is lost or counted twice between windows."""
+    n = min(len(stable_steps), len(candidate_steps))
+    readings = []
+    totals_s, totals_c = [0] * 5, [0] * 5
+    for i in range(n):
+        totals_s = [a + b for a, b in zip(totals_s, stable_steps[i], strict=True)]
+        totals_c = [a + b for a, b in zip(totals_c, candidate_steps[i], strict=True)]
+        reading = Reading(
+            mode="canary",
+            generation="g",
+            instance="i",
+            stable_version="4",
+            candidate_version="5",
+            versions={"4": counters(*totals_s), "5": counters(*totals_c)},
+        )
+        readings.append(baseline_of("s", reading, "4", "5"))
+    first = SiteBaseline(site="s", instance="i")
+    summed = gate.Window(0, 0, 0, 0)
+    previous = first
+    for now in readings:
+        summed = summed + window_between(previous, now)
+        previous = now
+    whole = window_between(first, readings[-1])
+    assert summed.stable_requests == whole.stable_requests == readings[-1].stable.requests
+    assert summed.candidate_errors == whole.candidate_errors
+    assert summed.shadow_compared == whole.shadow_compared
+    assert summed.candidate_latency.count == whole.candidate_latency.count
+    assert summed.candidate_latency.counts == whole.candidate_latency.counts
