@@ -5,8 +5,9 @@
 worker. A client sends requests to every store during the rollout.
 
 (a) a good version (the same weights under a new version) is promoted through every wave; (b) a bad one
-(other weights: its top-1 answers disagree with the stable's) is rolled back in its first wave by the
-agreement gate, with the cause in status and an Event. No client request fails in either run.
+(other weights: its top-1 answers disagree with the stable's; or another input width: it fails on every
+request) is rolled back in its first wave by the agreement gate, with the cause in status and an Event.
+No client request fails in any run.
 The gate settings are the example's, with small sample sizes so that a run takes well under a minute.
 """
 
@@ -145,7 +146,9 @@ def models(tmp_path: Path) -> dict[str, Path]:
     good = tmp_path / "footfall-5-good.onnx"
     shutil.copy(v4, good)  # the same weights: every answer agrees
     bad = modelgen.mlp(tmp_path / "footfall-5-bad.onnx", seed=2)  # other weights: top-1 answers differ
-    return {"4": v4, "good": good, "bad": bad}
+    # another input width: it fails on every request the stores send (an error on each shadowed copy)
+    failing = modelgen.mlp(tmp_path / "footfall-5-failing.onnx", features=32, seed=0)
+    return {"4": v4, "good": good, "bad": bad, "failing": failing}
 
 
 @pytest.fixture
@@ -258,14 +261,17 @@ def test_a_good_version_is_promoted_through_every_wave(
     print(f"promoted through 3 waves in {took:.1f} s, {load.ok} client requests, none failed")
 
 
+@pytest.mark.parametrize("bad", ["bad", "failing"])
 def test_a_bad_version_is_rolled_back_in_its_first_wave(
-    fleet: tuple[Harness, Proxy, dict[str, WorkerProcess]], models: dict[str, Path]
+    fleet: tuple[Harness, Proxy, dict[str, WorkerProcess]], models: dict[str, Path], bad: str
 ) -> None:
+    """``bad``: its answers disagree with the stable's; ``failing``: it fails on every request (a candidate
+    error on a shadowed copy counts as a disagreement). Both are caught in shadow: no client sees them."""
     h, _, workers = fleet
     start(h, models)
     with Load(workers) as load:
         time.sleep(1)
-        h.apply(the_set(models["bad"], "5"))
+        h.apply(the_set(models[bad], "5"))
         try:
             wait_for(lambda: rollout_status(h).get("phase") == "RolledBack", timeout=90, what="a rollback")
         except AssertionError as exc:
