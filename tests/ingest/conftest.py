@@ -50,6 +50,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "max_inflight_messages 1000",
+            "set_tcp_nodelay true",  # small packets (PUBACKs) go out at once, not after the peer's delayed ACK
             "max_queued_messages 2000000",
             "max_queued_bytes 0",
             "log_dest none",

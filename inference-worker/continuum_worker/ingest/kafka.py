@@ -74,6 +74,7 @@ class KafkaSource:
             self.ep.topic, bootstrap_servers=f"{self.ep.host}:{self.ep.port}", client_id=self.client_id,
             group_id=self.group, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=self.limit, request_timeout_ms=10_000, retry_backoff_ms=200,
+            fetch_max_wait_ms=10,  # the broker answers an empty fetch after this: a latency bound, not 500 ms
         )  # fmt: skip
         try:
             await self.consumer.start()
