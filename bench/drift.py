@@ -333,7 +333,10 @@ def observe_cost(model: Path, reference: Path, rate: float, requests: int = 20_0
     for _ in range(7):
         clock = SimpleNamespace(now=1_000_000.0)
         mon = DriftMonitor(cfg, fixed_reference(reference), clock=lambda c=clock: c.now)
-        mon.observe("m", "1", True, {"INPUT0": xs[0]}, outs[0])  # loads the reference (once per version)
+        for i in range(1000):  # a first window: loads the reference and its CDFs (once per version)
+            mon.observe("m", "1", True, {"INPUT0": xs[i]}, outs[i])
+        clock.now += cfg.window_seconds + 1
+        mon.tick()
         t0 = time.process_time()
         for i in range(requests):
             mon.observe("m", "1", True, {"INPUT0": xs[i % 2000]}, outs[i % 2000])

@@ -136,7 +136,7 @@ def test_sorted_block_updates_keep_the_bound_and_views_of_large_buffers_flush_ea
     big = np.zeros((prof.BUFFER_BYTES // 4 // 8 + 1, 8), np.float32)  # a batch of > BUFFER_BYTES
     q = Profile("m", "1")
     q.observe({"x": big[:1]}, {}, True)  # one row, but it keeps the whole batch alive
-    assert not q._inputs and q.sketches["x[0]"].n == 1
+    assert not q._requests and q.sketches["x[0]"].n == 1
     nan = RNG.normal(size=(600, 8)).astype(np.float32)
     nan[::3, 1] = np.nan
     nan[0, 2] = np.inf

@@ -192,7 +192,6 @@ class DriftMonitor:
             log.error("drift reference of model %s version %s not used: %s", track.model, track.version, exc)
 
     def _maybe_close(self, track: Track, now: float) -> None:
-        self._count(track)
         w = track.window
         cfg = self.config
         if w.rows == 0:
@@ -202,6 +201,7 @@ class DriftMonitor:
             return  # a quiet window stretches until it has enough rows to say something
         w.end = now
         w.flush()
+        self._count(track)  # after the flush: a window's input bytes are summed when its rows are sketched
         self._load_reference(track)  # a new reference file is picked up at the next window
         labels = (track.model, track.version)
         if track.reference is not None:

@@ -13,7 +13,7 @@ class frequencies of categorical outputs:
   values per row, the argmax is a class (frequencies, ``y`` in ``classes``) and the top value a
   score (``y.top``). An integer output with one value per row is a class label.
 
-Requests are filed, not copied (a list append per tensor), and featurized and added to the sketches
+Requests are filed, not copied (one list append per request), and featurized and added to the sketches
 ``BUFFER_ROWS`` rows at once, each feature's block sorted before the KLL update (cheaper compactions;
 the error bound holds for any input order). Memory per profile is bounded: features x one KLL
 sketch (O(k log(n/k)) floats, ~2.4 KB serialized at k=200 up to a million rows) + the filed arrays
@@ -39,7 +39,18 @@ FORMAT = "continuum-drift-profile/1"
 MAX_CLASSES = 1000
 OTHER = "other"
 BUFFER_ROWS = 512
-BUFFER_BYTES = 8 << 20  # arrays held before a flush, counting the buffers they are views of
+BUFFER_BYTES = 8 << 20  # bytes filed requests hold before a flush, counting the buffers of views
+MEASURE_EVERY = 16
+
+
+def _request_bytes(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> int:
+    """Bytes a filed request keeps alive: its arrays, or the buffers they are views of."""
+    total = 0
+    for d in (inputs, outputs):
+        for array in d.values():
+            base = array.base
+            total += array.nbytes if base is None else _held(array, base)
+    return total
 
 
 def _held(array: np.ndarray, base: object) -> int:
@@ -159,11 +170,13 @@ class Profile:
     raw_bytes: int = 0  # bytes of the input tensors summarized (what shipping them would cost)
     sketches: dict[str, kll_floats_sketch] = field(default_factory=dict)
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
-    _inputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
-    _outputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    _requests: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]] = field(
+        default_factory=list, repr=False
+    )
     _batched: bool = field(default=True, repr=False)
     _pending_rows: int = field(default=0, repr=False)
-    _pending_bytes: int = field(default=0, repr=False)
+    _per_request: int = field(default=0, repr=False)  # largest bytes a measured filed request holds
+    _measure_in: int = field(default=0, repr=False)  # requests until the next one is measured
     _steps: dict[str, sk.Steps] = field(default_factory=dict, repr=False)  # CDFs of unchanged sketches
 
     # -- observing ---------------------------------------------------------------------------------
@@ -172,64 +185,65 @@ class Profile:
     ) -> None:
         """Add one request (or a batch of sample rows): inputs and the model's raw outputs.
 
-        The request path only files references to the arrays (no copy: the caller does not reuse
-        them); featurization and sketching happen for ``BUFFER_ROWS`` rows at once (:meth:`flush`),
-        or sooner when the arrays held (with the buffers they are views of) reach ``BUFFER_BYTES``."""
+        The request path only files the request (its two mappings, no copy: the caller does not reuse
+        them or their arrays); featurization and sketching happen for ``BUFFER_ROWS`` rows at once
+        (:meth:`flush`), or sooner when the filed requests hold about ``BUFFER_BYTES`` (the bytes a
+        request keeps alive, views' buffers included, are measured on the first request after a
+        flush and every ``MEASURE_EVERY`` requests; the largest is taken for each)."""
         if batched is not self._batched:
-            if self._pending_rows:
+            if self._requests:
                 self.flush()
             self._batched = batched
-        n = 0
-        held = 0
-        pending = self._inputs
-        for name, array in inputs.items():
-            if array.dtype.kind not in "fiub":
-                continue
-            parts = pending.get(name)
-            if parts is None:
-                parts = pending[name] = []
-            parts.append(array)
-            size = array.nbytes
-            self.raw_bytes += size
-            base = array.base
-            held += size if base is None else _held(array, base)
-            rows = (array.shape[0] if array.ndim else 1) if batched else 1
-            if rows > n:
-                n = rows
-        pending = self._outputs
-        for name, array in outputs.items():
-            if array.dtype.kind not in "fiub":
-                continue
-            parts = pending.get(name)
-            if parts is None:
-                parts = pending[name] = []
-            parts.append(array)
-            base = array.base
-            held += array.nbytes if base is None else _held(array, base)
+        self._requests.append((inputs, outputs))
+        n = 1
+        if batched:
+            for array in inputs.values():
+                n = array.shape[0] if array.ndim else 1
+                break
         self.rows += n
         self._pending_rows += n
-        self._pending_bytes += held
-        if self._pending_rows >= BUFFER_ROWS or self._pending_bytes >= BUFFER_BYTES:
+        self._measure_in -= 1
+        if self._measure_in <= 0:
+            self._measure_in = MEASURE_EVERY
+            held = _request_bytes(inputs, outputs)
+            if held > self._per_request:
+                self._per_request = held
+        if self._pending_rows >= BUFFER_ROWS or len(self._requests) * self._per_request >= BUFFER_BYTES:
             self.flush()
 
     def flush(self) -> Profile:
         """Featurize the pending rows and add them to the sketches and class counts."""
-        if not self._pending_rows and not self._inputs and not self._outputs:
+        reqs, batched = self._requests, self._batched
+        if not reqs:
             return self
-        ins, outs, batched = self._inputs, self._outputs, self._batched
-        self._inputs, self._outputs, self._pending_rows, self._pending_bytes = {}, {}, 0, 0
-        for name, parts in ins.items():
-            for array in _stacked(parts, batched):
-                feats = input_features(name, array, True, self.max_features)
-                if feats is not None:
-                    self._sketch(*feats)
-        for name, parts in outs.items():
-            for array in _stacked(parts, batched):
-                names, scores, labels = output_features(name, array, True)
-                if scores is not None:
-                    self._sketch(names, scores)
-                if labels is not None:
-                    self._count(name, labels)
+        self._requests, self._pending_rows, self._per_request, self._measure_in = [], 0, 0, 0
+        for side in (0, 1):
+            first = reqs[0][side].keys()
+            same = all([r[side].keys() == first for r in reqs])
+            names = sorted(first if same else {k for r in reqs for k in r[side]})
+            for name in names:
+                parts = (
+                    [r[side][name] for r in reqs]
+                    if same
+                    else [r[side][name] for r in reqs if name in r[side]]
+                )
+                if (
+                    parts[0].dtype.kind not in "fiub"
+                ):  # a tensor's type is the model's: BYTES are not profiled
+                    continue
+                if side == 0:
+                    self.raw_bytes += sum(a.nbytes for a in parts)
+                    for array in _stacked(parts, batched):
+                        feats = input_features(name, array, True, self.max_features)
+                        if feats is not None:
+                            self._sketch(*feats)
+                    continue
+                for array in _stacked(parts, batched):
+                    out_names, scores, labels = output_features(name, array, True)
+                    if scores is not None:
+                        self._sketch(out_names, scores)
+                    if labels is not None:
+                        self._count(name, labels)
         return self
 
     def _sketch(self, names: tuple[str, ...], matrix: np.ndarray) -> None:
@@ -263,7 +277,12 @@ class Profile:
 
     def _count(self, output: str, labels: np.ndarray) -> None:
         counts = self.classes.setdefault(output, {})
-        values, n = np.unique(labels, return_counts=True)
+        if labels.size and labels.min() >= 0 and labels.max() < 4 * MAX_CLASSES:
+            per = np.bincount(labels)
+            values = np.flatnonzero(per)
+            n = per[values]
+        else:
+            values, n = np.unique(labels, return_counts=True)
         for v, c in zip(values.tolist(), n.tolist(), strict=True):
             key = str(v)
             if key not in counts and len(counts) >= MAX_CLASSES:
@@ -298,7 +317,7 @@ class Profile:
 
     def memory_bytes(self) -> int:
         """Serialized size of the sketches plus the buffered rows (what this profile holds)."""
-        held = sum(a.nbytes for d in (self._inputs, self._outputs) for parts in d.values() for a in parts)
+        held = sum(_request_bytes(i, o) for i, o in self._requests)
         return held + sum(len(s.serialize()) for s in self.sketches.values())
 
     # -- encoding ----------------------------------------------------------------------------------
