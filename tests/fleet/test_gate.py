@@ -116,7 +116,7 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
 
 
 def test_latency_gate_rolls_back_a_slower_candidate_once_both_have_enough_samples() -> None:
-    s = GateSettings(min_samples=100)
+    s = GateSettings(min_samples=100, latency_min_samples=100)
     fast, slow = hist([0.002] * 200), hist([0.02] * 200)
     assert latency_verdict(GateState(stable_latency=fast, candidate_latency=fast), s)[0] is Verdict.PROMOTE
     verdict, why = latency_verdict(GateState(stable_latency=fast, candidate_latency=slow), s)

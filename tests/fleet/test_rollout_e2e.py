@@ -5,9 +5,9 @@
 worker. A client sends requests to every store during the rollout.
 
 (a) a good version (the same weights under a new version) is promoted through every wave; (b) a bad one
-(other weights: its top-1 answers disagree with the stable's; or another input width: it fails on every
-request) is rolled back in its first wave by the agreement gate, with the cause in status and an Event.
-No client request fails in any run.
+is rolled back in its first wave, with the cause in status and an Event: other weights (its top-1 answers
+disagree with the stable's) or another input width (it fails on every request) by the agreement gate in
+shadow; the same answers ~25 ms slower by the latency gate in the canary. No client request fails in any run.
 The gate settings are the example's, with small sample sizes so that a run takes well under a minute.
 """
 
@@ -140,6 +140,46 @@ class Load:
             t.join(timeout=40)
 
 
+def slower(path: Path, v4: Path, width: int = 2048, depth: int = 8) -> Path:
+    """The stable model's answers exactly, plus ``depth`` chained ``width``-wide layers whose result is
+    multiplied by zero and added to LOGITS: the same outputs, many milliseconds slower per request."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(v4))
+    graph = model.graph
+    rng = np.random.default_rng(7)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(rng.normal(0, 1 / 8, (64, width)).astype(np.float32), "SLOW_IN"),
+            numpy_helper.from_array(rng.normal(0, 1 / 45, (width, width)).astype(np.float32), "SLOW_W"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "SLOW_ZERO"),
+        ]
+    )
+    nodes = [helper.make_node("MatMul", ["INPUT0", "SLOW_IN"], ["slow_0"])]
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "SLOW_W"], [f"slow_m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"slow_m{i}"], [f"slow_{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"slow_{depth}"], ["slow_sum"], keepdims=1))
+    nodes.append(helper.make_node("Mul", ["slow_sum", "SLOW_ZERO"], ["slow_nothing"]))
+    # LOGITS = h3 + B2 (+ 0 · the slow branch): rename the original LOGITS producer, add the branch to it
+    for node in graph.node:
+        if list(node.output) == ["LOGITS"]:
+            node.output[0] = "logits_fast"
+        node.input[:] = ["logits_fast" if x == "LOGITS" else x for x in node.input]
+    nodes.append(helper.make_node("Add", ["logits_fast", "slow_nothing"], ["LOGITS"]))
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    softmax.input[0] = "LOGITS"
+    ordered = [n for n in graph.node if n.op_type != "Softmax"] + nodes + [softmax]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.name = "footfall_slower"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.fixture
 def models(tmp_path: Path) -> dict[str, Path]:
     v4 = modelgen.mlp(tmp_path / "footfall-4.onnx", seed=0)
@@ -148,7 +188,8 @@ def models(tmp_path: Path) -> dict[str, Path]:
     bad = modelgen.mlp(tmp_path / "footfall-5-bad.onnx", seed=2)  # other weights: top-1 answers differ
     # another input width: it fails on every request the stores send (an error on each shadowed copy)
     failing = modelgen.mlp(tmp_path / "footfall-5-failing.onnx", features=32, seed=0)
-    return {"4": v4, "good": good, "bad": bad, "failing": failing}
+    slow = slower(tmp_path / "footfall-5-slower.onnx", v4)  # the same answers, ~25 ms slower each
+    return {"4": v4, "good": good, "bad": bad, "failing": failing, "slower": slow}
 
 
 @pytest.fixture
@@ -177,14 +218,17 @@ def fleet(
 
 def the_set(model_uri: Path, version: str) -> dict[str, Any]:
     """The example's set (waves ring-0, ring-1, rest; shadow → canary → full) with local model files and
-    small samples: minSamples 20 and maxSamples 40 candidate requests per step, a 50 % canary, 1 s windows."""
+    small samples: minSamples 20 and maxSamples 40 candidate requests per step, p99s compared on 100
+    requests, a 50 % canary, 1 s windows."""
     (ews,) = docs(CHAIN / "set.yaml")
     ews = copy.deepcopy(ews)
     ews["spec"]["template"]["model"] = {"name": MODEL, "uri": str(model_uri), "version": version}
     rollout = ews["spec"]["rollout"]
     assert [w["name"] for w in rollout["waves"]] == ["ring-0", "ring-1"]
     rollout["steps"] = [{"shadow": {}}, {"canary": {"weight": 50}}, {"full": {}}]
-    rollout["gate"].update(minSamples=20, maxSamples=40)
+    # p99s compared on 100 requests of each version (the default 1,000 would take minutes at this load),
+    # with a 15 ms slack: this machine is shared, and a stall of a few ms is not the version's doing
+    rollout["gate"].update(minSamples=20, maxSamples=40, latencyMinSamples=100, latencySlackSeconds=0.015)
     rollout["windowSeconds"] = 1
     return ews
 
@@ -261,12 +305,21 @@ def test_a_good_version_is_promoted_through_every_wave(
     print(f"promoted through 3 waves in {took:.1f} s, {load.ok} client requests, none failed")
 
 
-@pytest.mark.parametrize("bad", ["bad", "failing"])
+CAUGHT = {
+    "bad": "rolled back: wave ring-0 step 1 (shadow): agreement gate",
+    "failing": "rolled back: wave ring-0 step 1 (shadow): agreement gate",
+    "slower": "rolled back: wave ring-0 step 2 (canary): latency gate: candidate p99",
+}
+
+
+@pytest.mark.parametrize("bad", list(CAUGHT))
 def test_a_bad_version_is_rolled_back_in_its_first_wave(
     fleet: tuple[Harness, Proxy, dict[str, WorkerProcess]], models: dict[str, Path], bad: str
 ) -> None:
     """``bad``: its answers disagree with the stable's; ``failing``: it fails on every request (a candidate
-    error on a shadowed copy counts as a disagreement). Both are caught in shadow: no client sees them."""
+    error on a shadowed copy counts as a disagreement): both caught in shadow, no client sees them.
+    ``slower``: the same answers (it passes shadow), but its p99 latency in the canary is far above the
+    stable's: the latency gate rolls it back (clients got slower answers, none failed)."""
     h, _, workers = fleet
     start(h, models)
     with Load(workers) as load:
@@ -291,16 +344,14 @@ def test_a_bad_version_is_rolled_back_in_its_first_wave(
         time.sleep(1)
     assert (back - decided).total_seconds() < 60
     print(f"rolled back {(back - decided).total_seconds():.1f} s after the decision: {status['cause']}")
-    assert status["cause"].startswith("rolled back: wave ring-0 step 1 (shadow): agreement gate"), status[
-        "cause"
-    ]
+    assert status["cause"].startswith(CAUGHT[bad]), status["cause"]
     assert status["candidate"]["version"] == "5" and status["stable"]["version"] == "4"
     assert not status.get("reverting") or set(status["reverting"]) <= set(RING_0)
     condition = next(
         c for c in h.cluster.get(SETS, "footfall", NS)["status"]["conditions"] if c["type"] == "Rollout"
     )
     assert condition["status"] == "False" and condition["reason"] == "RolledBack"
-    assert "agreement gate" in condition["message"]
+    assert CAUGHT[bad].split(": ")[2] in condition["message"]
     events = [e for e in h.events(name="footfall") if e.get("reason") == "RolledBack"]
     assert events and "wave ring-0" in events[0]["message"] and events[0]["type"] == "Warning"
     # the other waves never saw the candidate; no child ever ran it

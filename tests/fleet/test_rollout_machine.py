@@ -314,6 +314,7 @@ def test_gate_spec_defaults_are_the_gate_settings() -> None:
         "max_samples",
         "latency_ratio",
         "latency_slack_seconds",
+        "latency_min_samples",
     ):
         assert getattr(spec_defaults, name) == getattr(settings_defaults, name), name
 

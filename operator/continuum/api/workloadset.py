@@ -177,6 +177,11 @@ class GateSpec(ApiModel):
     latency_slack_seconds: float = Field(
         default=0.005, ge=0, description="Added to the latency limit (a 1 ms model's p99 jitters)"
     )
+    latency_min_samples: int = Field(
+        default=1000,
+        ge=1,
+        description="Requests each version answered (in the step, pooled) before their p99 are compared",
+    )
     on_failure: OnFailure = Field(default=OnFailure.ROLLBACK, description="rollback (halt) or pause")
 
     @model_validator(mode="after")

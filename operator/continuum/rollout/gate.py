@@ -11,7 +11,8 @@ A gate decides only on enough evidence, pooled over the wave's sites (counts are
   the window's own traffic split (the canary weight may change between windows).
 * **p99 latency relative to the stable version** (:func:`latency_verdict`): the p99 of the candidate's
   and of the stable version's latency histograms (buckets pooled over the wave's sites, interpolated as
-  Prometheus' ``histogram_quantile``); once both versions have ``min_samples`` samples, a candidate
+  Prometheus' ``histogram_quantile``); once both versions have ``latency_min_samples`` samples (1,000 by
+  default: at least ten beyond the p99, so one stall does not decide), a candidate
   above ``latency_ratio × stable p99 + latency_slack_seconds`` is rolled back. Not sequential: a
   threshold on the pooled tail, checked at every window from then on.
 * **Disagreement with the stable version** (:class:`AgreementGate`, shadowed requests: top-1 for
@@ -54,6 +55,7 @@ class GateSettings:
     max_samples: int = 50_000  # candidate requests after which a gate decides by its LLR's sign
     latency_ratio: float = 1.5  # bad: candidate p99 above this many times the stable p99 (+ the slack)
     latency_slack_seconds: float = 0.005  # absolute slack on the latency limit (sub-ms models jitter)
+    latency_min_samples: int = 1000  # per version before p99 is compared: >= 10 samples beyond the p99
 
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
@@ -64,8 +66,8 @@ class GateSettings:
             raise ValueError("need 0 < disagreement_good < disagreement_bad < 1")
         if not 0 < self.min_samples <= self.max_samples:
             raise ValueError("need 0 < min_samples <= max_samples")
-        if self.latency_ratio <= 1 or self.latency_slack_seconds < 0:
-            raise ValueError("need latency_ratio > 1 and latency_slack_seconds >= 0")
+        if self.latency_ratio <= 1 or self.latency_slack_seconds < 0 or self.latency_min_samples < 1:
+            raise ValueError("need latency_ratio > 1, latency_slack_seconds >= 0, latency_min_samples >= 1")
 
     @property
     def upper(self) -> float:
@@ -201,13 +203,14 @@ def observe(state: GateState, window: Window, settings: GateSettings) -> GateSta
 
 
 def latency_verdict(state: GateState, settings: GateSettings) -> tuple[Verdict, str]:
-    """ROLLBACK when both versions have ``min_samples`` latency samples and the candidate's p99 is above
+    """ROLLBACK when both versions have ``latency_min_samples`` latency samples (a p99 from a few dozen
+    requests is their maximum: one stall of the machine would decide) and the candidate's p99 is above
     ``latency_ratio × stable p99 + latency_slack_seconds``; PROMOTE when it is not (or when the workers
     report no latency at all: nothing to gate on); CONTINUE while either has too few samples."""
     stable, candidate = state.stable_latency, state.candidate_latency
     if not candidate.count:
         return Verdict.PROMOTE, "no candidate latency measured (shadow copies are not timed)"
-    if min(stable.count, candidate.count) < settings.min_samples:
+    if min(stable.count, candidate.count) < settings.latency_min_samples:
         return Verdict.CONTINUE, "collecting latency samples"
     p_s, p_c = stable.quantile(0.99), candidate.quantile(0.99)
     limit = settings.latency_ratio * p_s + settings.latency_slack_seconds

@@ -178,6 +178,7 @@ def settings_for(spec: GateSpec, step: RolloutStep) -> gate.GateSettings:
         max_samples=spec.max_samples,
         latency_ratio=spec.latency_ratio,
         latency_slack_seconds=spec.latency_slack_seconds,
+        latency_min_samples=spec.latency_min_samples,
     )
 
 
