@@ -300,6 +300,7 @@ def worker_overhead(rounds: int, seconds: float) -> dict:  # type: ignore[type-a
             "rps_on": statistics.median(r for r, _ in on), "cpu_us_off": cpu_off,
             "cpu_us_on": statistics.median(c for _, c in on),
             "tput_ratio": _spread(tput), "cpu_ratio": _spread(cpu),
+            "cpu_us_delta": _spread([b[1] - a[1] for a, b in pairs]),
             "observe_share": obs["median"] / cpu_off,
         }  # fmt: skip
     return out
@@ -387,7 +388,7 @@ def main() -> int:
     print(json.dumps(det, indent=1), flush=True)
     up = upstream_bytes(0.25 if args.quick else 1.0)
     print(json.dumps(up, indent=1), flush=True)
-    rounds, burst = (4, 1.5) if args.quick else (12, 2.0)
+    rounds, burst = (4, 1.5) if args.quick else (20, 1.5)
     ovh = worker_overhead(rounds, burst)
     print(json.dumps(ovh, indent=1), flush=True)
     load_end = os.getloadavg()
@@ -423,10 +424,12 @@ def main() -> int:
     for clients, o in ovh["rows"].items():
         ovh_rows.append([str(clients), str(o["rounds"]), f"{o['rps_off']:,.0f}", f"{o['rps_on']:,.0f}", sp(o["tput_ratio"]),
                          f"{o['cpu_us_off']:.0f}", f"{o['cpu_us_on']:.0f}", sp(o["cpu_ratio"]),
+                         f"{o['cpu_us_delta']['median']:+.0f} ({o['cpu_us_delta']['p25']:+.0f}…{o['cpu_us_delta']['p75']:+.0f})",
                          f"{o['observe_share']:.1%}"])  # fmt: skip
     ovh_table = markdown_table(
         ["clients", "rounds", "req/s off", "req/s on", "throughput on/off, paired: median (IQR; range)",
-         "worker CPU µs/req off", "on", "CPU/req on/off, paired", "profiling CPU / worker CPU"], ovh_rows,
+         "worker CPU µs/req off", "on", "CPU/req on/off, paired", "CPU µs/req on − off, paired",
+         "profiling CPU / worker CPU"], ovh_rows,
     )  # fmt: skip
     seeds = det["per_seed"]
     fmt_load = lambda la: "/".join(f"{v:.1f}" for v in la)  # noqa: E731
