@@ -44,7 +44,14 @@ sys.path.insert(0, str(ROOT))
 from bench.report import machine, markdown_table, percentile, write_section  # noqa: E402
 from tests.ingest.conftest import MOSQUITTO, Broker, Link, free_port  # noqa: E402
 
-STAGES = ("receive_to_infer", "batch_wait", "compute", "to_durable", "durable_to_published", "receive_to_published")
+STAGES = (
+    "receive_to_infer",
+    "batch_wait",
+    "compute",
+    "to_durable",
+    "durable_to_published",
+    "receive_to_published",
+)
 FEATURES = 64
 
 
@@ -55,7 +62,9 @@ def payload(i: int, rows: list[list[float]]) -> bytes:
 
 
 def sample_rows(n: int = 256, scale: float = 1.0) -> list[list[float]]:
-    return (np.random.default_rng(0).standard_normal((n, FEATURES)) * scale).astype(np.float32).round(4).tolist()
+    return (
+        (np.random.default_rng(0).standard_normal((n, FEATURES)) * scale).astype(np.float32).round(4).tolist()
+    )
 
 
 # -- processes -----------------------------------------------------------------------------------------
@@ -167,7 +176,9 @@ def scrape(port: int) -> str:
 
 
 def buckets(text: str, stage: str) -> list[tuple[float, float]]:
-    pat = re.compile(r'continuum_ingest_stage_seconds_bucket\{le="([^"]+)",stage="' + re.escape(stage) + r'"\} (\S+)')
+    pat = re.compile(
+        r'continuum_ingest_stage_seconds_bucket\{le="([^"]+)",stage="' + re.escape(stage) + r'"\} (\S+)'
+    )
     return [(float(le), float(v)) for le, v in pat.findall(text)]
 
 
@@ -197,7 +208,9 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def start_worker(model: Path, src: Broker, up: Broker | Link, tmp: Path, tag: str, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_worker(
+    model: Path, src: Broker, up: Broker | Link, tmp: Path, tag: str, *extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {"PYTHONPATH": str(ROOT / "inference-worker"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
@@ -225,7 +238,9 @@ class Collector:
     def __init__(self, broker: Broker, topic: str, cid: str) -> None:
         ctx = mp.get_context("spawn")
         self.stop, self.ready, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
-        self.proc = ctx.Process(target=collect, args=(broker.port, topic, cid, self.stop, self.out, self.ready))
+        self.proc = ctx.Process(
+            target=collect, args=(broker.port, topic, cid, self.stop, self.out, self.ready)
+        )
         self.proc.start()
         if not self.ready.wait(30):
             raise TimeoutError("collector did not connect")
@@ -252,7 +267,10 @@ def wait_published(port: int, n_ok: float, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = scrape(port)
-        if metric(text, "continuum_ingest_messages_total") >= n_ok and metric(text, "continuum_ingest_outbox_pending") == 0:
+        if (
+            metric(text, "continuum_ingest_messages_total") >= n_ok
+            and metric(text, "continuum_ingest_outbox_pending") == 0
+        ):
             return True
         time.sleep(0.5)  # a scrape costs the worker CPU too
     return False
@@ -268,13 +286,17 @@ def ms(x: float) -> str:
 
 
 # -- phases --------------------------------------------------------------------------------------------
-def latency_phase(model: Path, src: Broker, up: Broker, tmp: Path, rates: list[float], seconds: float) -> list[dict[str, Any]]:
+def latency_phase(
+    model: Path, src: Broker, up: Broker, tmp: Path, rates: list[float], seconds: float
+) -> list[dict[str, Any]]:
     proc, port = start_worker(model, src, up, tmp, "lat")
     rows = []
     first = 0
     try:
         for rate in rates:
-            n = max(200, min(int(rate * seconds), 30_000))  # the highest rates: what the worker sustains shows in the latency
+            n = max(
+                200, min(int(rate * seconds), 30_000)
+            )  # the highest rates: what the worker sustains shows in the latency
             coll = Collector(up, "lat/out", f"c-lat-{int(rate)}")
             before = scrape(port)
             done_before = metric(before, "continuum_ingest_messages_total")
@@ -308,7 +330,9 @@ def latency_phase(model: Path, src: Broker, up: Broker, tmp: Path, rates: list[f
     return rows
 
 
-def outage_phase(model: Path, src: Broker, up: Broker, tmp: Path, rate: float, outage: float) -> dict[str, Any]:
+def outage_phase(
+    model: Path, src: Broker, up: Broker, tmp: Path, rate: float, outage: float
+) -> dict[str, Any]:
     link = Link(up.port)  # the uplink: cut while the upstream broker keeps running
     proc, port = start_worker(model, src, link, tmp, "out")
     before_s, after_s = 5.0, 5.0
@@ -349,7 +373,11 @@ def outage_phase(model: Path, src: Broker, up: Broker, tmp: Path, rate: float, o
         seen.add(k)
         first.append(k)
     missing = sorted(set(range(n)) - seen)
-    gaps = [(a, b) for a, b in zip(missing, [*missing[1:], None], strict=True) if b != a + 1][:5] if missing else []
+    gaps = (
+        [(a, b) for a, b in zip(missing, [*missing[1:], None], strict=True) if b != a + 1][:5]
+        if missing
+        else []
+    )
     return {"missing_first": missing[:3], "missing_last": missing[-3:], "gap_ends": gaps,
             "rate": rate, "sent_rate": sent["rate"], "outage_s": outage, "n": n, "received": len(seen),
             "lost": n - len(seen), "in_order": first == sorted(first), "copies": len(got),
@@ -393,7 +421,9 @@ def kafka_produce(port: int, topic: str, rate: float, n: int, first: int, out: A
             delay = start + (i - first) / rate - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            futures.append(await p.send(topic, payload(i, rows), headers=[("ts", repr(time.time()).encode())]))
+            futures.append(
+                await p.send(topic, payload(i, rows), headers=[("ts", repr(time.time()).encode())])
+            )
         elapsed = time.time() - start
         await asyncio.gather(*futures)
         await p.stop()
@@ -459,7 +489,9 @@ def kafka_phase(model: Path, tmp: Path, rates: list[float], seconds: float) -> d
             except OSError:
                 pass
             if time.monotonic() > deadline or proc.poll() is not None:
-                return {"unavailable": f"worker did not connect: {(tmp / 'kafka-worker.log').read_text()[-1500:]}"}
+                return {
+                    "unavailable": f"worker did not connect: {(tmp / 'kafka-worker.log').read_text()[-1500:]}"
+                }
             time.sleep(0.2)
         first = 0
         ctx = mp.get_context("spawn")
@@ -527,7 +559,9 @@ def main() -> int:
         finally:
             src.stop()
             up.stop()
-        kafka = {"unavailable": "--no-kafka"} if args.no_kafka else kafka_phase(model, tmp, rates, args.seconds)
+        kafka = (
+            {"unavailable": "--no-kafka"} if args.no_kafka else kafka_phase(model, tmp, rates, args.seconds)
+        )
     load_after = os.getloadavg()
     headers = ["target msg/s", "sent msg/s", "MQTT e2e p50 / p99 ms", "HTTP p50 / p99 ms (msg/s)",
                "MQTT − HTTP p99 ms", "worker CPU ms/msg MQTT / HTTP", *[f"{s} p50 / p99 ms" for s in STAGES], "lost"]  # fmt: skip

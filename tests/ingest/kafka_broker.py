@@ -131,12 +131,16 @@ class KafkaBroker:
             if out.returncode != 0:
                 raise RuntimeError(f"kafka-storage format failed: {(out.stdout + out.stderr)[-1500:]}")
         log = (self.directory / "kafka.log").open("ab")
-        self.proc = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             wait_port(self.port, timeout=90)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"Kafka did not listen: {(self.directory / 'kafka.log').read_text()[-1500:]}") from None
+            raise RuntimeError(
+                f"Kafka did not listen: {(self.directory / 'kafka.log').read_text()[-1500:]}"
+            ) from None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -161,7 +165,9 @@ class KafkaBroker:
         async def probe() -> None:
             deadline = time.monotonic() + timeout
             while True:
-                producer = AIOKafkaProducer(bootstrap_servers=f"127.0.0.1:{self.port}", request_timeout_ms=5000)
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=f"127.0.0.1:{self.port}", request_timeout_ms=5000
+                )
                 try:
                     await producer.start()
                     await producer.send_and_wait("continuum-ready", b"1")

@@ -164,7 +164,9 @@ async def test_kafka_sigkill_mid_stream_loses_nothing(kafka: KafkaBroker, mlp_mo
     await wait_connected(w)
     n, rate = 1500, 300.0  # 5 s; SIGKILL at 1.5 s, back at 3 s (Kafka holds the records meanwhile)
     async with Results(kafka, "kill-out") as results:
-        feed = asyncio.create_task(produce(kafka, "kill-in", [request(i, "cam1") for i in range(n)], rate=rate))
+        feed = asyncio.create_task(
+            produce(kafka, "kill-in", [request(i, "cam1") for i in range(n)], rate=rate)
+        )
         await asyncio.sleep(1.5)
         w.kill()
         killed_at = len(results.records)
@@ -189,5 +191,9 @@ async def test_kafka_sigkill_mid_stream_loses_nothing(kafka: KafkaBroker, mlp_mo
         if ids.index(i) != results.records.index(r):
             assert dict(r.headers).get("redelivered") == b"1", i
     text = metrics(http_port(w2))
-    print("copies", len(ids) - n, "duplicates recognised",
-          metric(text, "continuum_ingest_messages_total", source="kill-in", outcome="duplicate"))
+    print(
+        "copies",
+        len(ids) - n,
+        "duplicates recognised",
+        metric(text, "continuum_ingest_messages_total", source="kill-in", outcome="duplicate"),
+    )

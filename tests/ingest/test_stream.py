@@ -172,7 +172,9 @@ async def test_end_to_end_v2_json_results_match_http(
     assert ordered_ids(got, "cam1") == list(range(n))
     # the published answer is the v2 response, equal to the HTTP answer for the same request
     body = request(7, "cam1")
-    req = urllib.request.Request(f"http://127.0.0.1:{http_port(w)}/v2/models/mlp/infer", data=body, method="POST")
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{http_port(w)}/v2/models/mlp/infer", data=body, method="POST"
+    )
     with urllib.request.urlopen(req, timeout=5) as r:
         direct = json.loads(r.read())
     streamed = next(p for p in got if p["id"] == "cam1-7")
@@ -211,7 +213,10 @@ async def test_raw_and_npy_decoders_and_dead_letters(
     x = np.random.default_rng(1).standard_normal((3, FEATURES)).astype(np.float32)
     buf = io.BytesIO()
     np.save(buf, x[:1])
-    async with Collector(upstream_broker, "out") as results, Collector(upstream_broker, "out/dead-letter") as dead:
+    async with (
+        Collector(upstream_broker, "out") as results,
+        Collector(upstream_broker, "out/dead-letter") as dead,
+    ):
         await publish(source_broker, "raw", [x.astype("<f4").tobytes()], user=[{"id": "raw-1"}])
         await publish(source_broker, "npy", [buf.getvalue()], user=[{"id": "npy-1"}])
         bad = [b"not json", b'{"inputs": []}', json.dumps({"id": "w", "inputs": [
@@ -284,8 +289,14 @@ async def test_uplink_cut_every_result_arrives_in_order(
     finally:
         link.close()
     assert metric(text, "continuum_ingest_outbox_pending") == 0, {
-        k: metric(text, k) for k in ("continuum_ingest_outbox_last_seq", "continuum_ingest_outbox_published_seq",
-                                     "continuum_ingest_republished_total", "continuum_ingest_in_flight")}
+        k: metric(text, k)
+        for k in (
+            "continuum_ingest_outbox_last_seq",
+            "continuum_ingest_outbox_published_seq",
+            "continuum_ingest_republished_total",
+            "continuum_ingest_in_flight",
+        )
+    }
     assert metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok") == 2 * n
 
 
@@ -331,12 +342,20 @@ async def test_sigkill_mid_stream_loses_nothing(
         await wait_ready(w2)
         await results.wait_for(n, 25)
         deadline = time.monotonic() + 3  # let any late duplicates land before checking
-        while time.monotonic() < deadline and metric(metrics(http_port(w2)), "continuum_ingest_outbox_pending"):
+        while time.monotonic() < deadline and metric(
+            metrics(http_port(w2)), "continuum_ingest_outbox_pending"
+        ):
             await asyncio.sleep(0.1)
     check_complete(results, {"cam1": n})
     text = metrics(http_port(w2))
     # what the second life did: results of the first life's last messages, published from the outbox,
     # and the broker's redeliveries of what was not yet acknowledged
-    print("ok", metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok"),
-          "republished", metric(text, "continuum_ingest_republished_total"), "copies", len(results.messages))
+    print(
+        "ok",
+        metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok"),
+        "republished",
+        metric(text, "continuum_ingest_republished_total"),
+        "copies",
+        len(results.messages),
+    )
     assert w2.terminate() == 0

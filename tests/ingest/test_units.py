@@ -21,13 +21,31 @@ INPUTS = [("INPUT0", "FP32")]
 
 
 def test_endpoints_parse_and_errors_name_the_part() -> None:
-    ep = parse_endpoint("mqtt://broker:1884/line/+/features?decoder=raw&dtype=FP32&shape=-1,64&input=x", source=True)
+    ep = parse_endpoint(
+        "mqtt://broker:1884/line/+/features?decoder=raw&dtype=FP32&shape=-1,64&input=x", source=True
+    )
     assert (ep.host, ep.port, ep.topic, ep.decoder, ep.dtype, ep.shape, ep.input, ep.qos, ep.protocol) == (
-        "broker", 1884, "line/+/features", "raw", "FP32", (-1, 64), "x", 1, "5")
+        "broker",
+        1884,
+        "line/+/features",
+        "raw",
+        "FP32",
+        (-1, 64),
+        "x",
+        1,
+        "5",
+    )
     assert parse_endpoint("mqtt://b/r", source=False).port == 1883
     assert parse_endpoint("mqtt://b/line/#?qos=0", source=True).topic == "line/#"
     k = parse_endpoint("kafka://k/frames.cam-1?decoder=npy&group=line", source=True)
-    assert (k.scheme, k.host, k.port, k.topic, k.decoder, k.group) == ("kafka", "k", 9092, "frames.cam-1", "npy", "line")
+    assert (k.scheme, k.host, k.port, k.topic, k.decoder, k.group) == (
+        "kafka",
+        "k",
+        9092,
+        "frames.cam-1",
+        "npy",
+        "line",
+    )
     assert parse_endpoint("kafka://k:9093/results", source=False).port == 9093
     cases = [
         ("kafka://k/line/#", True, "Kafka topic cannot hold the wildcards"),
@@ -60,7 +78,9 @@ def test_decoders() -> None:
     assert d.msg_id == "a1" and d.source_ts == 1700000000.5 and d.key is not None
     assert d.request.inputs["INPUT0"].tolist() == [[1.0, 2.0]]
     # the id may come from a user property; without any id there is no dedup key
-    body2 = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1], "data": [1]}]}).encode()
+    body2 = json.dumps(
+        {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1], "data": [1]}]}
+    ).encode()
     assert decode(v2, body2, {"id": "p7", "ts": "12.5"}, INPUTS).request.id == "p7"
     assert decode(v2, body2, {}, INPUTS).key is None
     raw = parse_endpoint("mqtt://b/t?decoder=raw&dtype=INT16&shape=-1,3", source=True)

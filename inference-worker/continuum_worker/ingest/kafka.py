@@ -81,7 +81,9 @@ class KafkaSource:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
-            raise KafkaLinkError(f"cannot start a consumer of {self.ep.uri}: {type(exc).__name__}: {exc}") from exc
+            raise KafkaLinkError(
+                f"cannot start a consumer of {self.ep.uri}: {type(exc).__name__}: {exc}"
+            ) from exc
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._fetch()), loop.create_task(self._committer())]
         return self
@@ -176,7 +178,9 @@ class KafkaSource:
                 raise
 
 
-async def kafka_publish_loop(service: Any, ep: MqttEndpoint, client_id: str, cursor: int, maybe_sent: int) -> None:
+async def kafka_publish_loop(
+    service: Any, ep: MqttEndpoint, client_id: str, cursor: int, maybe_sent: int
+) -> None:
     """Publish the outbox from ``cursor`` to Kafka until an error (then the caller reconnects)."""
     aiokafka = _aiokafka()
     producer = aiokafka.AIOKafkaProducer(
@@ -213,7 +217,9 @@ async def kafka_publish_loop(service: Any, ep: MqttEndpoint, client_id: str, cur
                             headers.append(("redelivered", b"1"))
                             metrics.republished.inc()
                         key = row.msg_id.encode() if row.msg_id is not None else None
-                        fut = await producer.send(kafka_topic(row.topic), row.payload, key=key, headers=headers)
+                        fut = await producer.send(
+                            kafka_topic(row.topic), row.payload, key=key, headers=headers
+                        )
                         fut.add_done_callback(lambda _: wake.set())
                     inflight.append((row, fut))
                     service._sent_hi = max(service._sent_hi, row.seq)

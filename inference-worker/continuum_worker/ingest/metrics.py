@@ -30,7 +30,9 @@ class IngestMetrics:
         )  # fmt: skip
         self.in_flight = Gauge("continuum_ingest_in_flight", "Source messages received and not yet acknowledged",
                                registry=r)  # fmt: skip
-        self.pending = Gauge("continuum_ingest_outbox_pending", "Outbox records not yet published upstream", registry=r)
+        self.pending = Gauge(
+            "continuum_ingest_outbox_pending", "Outbox records not yet published upstream", registry=r
+        )
         self.pending_bytes = Gauge("continuum_ingest_outbox_pending_bytes", "Payload bytes in the outbox not yet "
                                    "published", registry=r)  # fmt: skip
         self.last_seq = Gauge("continuum_ingest_outbox_last_seq", "Sequence number of the newest outbox record",

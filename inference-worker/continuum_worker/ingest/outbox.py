@@ -102,7 +102,9 @@ class Outbox:
         self._saved_watermark = 0
         self._sizes: dict[int, int] = {}  # pending seq -> payload size (for exact byte accounting)
         self._tail: dict[int, Row] = {}  # records written by this process and not yet published: no read back
-        self._put_times: collections.deque[tuple[int, float]] = collections.deque()  # (last seq of a put, when)
+        self._put_times: collections.deque[tuple[int, float]] = (
+            collections.deque()
+        )  # (last seq of a put, when)
         self.wakers: set[asyncio.Event] = set()  # set on every put (the publisher's one wake-up event)
         self.closed = True
 
@@ -174,7 +176,10 @@ class Outbox:
                 await self._space.wait()
                 if self.closed:
                     raise OutboxError("outbox is closed")
-        elif self.pending_count + len(records) > self.max_messages or self.pending_bytes + size > self.max_bytes:
+        elif (
+            self.pending_count + len(records) > self.max_messages
+            or self.pending_bytes + size > self.max_bytes
+        ):
             drop_for = (len(records), size)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         job = _Job(records, dict(meta or {}), future, drop_for)
@@ -269,7 +274,9 @@ class Outbox:
         # drop at least 1 % of the capacity at a time so a full outbox does not drop on every put
         chunk = max(records, self.max_messages // 100, 1)
         victims: list[int] = []
-        for seq, length in db.execute("SELECT seq, length(payload) FROM out WHERE seq > ? ORDER BY seq", (wm,)):
+        for seq, length in db.execute(
+            "SELECT seq, length(payload) FROM out WHERE seq > ? ORDER BY seq", (wm,)
+        ):
             if (count + records <= self.max_messages - (chunk - records) and nbytes + size <= self.max_bytes) or \
                     count == 0:  # fmt: skip
                 break

@@ -198,7 +198,9 @@ def parse_publish(command: int, packet: bytes | bytearray, v5: bool) -> _Message
     return _Message(topic, bytes(packet[i:]), qos, mid, bool(command & 0x08), props)
 
 
-def publish_frame(topic: bytes, payload: bytes, qos: int, mid: int, user: list[tuple[str, str]] | None) -> bytes:
+def publish_frame(
+    topic: bytes, payload: bytes, qos: int, mid: int, user: list[tuple[str, str]] | None
+) -> bytes:
     """A whole PUBLISH packet; ``user`` (MQTT 5 only, else None): its user properties."""
     var = _str16(topic) + (mid.to_bytes(2, "big") if qos else b"")
     if user is not None:
@@ -263,7 +265,9 @@ class _Client(aiomqtt.Client):
     async def __aenter__(self) -> _Client:
         await super().__aenter__()
         sock = self._client._sock
-        if sock is not None:  # paho leaves Nagle on: a PUBACK or PUBLISH would wait for the previous one's ACK
+        if (
+            sock is not None
+        ):  # paho leaves Nagle on: a PUBACK or PUBLISH would wait for the previous one's ACK
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self
@@ -323,7 +327,9 @@ class IngestService:
         self._stage = {s: self.metrics.stage.labels(s) for s in STAGES}
         # what GET /v2/ingest reports per endpoint: connected, and the source's own lag where it has one
         self._connected: dict[str, bool] = {e.uri: False for e in [*config.sources, config.sink]}
-        self._source_lag: dict[str, float] = {}  # receive time - the publisher's timestamp of the last message
+        self._source_lag: dict[
+            str, float
+        ] = {}  # receive time - the publisher's timestamp of the last message
         self.lag_records: dict[str, int] = {}  # Kafka: records in the topic not yet consumed (end - position)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -425,7 +431,9 @@ class IngestService:
         while not self._stopping:
             try:
                 group = ep.group or f"{self.config.client_id}-{ep.topic}"  # stable across restarts
-                source = KafkaSource(ep, self._client_id(ep, "in"), group, self.config.max_in_flight, _Message, lag)
+                source = KafkaSource(
+                    ep, self._client_id(ep, "in"), group, self.config.max_in_flight, _Message, lag
+                )
                 async with source:
                     self.metrics.connected.labels("source", broker).set(1)
                     self._connected[ep.uri] = True
@@ -597,9 +605,13 @@ class IngestService:
             self._stage["batch_wait"].observe(timings.get("queue", 0.0))
             self._stage["compute"].observe(timings.get("compute", 0.0))
             self.metrics.result_bytes.inc(len(body))
-            work.records = self._results(ep, message, decoded.msg_id, decoded.key, m, results, body, headers, work)
+            work.records = self._results(
+                ep, message, decoded.msg_id, decoded.key, m, results, body, headers, work
+            )
         except (DecodeError, NotFound, ServerError) as exc:
-            work.outcome = "failed" if type(exc) is ServerError or isinstance(exc, Unavailable) else "malformed"
+            work.outcome = (
+                "failed" if type(exc) is ServerError or isinstance(exc, Unavailable) else "malformed"
+            )
             work.records = [self._dead_letter(message, msg_id, str(exc), payload, None)]
         except Exception as exc:  # never let one message stop the stream
             log.exception("ingest of a message from %s failed", message.topic)
@@ -610,7 +622,11 @@ class IngestService:
         self, ep: MqttEndpoint, message: _Message, msg_id: str | None, key: str | None, model: Any,
         results: Any, body: bytes, headers: dict[str, str], work: _Work,
     ) -> list[Record]:  # fmt: skip
-        props: dict[str, str] = {"source": str(message.topic), "model": model.name, "model_version": model.version}
+        props: dict[str, str] = {
+            "source": str(message.topic),
+            "model": model.name,
+            "model_version": model.version,
+        }
         if "source_ts" in work.marks:  # the publisher's timestamp, for end-to-end latency downstream
             props["source_ts"] = repr(work.marks["source_ts"])
         if HEADER_LENGTH in headers:
@@ -636,7 +652,9 @@ class IngestService:
         doc = {"kind": "dead_letter", "source": str(message.topic), "id": msg_id, "error": error,
                "payload_bytes": len(payload),
                "payload_base64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode()}  # fmt: skip
-        return Record(f"{self.config.sink.topic}/dead-letter", json.dumps(doc).encode(), "dead_letter", msg_id, key)
+        return Record(
+            f"{self.config.sink.topic}/dead-letter", json.dumps(doc).encode(), "dead_letter", msg_id, key
+        )
 
     async def _run_summaries(self) -> None:
         while True:
@@ -668,7 +686,9 @@ class IngestService:
             if ep.scheme == "kafka":
                 try:
                     self.metrics.connected.labels("sink", broker).set(1)
-                    await kafka_publish_loop(self, ep, self._client_id(ep, "out"), self.outbox.watermark, maybe_sent)
+                    await kafka_publish_loop(
+                        self, ep, self._client_id(ep, "out"), self.outbox.watermark, maybe_sent
+                    )
                 except KafkaLinkError as exc:
                     log.warning("publish to %s: %s; reconnecting in %.1fs", ep.uri, exc, backoff)
                 finally:
@@ -711,14 +731,18 @@ class IngestService:
         disconnection): no task per record or per wait."""
         window, qos = self.config.publish_window, self.config.sink.qos
         v5 = protocol == "5"
-        inflight: collections.deque[tuple[Any, int, float]] = collections.deque()  # (row, packet id or 0, sent)
+        inflight: collections.deque[tuple[Any, int, float]] = (
+            collections.deque()
+        )  # (row, packet id or 0, sent)
         acked: set[int] = set()
         after = cursor
         next_mid = 0
         client.watch_disconnect()
         disconnected = client._disconnected
         self.outbox.wakers.add(client.wake)
-        published = {k: self.metrics.published.labels(k) for k in ("result", "event", "summary", "dead_letter")}
+        published = {
+            k: self.metrics.published.labels(k) for k in ("result", "event", "summary", "dead_letter")
+        }
         upstream = {k: self.metrics.upstream_bytes.labels(k) for k in published}
         to_published, end_to_end = self._stage["durable_to_published"], self._stage["receive_to_published"]
         warned = False
@@ -730,7 +754,9 @@ class IngestService:
                     raise aiomqtt.MqttError(f"disconnected from the upstream broker ({reason})")
                 while client.pubacks:
                     mid, reason_code = client.pubacks.popleft()
-                    if reason_code >= 0x80 and not warned:  # the broker refused it: not resent (MQTT 5 semantics)
+                    if (
+                        reason_code >= 0x80 and not warned
+                    ):  # the broker refused it: not resent (MQTT 5 semantics)
                         log.warning("upstream broker refused a publish (reason code 0x%02x)", reason_code)
                         warned = True
                     acked.add(mid)
@@ -770,7 +796,9 @@ class IngestService:
                 else:
                     if time.monotonic() - inflight[0][2] > ACK_TIMEOUT_SECONDS:
                         # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
-                        raise aiomqtt.MqttError(f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s")
+                        raise aiomqtt.MqttError(
+                            f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s"
+                        )
                     timeout = 1.0
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):

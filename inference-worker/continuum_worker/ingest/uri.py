@@ -18,7 +18,20 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 DECODERS = ("v2", "raw", "npy")
-NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
+NUMERIC = {
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+}
 SOURCE_OPTIONS = {"decoder", "dtype", "shape", "input", "model", "version", "qos", "protocol"}
 SINK_OPTIONS = {"qos", "protocol"}
 KAFKA_SOURCE_OPTIONS = (SOURCE_OPTIONS - {"qos", "protocol"}) | {"group"}
@@ -58,7 +71,9 @@ def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     # '#' is MQTT's multi-level wildcard here, not a URI fragment
     parts = urllib.parse.urlsplit(uri.strip().replace("#", "%23"))
     if parts.scheme not in SCHEMES:
-        raise EndpointError(f"{what} {uri!r}: the scheme must be mqtt:// or kafka:// (got {parts.scheme or 'none'!r})")
+        raise EndpointError(
+            f"{what} {uri!r}: the scheme must be mqtt:// or kafka:// (got {parts.scheme or 'none'!r})"
+        )
     kafka = parts.scheme == "kafka"
     try:
         host, port = parts.hostname, parts.port or (9092 if kafka else 1883)
@@ -70,7 +85,9 @@ def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     if not topic:
         raise EndpointError(f"{what} {uri!r}: no topic (mqtt://HOST:PORT/TOPIC)")
     if (kafka or not source) and ("+" in topic or "#" in topic):
-        raise EndpointError(f"{what} {uri!r}: a {'Kafka' if kafka else 'publish'} topic cannot hold the wildcards + or #")
+        raise EndpointError(
+            f"{what} {uri!r}: a {'Kafka' if kafka else 'publish'} topic cannot hold the wildcards + or #"
+        )
     if kafka and (len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic)):
         raise EndpointError(f"{what} {uri!r}: a Kafka topic is 1-249 of [a-zA-Z0-9._-] (got {topic!r})")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
@@ -95,18 +112,27 @@ def parse_endpoint(uri: str, *, source: bool) -> MqttEndpoint:
     shape: tuple[int, ...] | None = None
     if decoder == "raw":
         if dtype not in NUMERIC:
-            raise EndpointError(f"{what} {uri!r}: decoder=raw needs dtype= one of {sorted(NUMERIC)}, got {dtype!r}")
+            raise EndpointError(
+                f"{what} {uri!r}: decoder=raw needs dtype= one of {sorted(NUMERIC)}, got {dtype!r}"
+            )
         try:
             shape = tuple(int(d) for d in opts.get("shape", "").split(","))
         except ValueError:
-            raise EndpointError(f"{what} {uri!r}: decoder=raw needs shape=D0,D1,... (integers), got "
-                                f"{opts.get('shape')!r}") from None
+            raise EndpointError(
+                f"{what} {uri!r}: decoder=raw needs shape=D0,D1,... (integers), got {opts.get('shape')!r}"
+            ) from None
         if sum(d == -1 for d in shape) > 1 or any(d < -1 or d == 0 for d in shape):
-            raise EndpointError(f"{what} {uri!r}: shape {list(shape)} needs positive dimensions and at most one -1")
+            raise EndpointError(
+                f"{what} {uri!r}: shape {list(shape)} needs positive dimensions and at most one -1"
+            )
     elif "dtype" in opts or "shape" in opts:
-        raise EndpointError(f"{what} {uri!r}: dtype/shape apply to decoder=raw only (a {decoder} message carries its own)")
+        raise EndpointError(
+            f"{what} {uri!r}: dtype/shape apply to decoder=raw only (a {decoder} message carries its own)"
+        )
     if decoder == "v2" and "input" in opts:
-        raise EndpointError(f"{what} {uri!r}: input= applies to decoder=raw/npy (a v2 request names its inputs)")
+        raise EndpointError(
+            f"{what} {uri!r}: input= applies to decoder=raw/npy (a v2 request names its inputs)"
+        )
     return MqttEndpoint(
         uri=uri.strip(), host=host, port=port, topic=topic, qos=int(qos), protocol=protocol, decoder=decoder,
         dtype=dtype, shape=shape, input=opts.get("input"), model=opts.get("model"), version=opts.get("version"),
