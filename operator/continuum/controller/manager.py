@@ -102,9 +102,9 @@ class Controller:
             return
         if kind == "EdgeWorkload":
             self._observe_workload(event_type, body, enqueue)
-            owner = owning_set(body)  # the set's rollup (and a deleted child is re-created)
-            if owner is not None and owner in self.cache.workload_sets:
-                self.queue.add_after(owner, SET_AFTER_CHILDREN)
+            parent = owning_set(body)  # the set's rollup (and a deleted child is re-created)
+            if parent is not None and parent in self.cache.workload_sets:
+                self.queue.add_after(parent, SET_AFTER_CHILDREN)
             return
         if kind == EdgeWorkloadSet.KIND:
             key, changed = self.cache.observe_workload_set(event_type, body)
