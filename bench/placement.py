@@ -135,6 +135,7 @@ def main() -> int:
     else:
         cli_sizes = CLI_SIZES[:1] if args.quick else CLI_SIZES
     cli_rows = []
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for n_w, n_p in cli_sizes:
             r = run_cli(n_w, n_p, Path(tmp))
@@ -167,7 +168,8 @@ def main() -> int:
     ]
     cli_body = (
         "### The whole CLI: `continuum plan -o json`\n\n"
-        f"Machine: {machine('numpy', 'pydantic')}, load average {os.getloadavg()[0]:.1f} at the end.\n\n"
+        f"Machine: {machine('numpy', 'pydantic')}, load average {load_start:.1f} at the start and "
+        f"{os.getloadavg()[0]:.1f} at the end (other jobs share the 2 cores: CPU time is the steadier number).\n\n"
         "Its own process, reading one `kind: List` JSON file of the generated instance (3 nodes per pool), "
         "writing the JSON plan; beyond 50 pools each workload lists its chosen pool, 3 feasible alternatives and "
         "the 2 nearest misses per reason code, with counts per code (`rejectedByReason`). The decision alone "
@@ -191,11 +193,10 @@ def main() -> int:
     cli_body += (
         "\n### The operator's per-workload path: decision + the 20 candidates status lists\n\n"
         "CPU per workload (`time.process_time`, 300 workloads, best of 3 interleaved rounds, against the usage a batch placement of the same "
-        "workloads leaves): `engine.decide` (every pool through `filters.py`, what the operator calls today) and "
+        "workloads leaves): `engine.decide` (every pool through `filters.py`, the reference) and "
         "`fast.decide` (rules vectorized over pools, messages only for the pools listed; same decision, "
-        "candidates and hint, `tests/placement/test_fast.py`).\n\n"
-        + markdown_table(headers_op, op_rows)
-        + "\n"
+        "candidates and hint, `tests/placement/test_fast.py`; what the operator calls, through "
+        "`fast.decide_placement`).\n\n" + markdown_table(headers_op, op_rows) + "\n"
     )
     if args.cli_only:
         table = Table(title="continuum plan -o json", header_style="bold")
