@@ -162,12 +162,16 @@ async def test_kafka_sigkill_mid_stream_loses_nothing(kafka: KafkaBroker, mlp_mo
     w.start()
     await wait_ready(w)
     await wait_connected(w)
-    n, rate = 1500, 300.0  # 5 s; SIGKILL at 1.5 s, back at 3 s (Kafka holds the records meanwhile)
+    n, rate = 1500, 300.0  # 5 s; SIGKILL 1 s after the first result, back 1.5 s later (Kafka holds the rest)
     async with Results(kafka, "kill-out") as results:
         feed = asyncio.create_task(
             produce(kafka, "kill-in", [request(i, "cam1") for i in range(n)], rate=rate)
         )
-        await asyncio.sleep(1.5)
+        for _ in range(300):  # the group's first assignment can take a moment (offsets topic creation)
+            if results.records:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
         w.kill()
         killed_at = len(results.records)
         assert 0 < killed_at < n
