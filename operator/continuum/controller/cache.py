@@ -190,7 +190,9 @@ class ClusterCache:
         if after is not None:
             self.set_children.setdefault(after, set()).add(key.name)
 
-    def observe_workload_set(self, event_type: str | None, body: Mapping[str, Any]) -> tuple[WorkloadSetKey, bool]:
+    def observe_workload_set(
+        self, event_type: str | None, body: Mapping[str, Any]
+    ) -> tuple[WorkloadSetKey, bool]:
         """An EdgeWorkloadSet; returns its key and whether anything changed (False: stale or an echo)."""
         meta = body.get("metadata") or {}
         key = WorkloadSetKey(meta.get("namespace") or "default", meta.get("name") or "")
@@ -285,7 +287,9 @@ class ClusterCache:
         }
         for gone in set(self.workloads) - live:
             observe("EdgeWorkload", "DELETED", self.workloads[gone])
-        live_sets = {WorkloadSetKey(o["metadata"].get("namespace") or "default", o["metadata"]["name"]) for o in sets}
+        live_sets = {
+            WorkloadSetKey(o["metadata"].get("namespace") or "default", o["metadata"]["name"]) for o in sets
+        }
         for gone_set in set(self.workload_sets) - live_sets:
             observe(EdgeWorkloadSet.KIND, "DELETED", self.workload_sets[gone_set])
         self.rendered.clear()
@@ -303,7 +307,9 @@ class ClusterCache:
         """The parsed pool (or None and the validation error), parsed once per spec."""
         name = raw["metadata"]["name"]
         meta = raw["metadata"]  # labels too: EdgeWorkloadSets select pools by them
-        spec_key = json.dumps([raw.get("spec"), meta.get("uid"), meta.get("labels")], sort_keys=True, default=str)
+        spec_key = json.dumps(
+            [raw.get("spec"), meta.get("uid"), meta.get("labels")], sort_keys=True, default=str
+        )
         cached = self._pool_models.get(name)
         if cached is not None and cached[0] == spec_key:
             return cached[1], cached[2]

@@ -27,7 +27,9 @@ def unchanged(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
 
 def contains(have: Any, want: Any) -> bool:
     if have is None and want in ([], {}):
-        return True  # the apiserver omits empty lists and maps (omitempty): `tolerations: []` reads back absent
+        return (
+            True  # the apiserver omits empty lists and maps (omitempty): `tolerations: []` reads back absent
+        )
     if isinstance(want, dict):
         return isinstance(have, dict) and all(contains(have.get(k), v) for k, v in want.items())
     if isinstance(want, list):

@@ -165,7 +165,11 @@ def drifting_condition(status: DriftStatus | None) -> tuple[bool | None, str, st
                "no-common-features": "the reference and the traffic share no feature"}[status.window_status]  # fmt: skip
         return None, "NotScored", why
     if status.drifting:
-        return True, "Drifting", f"KS score {status.score} over {status.samples} rows; drifted: {', '.join(status.features)}"
+        return (
+            True,
+            "Drifting",
+            f"KS score {status.score} over {status.samples} rows; drifted: {', '.join(status.features)}",
+        )
     return False, "WithinReference", f"KS score {status.score} over {status.samples} rows"
 
 
