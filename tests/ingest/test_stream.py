@@ -359,3 +359,28 @@ async def test_sigkill_mid_stream_loses_nothing(
         len(results.messages),
     )
     assert w2.terminate() == 0
+
+
+async def test_the_brokers_receive_maximum_bounds_the_publish_window(tmp_path: Path) -> None:
+    """MQTT 5: a client keeps at most the broker's Receive Maximum QoS 1 publishes unacknowledged (Mosquitto
+    advertises its max_inflight_messages); the publisher's window is the smaller of it and 256."""
+    import subprocess
+
+    from continuum_worker.ingest.service import _Client
+
+    from tests.ingest.conftest import MOSQUITTO, free_port, wait_port
+
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed")
+    port = free_port()
+    (tmp_path / "m.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 20\n"
+    )
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp_path / "m.conf")], stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        async with _Client("127.0.0.1", port, identifier="rm", protocol=aiomqtt.ProtocolVersion.V5) as client:
+            assert client.receive_maximum == 20
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -262,6 +262,18 @@ class _Client(aiomqtt.Client):
             if rc == mqtt_client.MQTTErrorCode.MQTT_ERR_AGAIN:
                 return mqtt_client.MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    receive_maximum = (
+        65535  # the broker's MQTT 5 Receive Maximum (CONNACK): QoS 1 publishes in flight at most
+    )
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None
+    ) -> None:
+        maximum = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        if maximum:
+            self.receive_maximum = int(maximum)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
     async def __aenter__(self) -> _Client:
         await super().__aenter__()
         sock = self._client._sock
@@ -729,7 +741,7 @@ class IngestService:
         """A sliding window of QoS 1 publishes, each read of the outbox sent in one write; the watermark
         advances over the contiguous acknowledged prefix. One wake-up event (a PUBACK, a new record, the
         disconnection): no task per record or per wait."""
-        window, qos = self.config.publish_window, self.config.sink.qos
+        window, qos = min(self.config.publish_window, client.receive_maximum), self.config.sink.qos
         v5 = protocol == "5"
         inflight: collections.deque[tuple[Any, int, float]] = (
             collections.deque()
