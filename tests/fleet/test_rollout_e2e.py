@@ -297,6 +297,11 @@ def test_a_good_version_is_promoted_through_every_wave(
             store
         )
         assert view["versions"]["5"]["requests"] > 0, store  # it served the canary and full steps
+    wait_for(
+        lambda: "RolloutPromoted" in [e.get("reason") for e in h.events(name="footfall")],
+        timeout=15,
+        what="the RolloutPromoted Event",
+    )
     reasons = [e.get("reason") for e in h.events(name="footfall")]
     assert reasons.count("WaveDone") == 3 and "RolloutStarted" in reasons and "RolloutPromoted" in reasons
     assert "RolledBack" not in reasons
@@ -352,8 +357,12 @@ def test_a_bad_version_is_rolled_back_in_its_first_wave(
     )
     assert condition["status"] == "False" and condition["reason"] == "RolledBack"
     assert CAUGHT[bad].split(": ")[2] in condition["message"]
-    events = [e for e in h.events(name="footfall") if e.get("reason") == "RolledBack"]
-    assert events and "wave ring-0" in events[0]["message"] and events[0]["type"] == "Warning"
+    events = wait_for(
+        lambda: [e for e in h.events(name="footfall") if e.get("reason") == "RolledBack"],
+        timeout=15,
+        what="the RolledBack Event",
+    )
+    assert "wave ring-0" in events[0]["message"] and events[0]["type"] == "Warning"
     # the other waves never saw the candidate; no child ever ran it
     for store in STORES:
         view = worker_view(workers[store])

@@ -180,7 +180,7 @@ def the_set(version: str, uri: str | None = None, **rollout: Any) -> dict[str, A
     }
     spec = ews["spec"]["rollout"]
     spec["steps"] = [{"shadow": {}}, {"canary": {"weight": 50}}, {"full": {}}]
-    spec["gate"].update(minSamples=40, maxSamples=120)
+    spec["gate"].update(minSamples=40, maxSamples=120, latencyMinSamples=40)
     spec["windowSeconds"] = 0.5
     spec.update(rollout)
     return ews
@@ -259,13 +259,14 @@ def test_paused_and_abort_from_the_spec(setup: tuple[Harness, FakeFleet]) -> Non
     assert fleet.workers["store-berlin-mitte"].mode == "shadow"
     h.apply(the_set("5", paused=False))
     wait_for(lambda: status(h).get("waveName") == "ring-1", timeout=30, what="resumed into ring-1")
-    assert "RolloutResumed" in reasons(h)
+    wait_for(lambda: "RolloutResumed" in reasons(h), timeout=15, what="the RolloutResumed Event")
     h.apply(the_set("5", paused=False, abort="5"))
     wait_for(lambda: status(h).get("phase") == "Aborted", timeout=30, what="aborted")
     wait_for(lambda: not status(h).get("reverting"), timeout=30, what="every worker back on 4")
     assert all(w.mode == "stable" and w.candidate is None for w in fleet.workers.values())
     assert child_versions(h) == dict.fromkeys(STORES, "4")
-    assert "RolloutAborted" in reasons(h) and set_condition(h, "Rollout")["status"] == "False"
+    assert set_condition(h, "Rollout")["status"] == "False"
+    wait_for(lambda: "RolloutAborted" in reasons(h), timeout=15, what="the RolloutAborted Event")
 
 
 def test_an_unreachable_store_is_deferred_and_catches_up(setup: tuple[Harness, FakeFleet]) -> None:
@@ -298,7 +299,7 @@ def test_a_version_that_cannot_be_rolled_out_is_reported(setup: tuple[Harness, F
     wait_for(lambda: status(h).get("phase") == "Invalid", timeout=30, what="invalid")
     assert status(h)["cause"].startswith("spec.template.model.version: a rollout needs a new version")
     assert set_condition(h, "Rollout")["reason"] == "Invalid"
-    assert "RolloutInvalid" in reasons(h)
+    wait_for(lambda: "RolloutInvalid" in reasons(h), timeout=15, what="the RolloutInvalid Event")
     assert all(w.puts == 0 for w in fleet.workers.values())
     assert {c for c in child_versions(h).values()} == {"4"}
     uris = {w["spec"]["model"]["uri"] for w in h.cluster.list(WORKLOADS, NS)}
