@@ -402,9 +402,13 @@ def _cpu(pid: int) -> float:
 def done_when(det: dict, up: dict, ovh: dict) -> dict:  # type: ignore[type-arg]
     """Issue #15's done-when, each check with the number it rests on."""
     rows = ovh["rows"].values()
-    share = max(o["observe_share"] for o in rows)
+    alone = max(o["observe_share"] for o in rows)
+    in_path = ovh["pipeline"]["delta_us"]["median"] / min(o["cpu_us_off"] for o in rows)
+    share = max(alone, in_path)
     return {
         "profiling_cost_of_worker_cpu": {"value": share, "goal": 0.03, "met": share <= 0.03},
+        "profiling_cost_alone": {"value": alone},
+        "profiling_cost_in_request_path": {"value": in_path},
         "end_to_end_throughput_ratio_median": {"value": min(o["tput_ratio"]["median"] for o in rows),
                                                "goal": 0.97, "note": "noisy on a shared machine"},
         "end_to_end_cpu_ratio_median": {"value": max(o["cpu_ratio"]["median"] for o in rows), "goal": 1.03},
@@ -511,15 +515,18 @@ The profiling work itself, timed in-process (CPU time) on the same model's real 
 **{obs["median"]:.1f} µs per request** (median of 7 runs: {", ".join(f"{r:.1f}" for r in obs["runs"])}) =
 {obs["observe_us"]:.1f} µs of `observe` (filing, 512-row sorted sketch updates) + a window close
 ({obs["close_ms"]:.0f} ms: scoring, merging) spread over a 60 s window at {obs["rate"]:,.0f} req/s;
-**{checks["profiling_cost_of_worker_cpu"]["value"]:.1%}** of the worker's CPU per request with drift off
+**{checks["profiling_cost_alone"]["value"]:.1%}** of the worker's CPU per request with drift off
 (the larger of the rows; goal ≤ 3 %). The end-to-end rows measure the same thing through the noise of
-the shared machine; under load the paired differences have medians of
+the shared machine; here the paired differences have medians of
 {", ".join(f"{o['cpu_us_delta']['median']:+.0f} µs" for o in ovh["rows"].values())} per request with interquartile ranges
 {", ".join(f"{o['cpu_us_delta']['p25']:+.0f}…{o['cpu_us_delta']['p75']:+.0f} µs" for o in ovh["rows"].values())}, against the
 ≈ {0.03 * min(o["cpu_us_off"] for o in ovh["rows"].values()):.0f} µs that 3 % is: they do not resolve it. The request path replayed in-process
 (JSON decode, onnxruntime, JSON encode; {pipe["rounds"]} interleaved rounds of 4,000 requests, CPU time): drift off
 {pipe["cpu_us_off"]:.1f} µs, on {pipe["cpu_us_on"]:.1f} µs per request, paired difference median {pipe["delta_us"]["median"]:+.1f} µs
-(IQR {pipe["delta_us"]["p25"]:+.1f}…{pipe["delta_us"]["p75"]:+.1f}), consistent with the profiling work timed alone.
+(IQR {pipe["delta_us"]["p25"]:+.1f}…{pipe["delta_us"]["p75"]:+.1f}): {pipe["delta_us"]["median"] / obs["median"]:.1f}× the profiling work timed alone
+(inside a request path the flushes also cost the request path its caches), and
+**{checks["profiling_cost_in_request_path"]["value"]:.1%}** of the worker's CPU per request with drift off: the done-when's check takes the larger
+of the two shares.
 
 **Bytes upstream** at 1,000 requests/s of a 64-feature model (1 row each), {up["hours"]:g} h on a simulated clock:
 {up["summaries"]} summaries ({up["summary_bytes"]:,} bytes of profiles), {up["sync_bytes"]:,} bytes of state
