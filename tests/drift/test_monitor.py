@@ -188,3 +188,35 @@ def test_every_version_is_in_the_view_with_its_score_and_windows_are_scored_at_a
     assert versions["2"]["samples"] == 1000 and versions["2"]["reference"]
     (entry,) = [e for e in mon.sink.summaries("m") if e[1] == "1"]
     assert Profile.from_bytes(entry[3]).sketches["x[0]"].k == 200  # what goes upstream stays at k=200
+
+
+def test_each_version_reports_the_drift_of_its_outputs_apart_from_its_inputs(tmp_path: Path) -> None:
+    """A candidate answering the same inputs differently (a rollout's shadow or canary): its inputs are
+    within the reference, its outputs are not; the stable version's outputs are. What a rollout's drift
+    gate reads (versions[v].output_drifting, output_score, output_psi)."""
+    clock = Clock()
+    mon = _monitor(tmp_path, clock)
+    other = W * 2.0  # the same classes mostly, scores twice as large
+    for _ in range(250):
+        x = RNG.normal(size=(4, 8)).astype(np.float32)
+        mon.observe("m", "1", True, {"x": x}, {"y": x @ W})
+        mon.observe("m", "2", True, {"x": x}, {"y": x @ other})  # the same inputs, other answers
+    clock.now += 61
+    mon.tick()
+    versions = mon.view("m", "1")["versions"]
+    stable, candidate = versions["1"], versions["2"]
+    assert stable["status"] == "ok" and not stable["output_drifting"]
+    assert stable["output_score"] is not None and stable["output_score"] < 0.1
+    assert stable["output_psi"] is not None and stable["output_psi"] < 0.2
+    assert candidate["drifting"] and candidate["output_drifting"]
+    assert candidate["output_score"] > 0.1 or candidate["output_psi"] > 0.2
+    last = mon.tracks[("m", "2")].last
+    assert last is not None and "y.top" in last["ks"]
+    inputs = [d for n, d in last["ks"].items() if n.startswith("x[")]
+    assert inputs and max(inputs) < 0.1  # the inputs did not move: the drift is the outputs'
+    # too few rows: no output verdict either
+    mon2 = _monitor(tmp_path, clock)
+    for _ in range(10):
+        x = RNG.normal(size=(4, 8)).astype(np.float32)
+        mon2.observe("m", "2", True, {"x": x}, {"y": x @ other})
+    assert not mon2.view("m", "2")["versions"]["2"]["output_drifting"]

@@ -303,6 +303,8 @@ class DriftMonitor:
                 "status": last.get("status", "open"), "samples": last.get("samples", 0),
                 "end": last.get("end"), "windows_closed": t.windows, "open_samples": t.window.rows,
                 "reference": t.reference is not None,
+                "output_score": last.get("output_score"), "output_psi": last.get("output_psi"),
+                "output_drifting": bool(last.get("output_drifting")),
             }  # fmt: skip
         return out
 

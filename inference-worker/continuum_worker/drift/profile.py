@@ -170,6 +170,7 @@ class Profile:
     raw_bytes: int = 0  # bytes of the input tensors summarized (what shipping them would cost)
     sketches: dict[str, kll_floats_sketch] = field(default_factory=dict)
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
+    outputs: set[str] = field(default_factory=set)  # the sketches of outputs (score features), not inputs
     _requests: list[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]] = field(
         default_factory=list, repr=False
     )
@@ -242,6 +243,7 @@ class Profile:
                     out_names, scores, labels = output_features(name, array, True)
                     if scores is not None:
                         self._sketch(out_names, scores)
+                        self.outputs.update(out_names)
                     if labels is not None:
                         self._count(name, labels)
         return self
@@ -300,6 +302,7 @@ class Profile:
             if mine is None:
                 mine = self.sketches[name] = sk.new(self.k)
             mine.merge(s)
+        self.outputs |= other.outputs
         for output, counts in other.classes.items():
             mine_c = self.classes.setdefault(output, {})
             for cls, c in counts.items():

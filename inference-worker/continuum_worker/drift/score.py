@@ -45,6 +45,9 @@ def compare(window: Profile, reference: Profile, t: Thresholds) -> dict[str, Any
     over = sorted(n for n, d in ks.items() if d > t.threshold)
     over_psi = sorted(o for o, v in psi.items() if v > t.psi_threshold)
     drifting = enough and bool(over or over_psi)
+    # the outputs alone (what a rollout's drift gate compares between two versions that see the same
+    # inputs): the score features of the outputs, and the class outputs' PSI
+    out_ks = [d for n, d in ks.items() if n in window.outputs]
     if not enough:
         status = "insufficient"
     elif not ks and not psi:
@@ -69,4 +72,7 @@ def compare(window: Profile, reference: Profile, t: Thresholds) -> dict[str, Any
         "ks": ks,
         "psi": psi,
         "features_missing": missing,
+        "output_score": max(out_ks) if out_ks else None,
+        "output_psi": max(psi.values()) if psi else None,
+        "output_drifting": enough and (any(d > t.threshold for d in out_ks) or bool(over_psi)),
     }
