@@ -63,6 +63,11 @@ def test_operator_install_imports_the_runtime(tmp_path: Path) -> None:
                "import continuum.controller.runner, continuum.controller.handlers, continuum.render.worker, "
                "continuum.placement.engine; print('ok')")
     assert proc.stdout.strip() == "ok", proc.stderr
+    # `continuum run` takes uvloop's event loop (part of the extra)
+    proc = run(str(bin_ / "python"), "-c",
+               "import asyncio; from continuum.cli import _use_uvloop; _use_uvloop(); "
+               "print(type(asyncio.get_event_loop_policy()).__module__)")
+    assert proc.stdout.strip().startswith("uvloop"), (proc.stdout, proc.stderr)
 
 
 def _free_port() -> int:
