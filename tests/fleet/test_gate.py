@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from continuum.rollout.gate import (
+    DriftSettings,
     GateSettings,
     GateState,
     Histogram,
@@ -17,6 +19,8 @@ from continuum.rollout.gate import (
     observe,
     simulate,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SETTINGS = GateSettings()
 
@@ -148,3 +152,93 @@ def test_shadow_decides_on_agreement_alone() -> None:
     assert decide(state, s, agreement=True)[0] is Verdict.CONTINUE  # the error gate would wait forever
     with pytest.raises(ValueError):
         decide(state, s, agreement=False, errors=False)
+
+
+# --- the drift gate ------------------------------------------------------------------------------------
+
+
+PASSED = GateState(agreement_llr=-10.0, shadow_compared=1000)  # the agreement gate alone would promote
+
+
+def _drift(windows: int, drifted: int, **kw: object) -> tuple[GateState, GateSettings]:
+    s = GateSettings(min_samples=10, max_samples=20, drift=DriftSettings(**kw))  # type: ignore[arg-type]
+    return observe(PASSED, Window(0, 0, 0, 0, drift_windows=windows, drift_drifted=drifted), s), s
+
+
+def test_candidate_windows_drifting_on_the_outputs_roll_back() -> None:
+    state, s = _drift(2, 2)
+    verdict, why = decide(state, s, agreement=True, errors=False)
+    assert verdict is Verdict.ROLLBACK
+    assert why.startswith("drift gate: 2 of 2 scored candidate windows drifted on the outputs")
+    assert state.drift_llr == pytest.approx(2 * math.log(0.5 / 0.01))
+    one, _ = _drift(1, 1)  # one window is not enough evidence at the defaults (α split over two gates)
+    assert decide(one, s, agreement=True, errors=False)[0] is Verdict.PROMOTE  # and it does not hold the step
+
+
+def test_a_required_drift_gate_holds_the_step_until_clean_windows_pass_it() -> None:
+    state, s = _drift(0, 0, required=True)
+    verdict, why = decide(state, s, agreement=True, errors=False)
+    assert verdict is Verdict.CONTINUE and "drift: 0 scored candidate windows" in why
+    few, _ = _drift(4, 0, required=True)
+    assert decide(few, s, agreement=True, errors=False)[0] is Verdict.CONTINUE  # llr -2.7 > lower -3.48
+    enough, _ = _drift(6, 0, required=True)
+    assert decide(enough, s, agreement=True, errors=False) == (Verdict.PROMOTE, "every gate passed")
+    with pytest.raises(ValueError):
+        DriftSettings(good=0.5, bad=0.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    windows=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=20),
+    required=st.booleans(),
+)
+def test_drift_evidence_adds_up_and_clean_windows_never_roll_back(
+    windows: list[tuple[int, int]], required: bool
+) -> None:
+    """However the scored windows arrive, the evidence is the sum of the windows' (the SPRT is additive);
+    a candidate none of whose windows drifted is never rolled back by it; a step that is not required never
+    waits for it."""
+    s = GateSettings(min_samples=10, max_samples=20, drift=DriftSettings(required=required))
+    state = PASSED
+    total_n = total_k = 0
+    for n, k in windows:
+        k = min(k, n)
+        state = observe(state, Window(0, 0, 0, 0, drift_windows=n, drift_drifted=k), s)
+        total_n, total_k = total_n + n, total_k + k
+    assert (state.drift_windows, state.drift_drifted) == (total_n, total_k)
+    assert state.drift_llr == pytest.approx(
+        total_k * math.log(0.5 / 0.01) + (total_n - total_k) * math.log(0.5 / 0.99)
+    )
+    verdict, _ = decide(state, s, agreement=True, errors=False)
+    if total_k == 0:
+        assert verdict is not Verdict.ROLLBACK
+        if not required:
+            assert verdict is Verdict.PROMOTE
+    # rolled back exactly when the evidence crossed the boundary (alpha split over agreement and drift)
+    assert (verdict is Verdict.ROLLBACK) == (state.drift_llr >= s.upper_for(2))
+    if total_k >= 2 and total_n == total_k:
+        assert verdict is Verdict.ROLLBACK  # two windows, both drifting: enough at the defaults
+
+
+@pytest.mark.parametrize("p", [0.01, 0.5])
+def test_drift_gate_error_rates_by_simulation(p: float) -> None:
+    """Scored windows one at a time until the required drift gate decides: a good candidate (1 % of its
+    windows drift: the worker's false-positive rate) is rolled back in at most α of the runs, a bad one
+    (half drift) promoted in at most β."""
+    s = GateSettings(min_samples=10, max_samples=20, drift=DriftSettings(required=True))
+    rng = np.random.default_rng(7)
+    runs, rolled, promoted = 2000, 0, 0
+    for _ in range(runs):
+        state = PASSED
+        for _ in range(200):
+            hit = int(rng.random() < p)
+            state = observe(state, Window(0, 0, 0, 0, drift_windows=1, drift_drifted=hit), s)
+            verdict, _ = decide(state, s, agreement=True, errors=False)
+            if verdict is not Verdict.CONTINUE:
+                rolled += verdict is Verdict.ROLLBACK
+                promoted += verdict is Verdict.PROMOTE
+                break
+    if p == 0.01:
+        assert rolled / runs <= s.alpha
+    else:
+        assert promoted / runs <= s.beta

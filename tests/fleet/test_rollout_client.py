@@ -77,3 +77,30 @@ def test_the_status_patch_nulls_what_is_gone_at_every_depth() -> None:
         "message": None,
         "rollout": {"cause": None, "phase": "Progressing", "waves": [{"name": "a"}, {"name": "b"}]},
     }
+
+
+def test_a_workers_drift_view_is_read_per_version() -> None:
+    from continuum.controller.rollouts import parse_drift_view
+    from continuum.rollout.machine import VersionDrift
+
+    view = {
+        "model": "m",
+        "version": "4",
+        "versions": {
+            "4": {"drifting": False, "score": 0.03, "status": "ok", "samples": 1200, "windows_closed": 7,
+                  "output_score": 0.02, "output_psi": 0.01, "output_drifting": False},
+            "5": {"drifting": True, "score": 0.41, "status": "drifting", "samples": 1100, "windows_closed": 3,
+                  "output_score": 0.41, "output_psi": None, "output_drifting": True},
+            "6": {"drifting": False, "score": None, "status": "open", "windows_closed": 0},  # an older worker
+        },
+    }  # fmt: skip
+    parsed = parse_drift_view(view)
+    assert isinstance(parsed, dict)
+    assert parsed["4"] == VersionDrift("ok", 7, False, False, 0.02, 0.01)
+    assert parsed["5"].outputs_drift and parsed["5"].describe() == "output KS 0.410"
+    assert parsed["6"].output_drifting is None and not parsed["6"].outputs_drift
+    assert parse_drift_view({"error": "drift profiling is off"}) == "drift: drift profiling is off"
+    assert parse_drift_view([]) == "malformed drift answer: not an object"
+    assert str(parse_drift_view({"versions": {"5": {"windows_closed": "x"}}})).startswith(
+        "malformed drift answer: ValueError"
+    )

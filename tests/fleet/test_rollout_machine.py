@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +24,13 @@ from continuum.rollout.machine import (
     Outcome,
     Reading,
     SiteInfo,
+    VersionDrift,
     advance,
     assign_waves,
     baseline_of,
+    drift_trial,
     sites_to_read,
+    wants_drift,
     window_between,
 )
 from hypothesis import given, settings
@@ -415,3 +419,115 @@ def test_windows_add_up_to_the_counters_difference(
     assert summed.shadow_compared == whole.shadow_compared
     assert summed.candidate_latency.count == whole.candidate_latency.count
     assert summed.candidate_latency.counts == whole.candidate_latency.counts
+
+
+# --- the drift gate ---------------------------------------------------------------------------------
+
+
+class DriftFleet(Fleet):
+    """Workers that also answer their drift view: one window closes per version per pass."""
+
+    def __init__(self, sites: list[str], candidate_drifts: bool, stable_drifts: bool = False) -> None:
+        super().__init__(sites)
+        self.candidate_drifts, self.stable_drifts = candidate_drifts, stable_drifts
+        self.windows = dict.fromkeys(sites, 0)
+        self.closing = True
+
+    def reading(self, site: str) -> Observation:
+        reading = super().reading(site)
+        if isinstance(reading, str):
+            return reading
+        s, n = self.state[site], self.windows[site]
+
+        def view(drifts: bool) -> VersionDrift:
+            status = "drifting" if drifts else "ok"
+            score = 0.4 if drifts else 0.03
+            return VersionDrift(
+                status, n, drifts, output_drifting=drifts, output_score=score, output_psi=0.01
+            )
+
+        views = {s["stable"]: view(self.stable_drifts)}
+        if s["candidate"]:
+            views[s["candidate"]] = view(self.candidate_drifts)
+        return dataclasses.replace(reading, drift=views)
+
+    def traffic(self, requests: int, errors: dict[str, float] | None = None, disagree: float = 0.0) -> None:
+        super().traffic(requests, errors, disagree)
+        if self.closing:
+            for site in self.windows:
+                self.windows[site] += 1
+
+
+def drift_spec(**drift: Any) -> RolloutSpec:
+    return spec(gate={"minSamples": 200, "maxSamples": 400, "drift": drift})
+
+
+def test_a_candidate_whose_outputs_drift_is_rolled_back_with_the_cause() -> None:
+    fleet = DriftFleet([s.site for s in SITES], candidate_drifts=True)
+    status, outcomes = run(drift_spec(), fleet, passes=8)
+    assert status.phase is RolloutPhase.ROLLED_BACK and status.stable == V4
+    assert status.cause is not None and status.cause.startswith(
+        "rolled back: wave ring-0 step 1 (shadow): drift gate"
+    )
+    assert "2 of 2 scored candidate windows drifted on the outputs" in status.cause
+    assert "last: store-a: candidate output KS 0.400, PSI 0.010 (stable output KS 0.030" in status.cause
+    assert "RolledBack" in reasons(outcomes)
+    assert fleet.state["store-a"]["mode"] == "stable" and fleet.state["store-a"]["candidate"] is None
+    assert all(fleet.state[s]["generation"] == "" for s in ("store-b", "store-c", "mec"))
+
+
+def test_drift_the_stable_version_shares_is_not_the_candidates() -> None:
+    """The site's inputs moved: both versions' outputs drift. Not the candidate's doing: promoted."""
+    fleet = DriftFleet([s.site for s in SITES], candidate_drifts=True, stable_drifts=True)
+    status, outcomes = run(drift_spec(), fleet, passes=250)
+    assert status.phase is RolloutPhase.PROMOTED, status.gate.verdict
+    assert "RolledBack" not in reasons(outcomes)
+
+
+def test_a_required_drift_gate_waits_for_scored_windows() -> None:
+    fleet = DriftFleet([s.site for s in SITES], candidate_drifts=False)
+    fleet.closing = False  # a quiet site: no window closes
+    status, _ = run(drift_spec(required=True), fleet, passes=20)
+    assert status.phase is RolloutPhase.PROGRESSING and (status.wave, status.step) == (0, 0)
+    assert status.gate.shadow_compared >= 400  # the agreement gate alone would have passed long ago
+    assert status.gate.verdict == "Continue: collecting evidence (drift: 0 scored candidate windows)"
+    fleet.closing = True  # windows close, clean: it goes on
+    status, _ = run(drift_spec(required=True), fleet, passes=250, prev=status)
+    assert status.phase is RolloutPhase.PROMOTED, status.gate.verdict
+    assert wants_drift(drift_spec(), None) is False
+    assert wants_drift(spec(), status) is False  # no drift gate: the drift views are not read
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    drifts=st.lists(st.booleans(), min_size=1, max_size=12),
+    stable=st.lists(st.booleans(), min_size=12, max_size=12),
+    closed=st.lists(st.integers(0, 2), min_size=12, max_size=12),
+)
+def test_drift_trials_count_each_new_scored_window_once(
+    drifts: list[bool], stable: list[bool], closed: list[int]
+) -> None:
+    """However windows close between readings: a site's trials are the readings at which a new candidate
+    window had closed; drifted ones only where the stable version's outputs did not drift too."""
+    before = SiteBaseline(site="s", instance="i", drift_windows=0)
+    n_windows = trials = drifted = 0
+    for i, d in enumerate(drifts):
+        n_windows += closed[i]
+        views = {
+            "4": VersionDrift(
+                "drifting" if stable[i] else "ok", n_windows, stable[i], output_drifting=stable[i]
+            ),
+            "5": VersionDrift("drifting" if d else "ok", n_windows, d, output_drifting=d),
+        }
+        reading = Reading("shadow", "g", "i", "4", "5", drift=views)
+        window, note = drift_trial(before, reading, "4", "5")
+        new = closed[i] > 0
+        counted = new and not (d and stable[i])
+        assert window.drift_windows == int(counted)
+        assert window.drift_drifted == int(counted and d)
+        assert (note is not None) == (counted and d)
+        trials += window.drift_windows
+        drifted += window.drift_drifted
+        before = baseline_of("s", reading, "4", "5")
+        assert before.drift_windows == n_windows
+    assert drifted <= trials <= n_windows

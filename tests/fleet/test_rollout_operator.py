@@ -38,6 +38,7 @@ class FakeWorker:
         self.instance = secrets.token_hex(8)
         self.counters: dict[str, dict[str, int]] = {}
         self.puts = 0
+        self.born = time.monotonic()
 
     def count(self, version: str) -> dict[str, int]:
         return self.counters.setdefault(version, {"requests": 0, "errors": 0, "compared": 0, "disagreed": 0})
@@ -93,6 +94,21 @@ class FakeWorker:
                 self.mode, self.weight = body["mode"], float(body.get("weight") or 0.0)
             self.generation = body["generation"]
 
+    def drift_view(self, candidate_drifts: bool) -> dict[str, Any]:
+        """``GET /v2/models/{m}/drift`` (docs/drift.md): a window of each version closes every 0.2 s."""
+        with self.lock:
+            closed = int((time.monotonic() - self.born) / 0.2)
+
+            def entry(drifts: bool) -> dict[str, Any]:
+                return {"drifting": drifts, "score": 0.4 if drifts else 0.03, "status": "drifting" if drifts else "ok",
+                        "samples": 1000, "windows_closed": closed, "output_score": 0.4 if drifts else 0.03,
+                        "output_psi": 0.01, "output_drifting": drifts}  # fmt: skip
+
+            versions = {self.stable["version"]: entry(False)}
+            if self.candidate:
+                versions[self.candidate["version"]] = entry(candidate_drifts)
+            return {"model": MODEL, "version": self.stable["version"], "versions": versions}
+
     def restart(self) -> None:
         with self.lock:
             self.candidate, self.mode, self.weight, self.generation = None, "stable", 0.0, ""
@@ -107,20 +123,23 @@ class FakeFleet:
         self.by_service = {f"{NS}/{service_name_for(f'footfall-{s}')}": s for s in STORES}
         self.down: set[str] = set()
         self.disagree = 0.0
+        self.candidate_drifts = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def worker(self) -> FakeWorker | None:
                 parts = self.path.split("/", 3)
                 store = outer.by_service.get(f"{parts[1]}/{parts[2]}") if len(parts) == 4 else None
-                if store is None or store in outer.down or parts[3] != f"v2/models/{MODEL}/rollout":
+                paths = (f"v2/models/{MODEL}/rollout", f"v2/models/{MODEL}/drift")
+                if store is None or store in outer.down or parts[3] not in paths:
                     self.reply(503, {"error": "unavailable"})
                     return None
                 return outer.workers[store]
 
             def do_GET(self) -> None:
                 if (w := self.worker()) is not None:
-                    self.reply(200, w.view())
+                    drift = self.path.endswith("/drift")
+                    self.reply(200, w.drift_view(outer.candidate_drifts) if drift else w.view())
 
             def do_PUT(self) -> None:
                 if (w := self.worker()) is not None:
@@ -312,3 +331,24 @@ def test_a_version_that_cannot_be_rolled_out_is_reported(setup: tuple[Harness, F
         lambda: set_condition(h, "Synced").get("reason") == "InvalidSpec", timeout=30, what="invalid spec"
     )
     assert "spec.rollout.steps: Value error, full may appear once" in set_condition(h, "Synced")["message"]
+
+
+def test_the_drift_gate_rolls_back_a_candidate_whose_outputs_drift(setup: tuple[Harness, FakeFleet]) -> None:
+    """With spec.rollout.gate.drift, the operator reads each wave worker's drift view next to its rollout
+    counters; the candidate's outputs drift against its reference while the stable's do not: rolled back in
+    ring-0's shadow step (the agreement gate alone would still be collecting), the cause in status and an Event."""
+    h, fleet = setup
+    stable_set(h)
+    fleet.candidate_drifts = True
+    h.apply(the_set("5", gate={"minSamples": 5000, "maxSamples": 10000, "drift": {}}))
+    wait_for(lambda: status(h).get("phase") == "RolledBack", timeout=60, what="rolled back by the drift gate")
+    cause = status(h)["cause"]
+    assert cause.startswith("rolled back: wave ring-0 step 1 (shadow): drift gate:"), cause
+    assert "last: store-berlin-mitte: candidate output KS 0.400" in cause
+    assert status(h)["gate"]["driftDrifted"] >= 2
+    assert set_condition(h, "Rollout")["reason"] == "RolledBack"
+    wait_for(lambda: "RolledBack" in reasons(h), timeout=15, what="the RolledBack Event")
+    wait_for(lambda: not status(h).get("reverting"), timeout=30, what="berlin back on 4")
+    assert fleet.workers["store-berlin-mitte"].mode == "stable"
+    assert all(fleet.workers[s].puts == 0 for s in STORES if s != "store-berlin-mitte")
+    assert child_versions(h) == dict.fromkeys(STORES, "4")

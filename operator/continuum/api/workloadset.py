@@ -149,6 +149,32 @@ class OnFailure(enum.StrEnum):
     PAUSE = "pause"  # the failing wave back to the stable version; the rollout pauses (Paused)
 
 
+class DriftGateSpec(ApiModel):
+    """The drift gate (continuum.rollout.gate.DriftSettings, docs/fleet.md): the candidate's scored drift
+    windows whose outputs drift against its reference while the stable version's at that site do not."""
+
+    good: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Good: this fraction of the candidate's scored windows drift on the outputs",
+    )
+    bad: float = Field(
+        default=0.5, gt=0, lt=1, description="Bad: this fraction of the candidate's scored windows drift"
+    )
+    required: bool = Field(
+        default=False,
+        description="A step waits until the drift gate passes (scored windows need the worker's "
+        "--drift-min-samples rows); false: it only rolls back",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftGateSpec:
+        if self.good >= self.bad:
+            raise ValueError("good must be below bad")
+        return self
+
+
 class GateSpec(ApiModel):
     """The gate between steps (continuum.rollout.gate, docs/fleet.md); defaults are GateSettings'."""
 
@@ -183,6 +209,10 @@ class GateSpec(ApiModel):
         description="Requests each version answered (in the step, pooled) before their p99 are compared",
     )
     on_failure: OnFailure = Field(default=OnFailure.ROLLBACK, description="rollback (halt) or pause")
+    drift: DriftGateSpec | None = Field(
+        default=None,
+        description="Gate on the drift of the candidate's outputs (the workers' drift reports); unset: off",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> GateSpec:
@@ -335,6 +365,9 @@ class SiteBaseline(StatusModel):
     instance: str
     stable: VersionCounters = Field(default_factory=VersionCounters)
     candidate: VersionCounters = Field(default_factory=VersionCounters)
+    drift_windows: int | None = Field(
+        default=None, description="The candidate's closed drift windows at that reading (drift gate)"
+    )
 
 
 class GateEvidence(StatusModel):
@@ -346,6 +379,12 @@ class GateEvidence(StatusModel):
     shadow_compared: int = 0
     stable_latency: Histogram = Field(default_factory=Histogram)
     candidate_latency: Histogram = Field(default_factory=Histogram)
+    drift_llr: float = 0.0
+    drift_windows: int = Field(default=0, description="Scored candidate drift windows counted (drift gate)")
+    drift_drifted: int = Field(default=0, description="Of them, windows whose outputs drifted")
+    drift_last: str | None = Field(
+        default=None, description="The last candidate window that drifted, and where"
+    )
     verdict: str | None = Field(default=None, description="The gate's last decision and why")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from continuum.api.workloadset import Histogram, VersionCounters
 from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
 from continuum.render.worker import service_name_for
-from continuum.rollout.machine import Observation, Put, Reading
+from continuum.rollout.machine import Observation, Put, Reading, VersionDrift
 
 log = logging.getLogger("continuum.operator")
 
@@ -79,6 +79,33 @@ def parse_reading(payload: Any) -> Observation:
         return f"malformed rollout answer: {type(exc).__name__}: {exc}"[:300]
 
 
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def parse_drift_view(payload: Any) -> dict[str, VersionDrift] | str:
+    """``versions`` of a worker's ``GET /v2/models/{m}/drift`` answer (docs/drift.md) per version; a
+    malformed answer, or drift off on the worker (``{"error": ...}``), is a reason (no drift evidence)."""
+    if not isinstance(payload, Mapping):
+        return "malformed drift answer: not an object"
+    if payload.get("error"):
+        return f"drift: {payload['error']}"[:300]
+    try:
+        return {
+            str(v): VersionDrift(
+                status=str(e.get("status") or "open"),
+                windows_closed=int(e.get("windows_closed") or 0),
+                drifting=bool(e.get("drifting")),
+                output_drifting=None if "output_drifting" not in e else bool(e["output_drifting"]),
+                output_score=_number(e.get("output_score")),
+                output_psi=_number(e.get("output_psi")),
+            )
+            for v, e in (payload.get("versions") or {}).items()
+        }
+    except (TypeError, ValueError, AttributeError) as exc:
+        return f"malformed drift answer: {type(exc).__name__}: {exc}"[:300]
+
+
 Target = tuple[str, str, int, str]  # child name, namespace, worker port, model name
 
 
@@ -118,6 +145,25 @@ class RolloutClient:
             results = await asyncio.gather(*(one(s) for s in sites))
         return dict(zip(sites, results, strict=True))
 
+    async def read_drift(
+        self, targets: Mapping[str, Target], sites: list[str]
+    ) -> dict[str, dict[str, VersionDrift] | str]:
+        """Each site's drift view per version (``GET /v2/models/{m}/drift``), for the drift gate."""
+        if not sites:
+            return {}
+        limit = asyncio.Semaphore(self.concurrency)
+        async with aiohttp.ClientSession(timeout=self.timeout) as session:
+
+            async def one(site: str) -> dict[str, VersionDrift] | str:
+                if site not in targets:
+                    return "no child"
+                url = self.url(*targets[site]).removesuffix("/rollout") + "/drift"
+                async with limit:
+                    return await self._call(session, "GET", url, None, parse=parse_drift_view)
+
+            results = await asyncio.gather(*(one(s) for s in sites))
+        return dict(zip(sites, results, strict=True))
+
     async def send(
         self, targets: Mapping[str, Target], puts: list[Put], tokens: Mapping[str, str] | None = None
     ) -> dict[str, str]:
@@ -148,7 +194,8 @@ class RolloutClient:
         url: str,
         body: dict[str, Any] | None,
         token: str | None = None,
-    ) -> Observation:
+        parse: Callable[[Any], Any] = parse_reading,
+    ) -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             async with session.request(method, url, json=body, headers=headers) as response:
@@ -161,4 +208,4 @@ class RolloutClient:
             ROLLOUT_CALLS.labels(method, "unreachable").inc()
             return f"{type(exc).__name__}: {exc}"[:300]
         ROLLOUT_CALLS.labels(method, "ok").inc()
-        return parse_reading(payload)
+        return parse(payload)

@@ -268,6 +268,15 @@ class WorkloadSetReconciler:
             for c in expansion.children
         }
         readings = await self.workers.read(targets, machine.sites_to_read(rollout, prev, infos))
+        if machine.wants_drift(rollout, prev):  # the drift gate: each read worker's drift view too
+            read = [s for s, r in readings.items() if isinstance(r, machine.Reading)]
+            views = await self.workers.read_drift(targets, read)
+            readings = {
+                s: dataclasses.replace(r, drift=views[s])
+                if s in views and isinstance(r, machine.Reading)
+                else r
+                for s, r in readings.items()
+            }
         outcome = machine.advance(
             rollout,
             template,

@@ -18,6 +18,15 @@ A gate decides only on enough evidence, pooled over the wave's sites (counts are
 * **Disagreement with the stable version** (:class:`AgreementGate`, shadowed requests: top-1 for
   classifiers, relative error over a tolerance for regressors): a one-sample binomial SPRT of
   H0 ``d = d0`` against H1 ``d = d1``.
+* **Drift of the candidate's outputs** (optional, :class:`DriftSettings`): the workers score each version's
+  windows against its reference profile (docs/drift.md). In shadow and canary both versions see the same
+  inputs, so a candidate window whose *outputs* drift while the stable version's at that site do not is
+  the candidate's doing. Each scored candidate window of the step (pooled over the wave's sites; windows
+  where the stable's outputs drift too are not counted: the site's inputs moved both) is one trial of a
+  binomial SPRT: H0 a fraction ``good`` of them drifts (the worker's false-positive rate per window at its
+  default thresholds is about 1 %), H1 a fraction ``bad``. It rolls back like the others; it holds a step
+  until it can promote only when ``required`` (windows close every minute at best and need 1,000 rows, so a
+  quiet site may give none in a step).
 
 Wald's boundaries ``A = log((1-β)/(α/k))`` (roll back; α is split over the k gates that can roll back)
 and ``B = log(β/(1-α))`` (promote) bound the false-rollback rate by about α and the false-promote rate (for a
@@ -45,6 +54,17 @@ class Verdict(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    good: float = 0.01  # H0: this fraction of a good candidate's scored windows drift on the outputs
+    bad: float = 0.5  # H1: this fraction of a bad one's do
+    required: bool = False  # a step waits until the drift gate can promote (else it only rolls back)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.good < self.bad < 1:
+            raise ValueError("need 0 < drift good < drift bad < 1")
+
+
+@dataclass(frozen=True)
 class GateSettings:
     alpha: float = 0.03  # false rollback (a good candidate rolled back): Wald bound, measured: docs/fleet.md
     beta: float = 0.03  # false promote (a candidate at the bad hypothesis promoted): likewise
@@ -56,6 +76,7 @@ class GateSettings:
     latency_ratio: float = 1.5  # bad: candidate p99 above this many times the stable p99 (+ the slack)
     latency_slack_seconds: float = 0.005  # absolute slack on the latency limit (sub-ms models jitter)
     latency_min_samples: int = 1000  # per version before p99 is compared: >= 10 samples beyond the p99
+    drift: DriftSettings | None = None  # the drift gate, when configured
 
     def __post_init__(self) -> None:
         if not (0 < self.alpha < 0.5 and 0 < self.beta < 0.5):
@@ -147,6 +168,8 @@ class Window:
     shadow_disagreed: int = 0
     stable_latency: Histogram = Histogram()
     candidate_latency: Histogram = Histogram()
+    drift_windows: int = 0  # scored candidate windows (the stable's outputs not drifting too)
+    drift_drifted: int = 0  # of them, windows whose outputs drifted
 
     def __add__(self, other: Window) -> Window:
         return Window(
@@ -158,6 +181,8 @@ class Window:
             self.shadow_disagreed + other.shadow_disagreed,
             self.stable_latency + other.stable_latency,
             self.candidate_latency + other.candidate_latency,
+            self.drift_windows + other.drift_windows,
+            self.drift_drifted + other.drift_drifted,
         )
 
 
@@ -171,6 +196,9 @@ class GateState:
     shadow_compared: int = 0
     stable_latency: Histogram = Histogram()  # pooled over the wave's sites and the step's windows
     candidate_latency: Histogram = Histogram()
+    drift_llr: float = 0.0
+    drift_windows: int = 0
+    drift_drifted: int = 0
 
 
 def error_increment(window: Window, ratio: float) -> float:
@@ -190,7 +218,14 @@ def agreement_increment(window: Window, d0: float, d1: float) -> float:
     return k * math.log(d1 / d0) + (n - k) * math.log((1 - d1) / (1 - d0))
 
 
+def drift_increment(window: Window, drift: DriftSettings) -> float:
+    """The drift gate's log likelihood ratio from one window's scored candidate windows."""
+    k, n = window.drift_drifted, window.drift_windows
+    return k * math.log(drift.bad / drift.good) + (n - k) * math.log((1 - drift.bad) / (1 - drift.good))
+
+
 def observe(state: GateState, window: Window, settings: GateSettings) -> GateState:
+    drift = settings.drift
     return GateState(
         error_llr=state.error_llr + error_increment(window, settings.error_ratio),
         agreement_llr=state.agreement_llr
@@ -199,7 +234,21 @@ def observe(state: GateState, window: Window, settings: GateSettings) -> GateSta
         shadow_compared=state.shadow_compared + window.shadow_compared,
         stable_latency=state.stable_latency + window.stable_latency,
         candidate_latency=state.candidate_latency + window.candidate_latency,
+        drift_llr=state.drift_llr + (drift_increment(window, drift) if drift is not None else 0.0),
+        drift_windows=state.drift_windows + window.drift_windows,
+        drift_drifted=state.drift_drifted + window.drift_drifted,
     )
+
+
+def drift_verdict(state: GateState, settings: GateSettings, upper: float) -> Verdict:
+    """The drift SPRT: ROLLBACK at ``upper``, PROMOTE at the lower boundary, else CONTINUE (no truncation:
+    without scored windows there is no evidence either way; a gate that is not ``required`` never holds a
+    step, see :func:`decide`)."""
+    if state.drift_llr >= upper:
+        return Verdict.ROLLBACK
+    if state.drift_llr <= settings.lower and state.drift_windows:
+        return Verdict.PROMOTE
+    return Verdict.CONTINUE
 
 
 def latency_verdict(state: GateState, settings: GateSettings) -> tuple[Verdict, str]:
@@ -239,7 +288,8 @@ def decide(
     copy is a disagreement), docs/rollout-protocol.md."""
     if not (agreement or errors):
         raise ValueError("decide needs the error gate, the agreement gate or both")
-    upper = settings.upper_for(int(agreement) + int(errors))
+    drift = settings.drift
+    upper = settings.upper_for(int(agreement) + int(errors) + int(drift is not None))
     verdicts = {}
     if errors:
         verdicts["errors"] = _one(state.error_llr, state.candidate_requests, settings, upper)
@@ -249,11 +299,24 @@ def decide(
         if verdict is Verdict.ROLLBACK:
             llr = state.error_llr if name == "errors" else state.agreement_llr
             return Verdict.ROLLBACK, f"{name} gate: log likelihood ratio {llr:.2f} (bad at {upper:.2f})"
+    drifted = drift_verdict(state, settings, upper) if drift is not None else Verdict.PROMOTE
+    if drifted is Verdict.ROLLBACK:
+        return Verdict.ROLLBACK, (
+            f"drift gate: {state.drift_drifted} of {state.drift_windows} scored candidate windows drifted on "
+            f"the outputs where the stable version's did not: log likelihood ratio {state.drift_llr:.2f} "
+            f"(bad at {upper:.2f})"
+        )
     latency, why = latency_verdict(state, settings)
     if latency is Verdict.ROLLBACK:
         return latency, why
-    if all(v is Verdict.PROMOTE for v in verdicts.values()) and latency is Verdict.PROMOTE:
+    drift_ok = drift is None or not drift.required or drifted is Verdict.PROMOTE
+    if all(v is Verdict.PROMOTE for v in verdicts.values()) and latency is Verdict.PROMOTE and drift_ok:
         return Verdict.PROMOTE, "every gate passed"
+    if drift is not None and drift.required and not drift_ok:
+        return (
+            Verdict.CONTINUE,
+            f"collecting evidence (drift: {state.drift_windows} scored candidate windows)",
+        )
     return Verdict.CONTINUE, "collecting evidence"
 
 

@@ -60,6 +60,34 @@ class SiteInfo:
     labels: Mapping[str, str]  # the labels of the site's EdgeNodePools
 
 
+SCORED = ("ok", "drifting")  # a drift window with the worker's minimum sample, scored against a reference
+
+
+@dataclass(frozen=True)
+class VersionDrift:
+    """One version's entry of a worker's drift view (``GET /v2/models/{m}/drift``, ``versions[v]``)."""
+
+    status: str  # of its last window: ok, drifting, insufficient, open, no-reference, ...
+    windows_closed: int
+    drifting: bool = False
+    output_drifting: bool | None = None  # None: a worker that does not split outputs from inputs
+    output_score: float | None = None
+    output_psi: float | None = None
+
+    @property
+    def outputs_drift(self) -> bool:
+        """The outputs drift (a worker without the split: the whole window, inputs included)."""
+        return self.drifting if self.output_drifting is None else self.output_drifting
+
+    def describe(self) -> str:
+        parts = []
+        if self.output_score is not None:
+            parts.append(f"output KS {self.output_score:.3f}")
+        if self.output_psi is not None:
+            parts.append(f"PSI {self.output_psi:.3f}")
+        return ", ".join(parts) or self.status
+
+
 @dataclass(frozen=True)
 class Reading:
     """A worker's ``GET /v2/models/{m}/rollout`` answer."""
@@ -71,6 +99,7 @@ class Reading:
     candidate_version: str | None
     versions: Mapping[str, VersionCounters] = field(default_factory=dict)
     weight: float = 0.0
+    drift: Mapping[str, VersionDrift] | str | None = None  # its drift view per version; str: why not read
 
 
 Observation = Reading | str  # a reading, or why the worker could not be read
@@ -179,6 +208,9 @@ def settings_for(spec: GateSpec, step: RolloutStep) -> gate.GateSettings:
         latency_ratio=spec.latency_ratio,
         latency_slack_seconds=spec.latency_slack_seconds,
         latency_min_samples=spec.latency_min_samples,
+        drift=None
+        if spec.drift is None
+        else gate.DriftSettings(good=spec.drift.good, bad=spec.drift.bad, required=spec.drift.required),
     )
 
 
@@ -201,10 +233,13 @@ def to_gate_state(e: GateEvidence) -> gate.GateState:
         shadow_compared=e.shadow_compared,
         stable_latency=to_gate_histogram(e.stable_latency),
         candidate_latency=to_gate_histogram(e.candidate_latency),
+        drift_llr=e.drift_llr,
+        drift_windows=e.drift_windows,
+        drift_drifted=e.drift_drifted,
     )
 
 
-def from_gate_state(s: gate.GateState, verdict: str | None) -> GateEvidence:
+def from_gate_state(s: gate.GateState, verdict: str | None, drift_last: str | None = None) -> GateEvidence:
     return GateEvidence(
         error_llr=s.error_llr,
         agreement_llr=s.agreement_llr,
@@ -212,6 +247,10 @@ def from_gate_state(s: gate.GateState, verdict: str | None) -> GateEvidence:
         shadow_compared=s.shadow_compared,
         stable_latency=from_gate_histogram(s.stable_latency),
         candidate_latency=from_gate_histogram(s.candidate_latency),
+        drift_llr=s.drift_llr,
+        drift_windows=s.drift_windows,
+        drift_drifted=s.drift_drifted,
+        drift_last=drift_last,
         verdict=verdict,
     )
 
@@ -237,11 +276,53 @@ def window_between(old: SiteBaseline, new: SiteBaseline) -> gate.Window:
 
 def baseline_of(site: str, reading: Reading, stable: str, candidate: str) -> SiteBaseline:
     empty = VersionCounters()
+    drift = reading.drift.get(candidate) if isinstance(reading.drift, Mapping) else None
     return SiteBaseline(
         site=site,
         instance=reading.instance,
         stable=reading.versions.get(stable, empty).model_copy(deep=True),
         candidate=reading.versions.get(candidate, empty).model_copy(deep=True),
+        drift_windows=drift.windows_closed if drift is not None else None,
+    )
+
+
+def drift_trial(
+    before: SiteBaseline, reading: Reading, stable: str, candidate: str
+) -> tuple[gate.Window, str | None]:
+    """The drift gate's trial from one site since its previous reading (same worker process): the
+    candidate's last window if a new one closed and was scored; not counted when the stable version's
+    outputs drift too at that site (its inputs moved both). Returns the window and, when the candidate's
+    outputs drifted, a description for the status."""
+    views = reading.drift if isinstance(reading.drift, Mapping) else {}
+    cand, base = views.get(candidate), views.get(stable)
+    if (
+        cand is None
+        or before.drift_windows is None
+        or cand.windows_closed <= before.drift_windows
+        or cand.status not in SCORED
+    ):
+        return gate.Window(0, 0, 0, 0), None
+    stable_drifts = base is not None and base.status in SCORED and base.outputs_drift
+    if cand.outputs_drift and stable_drifts:
+        return gate.Window(0, 0, 0, 0), None
+    if not cand.outputs_drift:
+        return gate.Window(0, 0, 0, 0, drift_windows=1), None
+    against = (
+        f"stable {base.describe()}" if base is not None and base.status in SCORED else "stable not scored"
+    )
+    return gate.Window(
+        0, 0, 0, 0, drift_windows=1, drift_drifted=1
+    ), f"candidate {cand.describe()} ({against})"
+
+
+def wants_drift(spec: RolloutSpec, prev: RolloutStatus | None) -> bool:
+    """Whether this pass should also read the workers' drift views (the drift gate is on, a rollout runs)."""
+    return (
+        spec.gate.drift is not None
+        and prev is not None
+        and prev.phase in ACTIVE
+        and prev.candidate is not None
+        and not prev.paused_by_gate
     )
 
 
@@ -384,6 +465,7 @@ class _Pass:
         baselines = {b.site: b for b in st.baselines}
         kept: list[SiteBaseline] = []
         window = gate.Window(0, 0, 0, 0)
+        drift_last = st.gate.drift_last
         for site in wave.sites:
             reading = self.readings.get(site)
             if site in promoting:  # still taking the previous rollout's version: it comes first
@@ -403,6 +485,11 @@ class _Pass:
             before = baselines.get(site)
             if before is not None and before.instance == now.instance:
                 window = window + window_between(before, now)
+                trial, drifted = drift_trial(before, reading, st.stable.version, st.candidate.version)
+                window = window + trial
+                drift_last = f"{site}: {drifted}" if drifted else drift_last
+            if now.drift_windows is None and before is not None and before.instance == now.instance:
+                now.drift_windows = before.drift_windows  # not read this time: keep the mark
             kept.append(now)
         st.baselines = kept
         within = len(self.deferred) <= wave.max_unavailable
@@ -416,9 +503,11 @@ class _Pass:
         state = gate.observe(to_gate_state(st.gate), window, settings)
         shadow = step.shadow is not None
         verdict, why = gate.decide(state, settings, agreement=shadow, errors=not shadow)
-        st.gate = from_gate_state(state, f"{verdict.value}: {why}")
+        st.gate = from_gate_state(state, f"{verdict.value}: {why}", drift_last)
         where = f"wave {wave.name} step {st.step + 1} ({step.kind})"
         if verdict is gate.Verdict.ROLLBACK:
+            if why.startswith("drift gate") and drift_last:
+                why = f"{why}; last: {drift_last}"
             self.fail(f"{where}: {why}")
             return
         started = st.step_started_at or self.now
