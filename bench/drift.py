@@ -294,13 +294,13 @@ def worker_overhead(rounds: int, seconds: float) -> dict:  # type: ignore[type-a
         if not pairs:
             continue
         tput = [b[0] / a[0] for a, b in pairs]  # drift on / off, same round
-        cpu = [b[1] / a[1] for a, b in pairs]
+        cpu_ratio = [b[1] / a[1] for a, b in pairs]
         cpu_off = statistics.median(c for _, c in off)
         out["rows"][clients] = {
             "rounds": len(pairs), "rps_off": statistics.median(r for r, _ in off),
             "rps_on": statistics.median(r for r, _ in on), "cpu_us_off": cpu_off,
             "cpu_us_on": statistics.median(c for _, c in on),
-            "tput_ratio": _spread(tput), "cpu_ratio": _spread(cpu),
+            "tput_ratio": _spread(tput), "cpu_ratio": _spread(cpu_ratio),
             "cpu_us_delta": _spread([b[1] - a[1] for a, b in pairs]),
             "observe_share": obs["median"] / cpu_off,
         }  # fmt: skip
@@ -384,7 +384,8 @@ def pipeline_cost(model: Path, reference: Path, rate: float, rounds: int, reques
 
     run(True, 2000)  # a first window's reference load, warm caches
     run(False, 2000)
-    offs, ons = [], []
+    offs: list[float] = []
+    ons: list[float] = []
     for r in range(rounds):
         for on in (False, True) if r % 2 == 0 else (True, False):
             (ons if on else offs).append(run(on, requests))
