@@ -6,6 +6,11 @@ operator writes them to ``status.candidates`` in the order it would choose them)
 grouped by reason code, the hint, the conditions and the most recent Events. :func:`render_text`
 prints it. The edge (:func:`cmd_explain`) logs in with the kubeconfig (kopf's own kubeconfig login,
 as ``continuum run`` does) and reads the workload, its Events and its worker Deployment/StatefulSet.
+
+``continuum explain ews/NS/NAME`` explains an EdgeWorkloadSet the same way (:func:`explain_set`,
+:func:`render_set_text`): the sites selected/placed/unschedulable/ready, each site's child (phase, tier,
+pool, model version, readiness, drift), the children per version, the rollout (phase, wave, step, the
+gate's evidence and verdict, the cause, deferred sites), conditions and the set's Events.
 """
 
 from __future__ import annotations
@@ -77,12 +82,15 @@ def _event_time(event: Mapping[str, Any]) -> str:
     )
 
 
-def events_about(events: Sequence[Mapping[str, Any]], name: str, uid: str | None) -> list[EventLine]:
-    """The Events whose involvedObject (or regarding) is this EdgeWorkload, newest first."""
+def events_about(
+    events: Sequence[Mapping[str, Any]], name: str, uid: str | None, kind: str = "EdgeWorkload"
+) -> list[EventLine]:
+    """The Events whose involvedObject (or regarding) is this object (an EdgeWorkload unless ``kind``
+    says otherwise), newest first."""
     mine = []
     for e in events:
         obj = e.get("involvedObject") or e.get("regarding") or {}
-        if obj.get("kind") != "EdgeWorkload" or obj.get("name") != name:
+        if obj.get("kind") != kind or obj.get("name") != name:
             continue
         if uid and obj.get("uid") and obj["uid"] != uid:
             continue  # about an earlier object of the same name
@@ -236,7 +244,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "placement: the decision, ranked alternatives, rejected pools by reason, the hint, recent Events. "
         "Exit 0: shown; 1: not found, or the cluster could not be read.",
     )
-    p.add_argument("target", metavar="NAMESPACE/NAME")
+    p.add_argument(
+        "target",
+        metavar="[ews/]NAMESPACE/NAME",
+        help="an EdgeWorkload, or with ews/ (edgeworkloadset/) an EdgeWorkloadSet: its sites, versions and rollout",
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument(
         "--kubeconfig", default=None, help="kubeconfig path (default: $KUBECONFIG, then ~/.kube/config)"
@@ -280,9 +292,21 @@ async def _fetch(namespace: str, name: str, kubeconfig: str | None) -> tuple[Any
 def cmd_explain(args: argparse.Namespace) -> int:
     import asyncio
 
-    namespace, sep, name = args.target.partition("/")
-    if not sep or not namespace or not name:
-        print(f"error: {args.target!r}: expected NAMESPACE/NAME", file=sys.stderr)
+    target = args.target
+    kind, sep, rest = target.partition("/")
+    if sep and rest.count("/") == 1:  # KIND/NAMESPACE/NAME
+        if kind.lower() in SET_KINDS:
+            namespace, _, name = rest.partition("/")
+            if namespace and name:
+                return cmd_explain_set(namespace, name, args)
+        elif kind.lower() in WORKLOAD_KINDS:
+            target = rest
+        else:
+            print(f"error: {args.target!r}: unknown kind {kind!r} (ews or ew)", file=sys.stderr)
+            return EXIT_ERROR
+    namespace, sep, name = target.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        print(f"error: {args.target!r}: expected NAMESPACE/NAME or ews/NAMESPACE/NAME", file=sys.stderr)
         return EXIT_ERROR
     try:
         workload, events, workers = asyncio.run(_fetch(namespace, name, args.kubeconfig))
@@ -298,4 +322,265 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result), indent=2, default=str))
     else:
         sys.stdout.write(render_text(result))
+    return EXIT_OK
+
+
+# --- EdgeWorkloadSets: `continuum explain ews/NAMESPACE/NAME` ---------------------------------------------
+
+SET_KINDS = ("ews", "edgeworkloadset", "edgeworkloadsets")
+WORKLOAD_KINDS = ("ew", "edgeworkload", "edgeworkloads")
+LABEL_SET, LABEL_SITE = "continuum.dev/set", "continuum.dev/site"
+
+
+@dataclass(frozen=True)
+class SiteLine:
+    site: str
+    child: str
+    phase: str
+    tier: str | None
+    pool: str | None
+    version: str | None
+    ready: bool
+    drift: float | None  # the child's status.drift.score
+    drifting: bool
+    deferred: bool  # named in status.rollout.waves[].deferred: its worker has not confirmed the step
+
+
+@dataclass
+class SetExplanation:
+    key: str
+    generation_current: bool
+    sites: int
+    placed: int
+    unschedulable: int
+    ready: int
+    invalid: int
+    versions: list[Mapping[str, Any]]  # status.versions: version, sites, placed, ready
+    children: list[SiteLine]
+    deferred: list[str]  # the rollout's deferred sites (status.rollout.waves[].deferred)
+    rollout: Mapping[str, Any] | None
+    message: str | None
+    conflicts: list[str]
+    unmatched_overrides: list[str]
+    conditions: list[Mapping[str, Any]]
+    events: list[EventLine]
+
+
+def explain_set(
+    ews: Mapping[str, Any],
+    children: Sequence[Mapping[str, Any]] = (),
+    events: Sequence[Mapping[str, Any]] = (),
+) -> SetExplanation:
+    """An EdgeWorkloadSet (as the API returns it), its children and the Events about it: the counts, every
+    site's child (phase, tier, pool, version, readiness, drift), the versions and the rollout."""
+    meta = ews.get("metadata") or {}
+    status = ews.get("status") or {}
+    uid = meta.get("uid")
+    deferred = sorted(
+        {s for w in (status.get("rollout") or {}).get("waves") or [] for s in w.get("deferred") or []}
+    )
+    lines = []
+    for child in children:
+        cmeta = child.get("metadata") or {}
+        owners = cmeta.get("ownerReferences") or []
+        if uid and owners and not any(r.get("uid") == uid and r.get("controller") for r in owners):
+            continue  # a same-named set's leftover, or someone else's
+        cst = child.get("status") or {}
+        placement = cst.get("placement") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in cst.get("conditions") or []
+        )
+        drift = cst.get("drift") or {}
+        site = str((cmeta.get("labels") or {}).get(LABEL_SITE) or cmeta.get("name"))
+        lines.append(
+            SiteLine(
+                site=site,
+                child=str(cmeta.get("name")),
+                phase=str(cst.get("phase") or "Pending"),
+                tier=placement.get("tier"),
+                pool=placement.get("pool"),
+                version=((child.get("spec") or {}).get("model") or {}).get("version"),
+                ready=ready,
+                drift=drift.get("score"),
+                drifting=bool(drift.get("drifting")),
+                deferred=site in deferred,
+            )
+        )
+    lines.sort(key=lambda line: line.site)
+    generation = meta.get("generation")
+    return SetExplanation(
+        key=f"{meta.get('namespace')}/{meta.get('name')}",
+        generation_current=generation is None or status.get("observedGeneration") == generation,
+        sites=int(status.get("sites") or 0),
+        placed=int(status.get("placed") or 0),
+        unschedulable=int(status.get("unschedulable") or 0),
+        ready=int(status.get("ready") or 0),
+        invalid=int(status.get("invalid") or 0),
+        versions=list(status.get("versions") or []),
+        children=lines,
+        deferred=deferred,
+        rollout=status.get("rollout"),
+        message=status.get("message"),
+        conflicts=list(status.get("conflicts") or []),
+        unmatched_overrides=list(status.get("unmatchedOverrides") or []),
+        conditions=list(status.get("conditions") or []),
+        events=events_about(events, str(meta.get("name")), uid, kind="EdgeWorkloadSet"),
+    )
+
+
+def _model(ref: Any) -> str:
+    return f"{ref.get('version')} ({ref.get('uri')})" if isinstance(ref, Mapping) else "-"
+
+
+def _rollout_lines(r: Mapping[str, Any]) -> list[str]:
+    lines = [f"Rollout: {r.get('phase', 'Stable')}"]
+    lines.append(f"  stable: {_model(r.get('stable'))}")
+    if r.get("candidate"):
+        lines.append(f"  candidate: {_model(r.get('candidate'))}")
+    if r.get("waveName"):
+        step = f"step {int(r.get('step') or 0) + 1} ({r.get('stepKind')})"
+        since = f", since {r['stepStartedAt']}" if r.get("stepStartedAt") else ""
+        lines.append(f"  at wave {int(r.get('wave') or 0) + 1} ({r.get('waveName')}), {step}{since}")
+    if r.get("cause"):
+        lines.append(f"  cause: {r['cause']}")
+    waves = r.get("waves") or []
+    if waves:
+        lines.append("  waves (sites running the candidate / sites):")
+        for i, w in enumerate(waves):
+            marker = "→" if r.get("waveName") and i == r.get("wave") else " "
+            text = f"   {marker} {w.get('name')}: {w.get('done', 0)}/{w.get('sites', 0)}"
+            if w.get("deferred"):
+                text += f", deferred: {', '.join(w['deferred'])}"
+            lines.append(text)
+    g = r.get("gate") or {}
+    if r.get("waveName") and g:
+        lines.append("  gate evidence (this step, pooled over the wave's sites):")
+        if g.get("verdict"):
+            lines.append(f"    verdict: {g['verdict']}")
+        lines.append(
+            f"    errors: log likelihood ratio {float(g.get('errorLlr') or 0):.2f} over "
+            f"{g.get('candidateRequests', 0)} candidate requests"
+        )
+        lines.append(
+            f"    agreement: log likelihood ratio {float(g.get('agreementLlr') or 0):.2f} over "
+            f"{g.get('shadowCompared', 0)} compared answers"
+        )
+        for side in ("stable", "candidate"):
+            hist = g.get(f"{side}Latency") or {}
+            if hist.get("count"):
+                lines.append(f"    {side} latency: {hist['count']} samples")
+        if g.get("driftWindows") or g.get("driftLlr"):
+            lines.append(
+                f"    drift: {g.get('driftDrifted', 0)} of {g.get('driftWindows', 0)} scored candidate windows "
+                f"drifted on the outputs, log likelihood ratio {float(g.get('driftLlr') or 0):.2f}"
+            )
+        if g.get("driftLast"):
+            lines.append(f"    last drifted window: {g['driftLast']}")
+    for name, what in (("reverting", "back to the stable version"), ("promoting", "the promoted version")):
+        if r.get(name):
+            lines.append(f"  not yet confirmed {what}: {', '.join(r[name])}")
+    return lines
+
+
+def render_set_text(x: SetExplanation) -> str:
+    lines = [
+        f"{x.key}: {x.sites} sites selected, {x.placed} placed, {x.unschedulable} unschedulable, "
+        f"{x.ready} ready" + (f", {x.invalid} invalid" if x.invalid else "")
+    ]
+    if not x.generation_current:
+        lines.append(
+            "  (the status is for an older generation of the spec: the operator has not caught up yet)"
+        )
+    if x.message:
+        lines.append(f"  {x.message}")
+    if x.versions:
+        lines.append(
+            "  versions: "
+            + "; ".join(
+                f"{v.get('version')}: {v.get('sites', 0)} sites, {v.get('placed', 0)} placed, "
+                f"{v.get('ready', 0)} ready"
+                for v in x.versions
+            )
+        )
+    lines += ["", f"Sites ({len(x.children)}):" if x.children else "Sites: no child found"]
+    if x.children:
+        width = max(len(c.site) for c in x.children)
+        for c in x.children:
+            where = f"{c.tier} on pool {c.pool}" if c.pool else "-"
+            drift = ""
+            if c.drift is not None:
+                drift = f", drift {c.drift:g}" + (" (drifting)" if c.drifting else "")
+            lines.append(
+                f"  {c.site:<{width}}  {c.phase:<13} {where}, version {c.version or '-'}, "
+                f"{'ready' if c.ready else 'not ready'}{drift}" + (", rollout deferred" if c.deferred else "")
+            )
+    if x.deferred:
+        lines.append(
+            f"  deferred by the rollout (worker has not confirmed its step): {', '.join(x.deferred)}"
+        )
+    if x.conflicts:
+        lines.append(f"  names held by EdgeWorkloads this set does not own: {', '.join(x.conflicts)}")
+    if x.unmatched_overrides:
+        lines.append(f"  overrides name sites not selected: {', '.join(x.unmatched_overrides)}")
+    if x.rollout:
+        lines += ["", *_rollout_lines(x.rollout)]
+    if x.conditions:
+        lines += ["", "Conditions:"]
+        for c in x.conditions:
+            text = f"  {c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}"
+            lines.append(text.rstrip(": "))
+    lines += ["", f"Events (newest first, up to {MAX_EVENTS}):" if x.events else "Events: none"]
+    for e in x.events:
+        times = f" (×{e.count})" if e.count > 1 else ""
+        lines.append(f"  {e.time}  {e.type:<8} {e.reason:<16} {e.message}{times}")
+    return "\n".join(lines) + "\n"
+
+
+async def _fetch_set(namespace: str, name: str, kubeconfig: str | None) -> tuple[Any, list[Any], list[Any]]:
+    import logging
+    import os
+
+    import kopf
+
+    from continuum.controller.kube import KubeApi
+
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
+    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings(), logger=logging.getLogger("continuum"))
+    if info is None:
+        raise LookupError("no kubeconfig: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config")
+    api = KubeApi.from_connection_info(info)
+    try:
+        ews = await api.get("continuum.dev/v1alpha1", "EdgeWorkloadSet", name, namespace)
+        if ews is None:
+            return None, [], []
+        children = await api.list(
+            "continuum.dev/v1alpha1", "EdgeWorkload", namespace, label_selector=f"{LABEL_SET}={name}"
+        )
+        events = await api.request(
+            "GET",
+            f"/api/v1/namespaces/{namespace}/events",
+            params={"fieldSelector": f"involvedObject.kind=EdgeWorkloadSet,involvedObject.name={name}"},
+        )
+        return ews, list(children), list(events.get("items") or [])
+    finally:
+        await api.close()
+
+
+def cmd_explain_set(namespace: str, name: str, args: argparse.Namespace) -> int:
+    import asyncio
+
+    try:
+        ews, children, events = asyncio.run(_fetch_set(namespace, name, args.kubeconfig))
+    except Exception as exc:  # the edge: name the failure, never a traceback
+        print(f"error: cannot read the cluster: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if ews is None:
+        print(f"error: EdgeWorkloadSet {namespace}/{name} not found", file=sys.stderr)
+        return EXIT_ERROR
+    result = explain_set(ews, children, events)
+    if args.output == "json":
+        print(json.dumps(asdict(result), indent=2, default=str))
+    else:
+        sys.stdout.write(render_set_text(result))
     return EXIT_OK
