@@ -116,3 +116,55 @@ def test_rendered_objects_are_kept_by_their_workload():
     )  # not ours
     assert cache.observe_rendered("DELETED", deployment) == WorkloadKey("ns", "w")
     assert WorkloadKey("ns", "w") not in cache.rendered and RENDERED == "Rendered"
+
+
+class ListsWhileWatching:
+    """A KubeApi stand-in whose lists are snapshots at resourceVersion 10, during which watch events arrive
+    (``during``: called once, while the EdgeNodePool list is being read)."""
+
+    def __init__(self, objects: dict[str, list[dict]], during) -> None:
+        self.objects, self.during = objects, during
+
+    async def list_snapshot(self, api_version, kind, namespace=None, label_selector=None):
+        if kind == "EdgeNodePool" and self.during is not None:
+            self.during()
+            self.during = None
+        return copy.deepcopy(self.objects.get(kind, [])), 10
+
+    async def list(self, api_version, kind, namespace=None, label_selector=None):
+        return (await self.list_snapshot(api_version, kind, namespace, label_selector))[0]
+
+
+def _pool(name, rv):
+    return {"apiVersion": "continuum.dev/v1alpha1", "kind": "EdgeNodePool",
+            "metadata": {"name": name, "resourceVersion": str(rv)}, "spec": {"tier": "near-edge"}}  # fmt: skip
+
+
+def test_a_prime_keeps_what_the_watch_added_after_its_list_and_forgets_what_it_deleted():
+    """Found on the real control plane: an EdgeNodePool created while the operator started was seen by the
+    watch, then dropped by the start-up list (an older snapshot), and a set never got that site's child."""
+    import asyncio
+
+    cache = ClusterCache()
+    cache.observe_object("EdgeNodePool", "ADDED", _pool("old-gone", 3))  # deleted before the lists: dropped
+    cache.observe_object("EdgeNodePool", "ADDED", _pool("deleted-meanwhile", 8))
+
+    def watch_events() -> None:
+        cache.observe_object("EdgeNodePool", "ADDED", _pool("added-meanwhile", 12))
+        cache.observe_object("EdgeNodePool", "DELETED", _pool("deleted-meanwhile", 13))
+
+    api = ListsWhileWatching(
+        {"EdgeNodePool": [_pool("kept", 5), _pool("deleted-meanwhile", 8)]}, watch_events
+    )
+
+    def observe(kind, event_type, body):
+        if kind in ("Node", "EdgeNodePool", "Pod"):
+            cache.observe_object(kind, event_type, body)
+        elif kind == "EdgeWorkload":
+            cache.observe_workload(event_type, body)
+        elif kind != RENDERED:
+            cache.observe_workload_set(event_type, body)
+
+    asyncio.run(cache.prime(api, observe))  # type: ignore[arg-type]
+    assert sorted(cache.pools) == ["added-meanwhile", "kept"]
+    assert cache.primed.is_set()

@@ -54,6 +54,16 @@ def resource_version(obj: Mapping[str, Any]) -> int:
     return int(raw) if str(raw).isdigit() else 0
 
 
+def _workload_key(obj: Mapping[str, Any]) -> WorkloadKey:
+    meta = obj.get("metadata") or {}
+    return WorkloadKey(meta.get("namespace") or "default", meta.get("name") or "")
+
+
+def _set_key(obj: Mapping[str, Any]) -> WorkloadSetKey:
+    meta = obj.get("metadata") or {}
+    return WorkloadSetKey(meta.get("namespace") or "default", meta.get("name") or "")
+
+
 def node_fingerprint(node: Mapping[str, Any]) -> Hashable:
     """What placement reads of a node: labels (not ours), allocatable, readiness, cordon and blocking
     taints (heartbeats and our own annotation are not part of it)."""
@@ -107,6 +117,8 @@ class ClusterCache:
         self.unschedulable: set[WorkloadKey] = set()  # workloads whose status says Unschedulable
         self.primed = asyncio.Event()
         self._prime_lock = asyncio.Lock()
+        # while a prime lists, the deletions watch events report: (kind, key) -> resourceVersion of the delete
+        self._tombstones: dict[tuple[str, Any], int] | None = None
         # the placement snapshot, rebuilt when a fingerprint of a node, pod or pool spec changes
         self._fingerprints: dict[tuple[str, Any], Hashable] = {}
         self.version = 0
@@ -134,6 +146,7 @@ class ClusterCache:
             return False  # older than (or the echo of) what we already have
         if deleted:
             store.pop(key, None)
+            self._tombstone(kind, key, body)
         else:
             store[key] = body if isinstance(body, dict) else plain(body)
         if deleted:
@@ -161,6 +174,7 @@ class ClusterCache:
         current = self.workloads.get(key)
         if event_type == "DELETED":
             self.workloads.pop(key, None)
+            self._tombstone("EdgeWorkload", key, body)
             self.unschedulable.discard(key)
             self._index_child(key, current or body, None)
             return key, WorkloadChange.DELETED
@@ -197,6 +211,7 @@ class ClusterCache:
         meta = body.get("metadata") or {}
         key = WorkloadSetKey(meta.get("namespace") or "default", meta.get("name") or "")
         if event_type == "DELETED":
+            self._tombstone(EdgeWorkloadSet.KIND, key, body)
             return key, self.workload_sets.pop(key, None) is not None
         current = self.workload_sets.get(key)
         if current is not None and resource_version(current) >= resource_version(body) > 0:
@@ -260,46 +275,69 @@ class ClusterCache:
             if not self.primed.is_set():
                 await self.prime(api, observe)
 
+    def _tombstone(self, kind: str, key: Any, body: Mapping[str, Any]) -> None:
+        if self._tombstones is not None:
+            self._tombstones[(kind, key)] = resource_version(body)
+
     async def prime(self, api: KubeApi, observe: Observe) -> None:
         """Replace the caches with a full list (at start, and when this replica becomes the leader);
-        every object, and every deletion missed, goes through ``observe``."""
-        nodes = await api.list("v1", "Node")
-        pools = await api.list(API_VERSION, "EdgeNodePool")
-        workloads = await api.list(API_VERSION, "EdgeWorkload")
-        sets = await api.list(API_VERSION, EdgeWorkloadSet.KIND)
-        pods = await api.list("v1", "Pod")
-        rendered = [
-            obj
-            for api_version, kind in RENDERED_KINDS
-            for obj in await api.list(api_version, kind, label_selector=LABEL_WORKLOAD)
-        ]
-        listed_nodes = {o["metadata"]["name"] for o in nodes}
-        listed_pools = {o["metadata"]["name"] for o in pools}
-        listed_pods = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in pods}
-        for name in set(self.nodes) - listed_nodes:
-            observe("Node", "DELETED", self.nodes[name])
-        for name in set(self.pools) - listed_pools:
-            observe("EdgeNodePool", "DELETED", self.pools[name])
-        for pod in set(self.pods) - listed_pods:
-            observe("Pod", "DELETED", self.pods[pod])
-        live = {
-            WorkloadKey(o["metadata"].get("namespace") or "default", o["metadata"]["name"]) for o in workloads
-        }
-        for gone in set(self.workloads) - live:
-            observe("EdgeWorkload", "DELETED", self.workloads[gone])
-        live_sets = {
-            WorkloadSetKey(o["metadata"].get("namespace") or "default", o["metadata"]["name"]) for o in sets
-        }
-        for gone_set in set(self.workload_sets) - live_sets:
-            observe(EdgeWorkloadSet.KIND, "DELETED", self.workload_sets[gone_set])
+        every object, and every deletion missed, goes through ``observe``.
+
+        Watch events keep arriving while the lists are read (each list is awaited), so a list can be older
+        than what the cache already holds: an object the cache has with a newer resourceVersion than its
+        kind's list was added after that snapshot and is kept (the real control plane showed an
+        EdgeNodePool created during the operator's start-up dropped this way, and with it a set's site);
+        a listed object whose deletion a watch event reported meanwhile is not brought back."""
+        self._tombstones = {}
+        try:
+            nodes, nodes_rv = await api.list_snapshot("v1", "Node")
+            pools, pools_rv = await api.list_snapshot(API_VERSION, "EdgeNodePool")
+            workloads, workloads_rv = await api.list_snapshot(API_VERSION, "EdgeWorkload")
+            sets, sets_rv = await api.list_snapshot(API_VERSION, EdgeWorkloadSet.KIND)
+            pods, pods_rv = await api.list_snapshot("v1", "Pod")
+            rendered = [
+                obj
+                for api_version, kind in RENDERED_KINDS
+                for obj in await api.list(api_version, kind, label_selector=LABEL_WORKLOAD)
+            ]
+            tombstones = self._tombstones
+        finally:
+            self._tombstones = None
+
+        def missed(
+            kind: str, cache: Mapping[Any, Mapping[str, Any]], listed: set[Any], snapshot: int
+        ) -> None:
+            """Deletions the watch missed: cached, not listed, and not newer than the list."""
+            for key in set(cache) - listed:
+                if snapshot == 0 or resource_version(cache[key]) <= snapshot:
+                    observe(kind, "DELETED", cache[key])
+
+        def live(kind: str, key: Any, obj: Mapping[str, Any]) -> bool:
+            deleted_at = tombstones.get((kind, key))
+            return deleted_at is None or resource_version(obj) > deleted_at
+
+        missed("Node", self.nodes, {o["metadata"]["name"] for o in nodes}, nodes_rv)
+        missed("EdgeNodePool", self.pools, {o["metadata"]["name"] for o in pools}, pools_rv)
+        missed(
+            "Pod", self.pods, {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in pods}, pods_rv
+        )
+        missed("EdgeWorkload", self.workloads, {_workload_key(o) for o in workloads}, workloads_rv)
+        missed(EdgeWorkloadSet.KIND, self.workload_sets, {_set_key(o) for o in sets}, sets_rv)
         self.rendered.clear()
-        for kind, objs in (("Node", nodes), ("EdgeNodePool", pools), ("Pod", pods), (RENDERED, rendered)):
+        for kind, objs in (("Node", nodes), ("EdgeNodePool", pools), ("Pod", pods)):
             for obj in objs:
-                observe(kind, None, obj)
+                meta = obj["metadata"]
+                key = (meta.get("namespace"), meta["name"]) if kind == "Pod" else meta["name"]
+                if live(kind, key, obj):
+                    observe(kind, None, obj)
+        for obj in rendered:
+            observe(RENDERED, None, obj)
         for obj in workloads:
-            observe("EdgeWorkload", None, obj)
+            if live("EdgeWorkload", _workload_key(obj), obj):
+                observe("EdgeWorkload", None, obj)
         for obj in sets:
-            observe(EdgeWorkloadSet.KIND, None, obj)
+            if live(EdgeWorkloadSet.KIND, _set_key(obj), obj):
+                observe(EdgeWorkloadSet.KIND, None, obj)
         self.primed.set()
 
     # ------------------------------------------------------------------ parsed views --

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import os
 import ssl
 import tempfile
@@ -165,6 +166,12 @@ class KubeApi:
     async def list(
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
+        return (await self.list_snapshot(api_version, kind, namespace, label_selector))[0]
+
+    async def list_snapshot(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """The items and the list's resourceVersion (the snapshot they are from; 0 when not a number)."""
         params = {"labelSelector": label_selector} if label_selector else None
         data = await self.request("GET", path_for(api_version, kind, None, namespace), params=params)
         items = list(data.get("items") or [])
@@ -172,7 +179,8 @@ class KubeApi:
         for item in items:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
-        return items
+        raw = str((data.get("metadata") or {}).get("resourceVersion") or "0")
+        return items, int(raw) if raw.isdigit() else 0
 
     async def patch(
         self,
