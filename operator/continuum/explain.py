@@ -526,8 +526,8 @@ def render_set_text(x: SetExplanation) -> str:
         lines += ["", *_rollout_lines(x.rollout)]
     if x.conditions:
         lines += ["", "Conditions:"]
-        for c in x.conditions:
-            text = f"  {c.get('type')}={c.get('status')} {c.get('reason', '')}: {c.get('message', '')}"
+        for cond in x.conditions:
+            text = f"  {cond.get('type')}={cond.get('status')} {cond.get('reason', '')}: {cond.get('message', '')}"
             lines.append(text.rstrip(": "))
     lines += ["", f"Events (newest first, up to {MAX_EVENTS}):" if x.events else "Events: none"]
     for e in x.events:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from continuum.api.models import ModelRef
 from continuum.api.workloadset import (
+    DriftGateSpec,
     EdgeWorkloadSetSpec,
     GateSpec,
     RolloutPhase,
@@ -321,6 +322,12 @@ def test_gate_spec_defaults_are_the_gate_settings() -> None:
         "latency_min_samples",
     ):
         assert getattr(spec_defaults, name) == getattr(settings_defaults, name), name
+    drift_spec_defaults, drift_defaults = DriftGateSpec(), gate.DriftSettings()
+    for name in ("good", "bad", "required"):
+        assert getattr(drift_spec_defaults, name) == getattr(drift_defaults, name), name
+    assert spec_defaults.drift is None  # off unless the set asks for it
+    with pytest.raises(ValidationError, match="good must be below bad"):
+        RolloutSpec.model_validate({"gate": {"drift": {"good": 0.5, "bad": 0.2}}})
 
 
 # --- properties -------------------------------------------------------------------------------------

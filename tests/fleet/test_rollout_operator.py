@@ -352,3 +352,13 @@ def test_the_drift_gate_rolls_back_a_candidate_whose_outputs_drift(setup: tuple[
     assert fleet.workers["store-berlin-mitte"].mode == "stable"
     assert all(fleet.workers[s].puts == 0 for s in STORES if s != "store-berlin-mitte")
     assert child_versions(h) == dict.fromkeys(STORES, "4")
+    # an invalid drift gate names the field (condition and Event), as every invalid spec does
+    h.apply(the_set("4", gate={"drift": {"good": 0.2, "bad": 0.1}}))
+    wait_for(
+        lambda: set_condition(h, "Synced").get("reason") == "InvalidSpec", timeout=30, what="invalid spec"
+    )
+    assert (
+        "spec.rollout.gate.drift: Value error, good must be below bad"
+        in set_condition(h, "Synced")["message"]
+    )
+    wait_for(lambda: "InvalidSpec" in reasons(h), timeout=15, what="the InvalidSpec Event")
