@@ -47,6 +47,23 @@ def solve_ilp(problem: AssignmentProblem, time_limit: float = 60.0) -> IlpResult
     wan = csr_matrix((wan_data, (problem.cand_pool, np.arange(nnz))), shape=(problem.n_pools, nnz))[finite]
     if wan.shape[0]:
         cons.append(LinearConstraint(wan, -np.inf, problem.wan_capacity[finite]))
+    # accelerator classes (continuum.placement.problem): while a pool hosts a workload of class c needing
+    # resource r, the pool's total r stays within the class's nodes: per such pair k,
+    # sum of the pool's demands of r + gap * x_k <= capacity (x_k = 1: within capacity - gap)
+    pair_cls = problem.accel_classes[rows_w]
+    gap = problem.accel_gap()
+    for r in range(3):
+        d = problem.demand[rows_w, r]
+        pairs = np.nonzero((pair_cls >= 0) & (d > 0))[0]
+        pairs = pairs[gap[pair_cls[pairs], problem.cand_pool[pairs], r] > 1e-9]
+        if not len(pairs):
+            continue
+        same = (problem.cand_pool[None, :] == problem.cand_pool[pairs][:, None]) & (d > 0)[None, :]
+        rows = np.where(same, d[None, :], 0.0)
+        rows[np.arange(len(pairs)), pairs] += gap[pair_cls[pairs], problem.cand_pool[pairs], r]
+        cons.append(
+            LinearConstraint(csr_matrix(rows), -np.inf, problem.capacity[problem.cand_pool[pairs], r])
+        )
     integrality = np.ones(nnz)
     bounds = Bounds(0, 1)
     optimal = True

@@ -4,6 +4,13 @@ Rows are workloads, columns pools. Only pairs that pass every *static* rule (tie
 latency, nodes, accelerator, single-node fit) are candidates, stored sparsely (CSR). What couples the
 workloads is the *dynamic* part: each pool's aggregate capacity (cpu, memory, gpu) and WAN ingress.
 
+Workloads asking for an accelerator run only on the pool's nodes that offer it. The rule
+(:func:`filters.check_capacity`) is scheduler-safe: it does not know on which nodes the pool's other
+workloads' pods land, so it counts *everything* on the pool against the accelerator nodes' capacity. As
+a pool-level constraint: while a pool hosts a workload of accelerator class ``c`` that needs resource
+``r``, the pool's total use of ``r`` stays within the class's nodes' free ``r`` (``accel_capacity``).
+The solvers model exactly that, so what they place passes the rule.
+
 Objective, lexicographic: (1) place as many workloads as possible, (2) the sum of preference ranks
 (``tiers.preferred``: 0 for the first preferred tier, ...), (3) total hourly cost.
 """
@@ -50,6 +57,30 @@ class AssignmentProblem:
     cand_rank: npt.NDArray[np.int64]  # (nnz,) preference rank, 0 best
     cand_offsite: npt.NDArray[np.bool_]  # (nnz,) True: the pair consumes ingest Mbps of WAN capacity
     current: npt.NDArray[np.int64]  # (W,) pool index the workload runs on now, -1 if none
+    # accelerator classes (one per distinct ``resources.accelerator``): workload -> class, -1 none, and
+    # per class and pool the free capacity of its nodes (what the whole pool may use while it hosts one)
+    accel: npt.NDArray[np.int64] | None = None  # (W,)
+    accel_capacity: npt.NDArray[np.float64] | None = None  # (C, P, 3)
+
+    def __post_init__(self) -> None:
+        if self.accel is None:
+            self.accel = np.full(len(self.workload_keys), -1, dtype=np.int64)
+        if self.accel_capacity is None:
+            self.accel_capacity = np.zeros((0, len(self.pool_names), 3))
+
+    @property
+    def accel_classes(self) -> npt.NDArray[np.int64]:
+        assert self.accel is not None
+        return self.accel
+
+    @property
+    def accel_caps(self) -> npt.NDArray[np.float64]:
+        assert self.accel_capacity is not None
+        return self.accel_capacity
+
+    def accel_gap(self) -> npt.NDArray[np.float64]:
+        """(C, P, 3): how much less than the whole pool a pool may use while it hosts the class (>= 0)."""
+        return np.maximum(self.capacity[None, :, :] - self.accel_caps, 0.0)
 
     @property
     def n_workloads(self) -> int:
@@ -114,6 +145,17 @@ def violations(problem: AssignmentProblem, assignment: npt.NDArray[np.int64]) ->
         for r, name in enumerate(RESOURCES):
             if used[p, r] > problem.capacity[p, r] + 1e-6:
                 out.append(f"pool {problem.pool_names[p]}: {name} {used[p, r]} > {problem.capacity[p, r]}")
+    for w, p in enumerate(assignment):
+        c = int(problem.accel_classes[w])
+        if p < 0 or c < 0:
+            continue
+        for r, name in enumerate(RESOURCES):
+            limit = problem.accel_caps[c, p, r]
+            if problem.demand[w, r] > 0 and used[p, r] > limit + 1e-6:
+                out.append(
+                    f"pool {problem.pool_names[p]}: {name} {used[p, r]} > {limit} of accelerator "
+                    f"class {c}'s nodes ({problem.workload_keys[w]} runs there)"
+                )
         if wan[p] > problem.wan_capacity[p] + 1e-6:
             out.append(f"pool {problem.pool_names[p]}: wan {wan[p]} > {problem.wan_capacity[p]}")
     return out
@@ -135,6 +177,29 @@ def pool_capacities(
     return capacity, wan_capacity
 
 
+def _accel_classes(
+    workloads: Sequence[WorkloadRequest],
+) -> tuple[npt.NDArray[np.int64], list[EdgeWorkloadSpec]]:
+    """Each workload's accelerator class (-1: none; classes in the order of their accelerator's name) and
+    one spec per class."""
+    keys = sorted({a for w in workloads if (a := w.spec.requirements.resources.accelerator) is not None})
+    ids = {k: i for i, k in enumerate(keys)}
+    accel = np.array(
+        [ids.get(w.spec.requirements.resources.accelerator or "", -1) for w in workloads], dtype=np.int64
+    )
+    specs = [next(w.spec for w in workloads if w.spec.requirements.resources.accelerator == k) for k in keys]
+    return accel.reshape(len(workloads)), specs
+
+
+def _fixed_array(pools: Sequence[PoolView], fixed_usage: Mapping[str, PoolUsage]) -> npt.NDArray[np.float64]:
+    out = np.zeros((len(pools), 3))
+    for i, pool in enumerate(pools):
+        used = fixed_usage.get(pool.name)
+        if used is not None:
+            out[i] = (used.resources.cpu_millis, used.resources.memory_bytes, used.resources.gpu)
+    return out
+
+
 def build_problem_reference(
     workloads: Sequence[WorkloadRequest],
     snapshot: ClusterSnapshot,
@@ -143,8 +208,9 @@ def build_problem_reference(
     """Reference builder: runs the static rules of :mod:`filters` on every pair (the oracle for tests).
 
     ``fixed_usage`` is what workloads outside this batch already consume per pool. Capacity per
-    workload is the aggregate free capacity of the pool's nodes that can run it; for workloads without
-    an accelerator that is the pool's free capacity (the common case the arrays model exactly).
+    workload is the aggregate free capacity of the pool's nodes that can run it: the pool's free
+    capacity (``capacity``), or for a workload asking for an accelerator its class's nodes'
+    (``accel_capacity``), which then bounds everything on the pool (see the module's docstring).
     """
     fixed_usage = fixed_usage or {}
     pools = list(snapshot.pools)
@@ -173,6 +239,14 @@ def build_problem_reference(
             c_rank.append(spec.tiers.rank(pool.tier))
             c_off.append(filters.is_offsite(spec, pool))
         ptr.append(len(c_pool))
+    accel, class_specs = _accel_classes(workloads)
+    fixed = _fixed_array(pools, fixed_usage)
+    accel_capacity = np.zeros((len(class_specs), len(pools), 3))
+    for c, class_spec in enumerate(class_specs):
+        for p, pool in enumerate(pools):
+            agg = filters.pool_capacity(class_spec, pool)
+            accel_capacity[c, p] = (agg.cpu_millis, agg.memory_bytes, agg.gpu)
+    accel_capacity = np.maximum(accel_capacity - fixed[None], 0.0)
     return AssignmentProblem(
         pool_names=[p.name for p in pools],
         workload_keys=[w.key for w in workloads],
@@ -186,6 +260,8 @@ def build_problem_reference(
         cand_rank=np.asarray(c_rank, dtype=np.int64),
         cand_offsite=np.asarray(c_off, dtype=np.bool_),
         current=current,
+        accel=accel,
+        accel_capacity=accel_capacity,
     )
 
 
@@ -198,19 +274,28 @@ def greedy_in_order(problem: AssignmentProblem) -> npt.NDArray[np.int64]:
     used = np.zeros_like(problem.capacity)
     wan = np.zeros(problem.n_pools)
     out = np.full(problem.n_workloads, -1, dtype=np.int64)
+    limit = problem.capacity.copy()  # what each pool may use given the accelerator classes it hosts
     for w in range(problem.n_workloads):
         sl = problem.candidates(w)
         order = np.lexsort((problem.cand_pool[sl], problem.cand_cost[sl], problem.cand_rank[sl]))
+        c = int(problem.accel_classes[w])
+        needs = problem.demand[w] > 0
         for j in order:
             k = sl.start + int(j)
             p = int(problem.cand_pool[k])
-            if np.any(used[p] + problem.demand[w] > problem.capacity[p] + 1e-9):
+            cap = (
+                limit[p]
+                if c < 0
+                else np.where(needs, np.minimum(limit[p], problem.accel_caps[c, p]), limit[p])
+            )
+            if np.any(used[p] + problem.demand[w] > cap + 1e-9):
                 continue
             extra = problem.ingest[w] if problem.cand_offsite[k] else 0.0
             if wan[p] + extra > problem.wan_capacity[p] + 1e-9:
                 continue
             used[p] += problem.demand[w]
             wan[p] += extra
+            limit[p] = cap
             out[w] = p
             break
     return out
@@ -349,6 +434,13 @@ def build_problem(
     def cat(parts: list[Any], dtype: Any) -> Any:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
+    accel, class_specs = _accel_classes(workloads)
+    accel_capacity = np.zeros((len(class_specs), n_pools, 3))
+    for c, class_spec in enumerate(class_specs):
+        node_ok, _ = accelerator_masks(class_spec)
+        np.add.at(accel_capacity[c], arr["node_pool"][node_ok], arr["node_free"][node_ok])
+    if len(class_specs):
+        accel_capacity = np.maximum(accel_capacity - _fixed_array(pools, fixed_usage)[None], 0.0)
     return AssignmentProblem(
         pool_names=[p.name for p in pools],
         workload_keys=[w.key for w in workloads],
@@ -362,4 +454,6 @@ def build_problem(
         cand_rank=cat(c_rank, np.int64),
         cand_offsite=cat(c_off, np.bool_),
         current=current,
+        accel=accel,
+        accel_capacity=accel_capacity,
     )

@@ -12,6 +12,10 @@ against an exact ILP in ``bench/placement.py``:
    of its candidates and re-insert them elsewhere, recursively (depth 2), undoing chains that fail;
 4. **improve** by shift moves (a workload to a better candidate with room) until a pass finds none.
 
+Every step keeps the accelerator constraint of :mod:`problem` (while a pool hosts a workload of an
+accelerator class, the pool's total stays within that class's nodes): a pool's ``reserve`` is what must
+stay free for the classes it hosts, so what the solver places passes the rule ``continuum plan`` checks.
+
 Plain Python floats in the hot loops (numpy per-element access is slower at this size).
 """
 
@@ -37,12 +41,38 @@ class _State:
     ingest: list[float]
     assign: list[int]
     at: list[dict[int, tuple[float, bool]]]  # workload -> {pool: (score, offsite)} (O(1) lookups)
+    # accelerator classes (see problem.py): workload -> class (-1 none); class -> pool -> how much of each
+    # resource must stay free while the pool hosts the class (whole pool minus the class's nodes)
+    cls: list[int]
+    gap: list[list[list[float]]]
+    reserve: list[list[float]]  # pool -> [cpu, mem, gpu] that must stay free (largest gap hosted)
+    hosted: list[dict[int, list[int]]]  # pool -> class -> per resource, hosted workloads needing it
 
     def fits(self, w: int, p: int, offsite: bool) -> bool:
-        c, d = self.cap[p], self.demand[w]
-        if d[0] > c[0] + EPS or d[1] > c[1] + EPS or d[2] > c[2] + EPS:
+        c, d, rs = self.cap[p], self.demand[w], self.reserve[p]
+        if d[0] > c[0] - rs[0] + EPS or d[1] > c[1] - rs[1] + EPS or d[2] > c[2] - rs[2] + EPS:
             return False
+        k = self.cls[w]
+        if k >= 0:
+            g = self.gap[k][p]
+            for r in range(3):
+                if d[r] > 0 and d[r] > c[r] - g[r] + EPS:
+                    return False
         return not (offsite and self.ingest[w] > self.wan[p] + EPS)
+
+    def _host(self, w: int, p: int, step: int) -> None:
+        k, d = self.cls[w], self.demand[w]
+        counts = self.hosted[p].setdefault(k, [0, 0, 0])
+        for r in range(3):
+            if d[r] > 0:
+                counts[r] += step
+        rs = [0.0, 0.0, 0.0]
+        for j, n in self.hosted[p].items():
+            g = self.gap[j][p]
+            for r in range(3):
+                if n[r] > 0 and g[r] > rs[r]:
+                    rs[r] = g[r]
+        self.reserve[p] = rs
 
     def take(self, w: int, p: int, offsite: bool) -> None:
         c, d = self.cap[p], self.demand[w]
@@ -52,6 +82,8 @@ class _State:
         if offsite:
             self.wan[p] -= self.ingest[w]
         self.assign[w] = p
+        if self.cls[w] >= 0:
+            self._host(w, p, 1)
 
     def release(self, w: int) -> None:
         p = self.assign[w]
@@ -64,12 +96,30 @@ class _State:
         if self.offsite(w, p):
             self.wan[p] += self.ingest[w]
         self.assign[w] = -1
+        if self.cls[w] >= 0:
+            self._host(w, p, -1)
 
     def offsite(self, w: int, p: int) -> bool:
         return self.at[w][p][1]
 
     def score(self, w: int, p: int) -> float:
         return self.at[w][p][0]
+
+    def copy(self, n_workloads: int) -> _State:
+        """A fresh state: nothing assigned, the same problem data."""
+        return _State(
+            cap=[list(row) for row in self.cap],
+            wan=list(self.wan),
+            cands=self.cands,
+            demand=self.demand,
+            ingest=self.ingest,
+            assign=[-1] * n_workloads,
+            at=self.at,
+            cls=self.cls,
+            gap=self.gap,
+            reserve=[[0.0, 0.0, 0.0] for _ in self.cap],
+            hosted=[{} for _ in self.cap],
+        )
 
 
 def _state(problem: AssignmentProblem) -> _State:
@@ -91,6 +141,10 @@ def _state(problem: AssignmentProblem) -> _State:
         ingest=[float(x) for x in problem.ingest.tolist()],
         assign=[-1] * problem.n_workloads,
         at=[{p: (score, off) for score, p, _, off in row} for row in cands],
+        cls=problem.accel_classes.tolist(),
+        gap=problem.accel_gap().tolist(),
+        reserve=[[0.0, 0.0, 0.0] for _ in range(problem.n_pools)],
+        hosted=[{} for _ in range(problem.n_pools)],
     )
 
 
@@ -154,7 +208,11 @@ class _Journal:
 def _victims(st: _State, w: int, p: int, off: bool, users: set[int], pinned: set[int]) -> list[int] | None:
     """Workloads to evict from ``p`` so that ``w`` fits: the most movable first, until the deficit is covered."""
     cap, need = st.cap[p], st.demand[w]
-    deficit = [max(need[r] - cap[r], 0.0) for r in range(3)]
+    held = list(st.reserve[p])  # what must stay free (evicting can only lower it)
+    if st.cls[w] >= 0:
+        g = st.gap[st.cls[w]][p]
+        held = [max(held[r], g[r]) if need[r] > 0 else held[r] for r in range(3)]
+    deficit = [max(need[r] - (cap[r] - held[r]), 0.0) for r in range(3)]
     wan_deficit = max(st.ingest[w] - st.wan[p], 0.0) if off else 0.0
     chosen: list[int] = []
     pool = sorted(
@@ -200,6 +258,9 @@ def _insert(
         mark = journal.mark()
         for v in victims:
             journal.move(v, -1)
+        if not st.fits(w, p, off):  # (the victims cover the deficit: a guard, not a search)
+            journal.undo(mark)
+            continue
         journal.move(w, p)
         if all(_insert(st, journal, v, depth - 1, banned | {p}, pinned | {w}) for v in victims):
             return True
@@ -216,15 +277,7 @@ def _solve_once(
     depth: int,
     budget: list[int],
 ) -> list[int]:
-    st = _State(
-        cap=[list(row) for row in base.cap],
-        wan=list(base.wan),
-        cands=base.cands,
-        demand=base.demand,
-        ingest=base.ingest,
-        assign=[-1] * problem.n_workloads,
-        at=base.at,
-    )
+    st = base.copy(problem.n_workloads)
     users: list[set[int]] = [set() for _ in range(problem.n_pools)]
     if keep_current:
         for w in order:
