@@ -256,7 +256,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-async def _fetch(namespace: str, name: str, kubeconfig: str | None) -> tuple[Any, list[Any], list[Any]]:
+def _connect(kubeconfig: str | None) -> Any:
+    """A KubeApi from the kubeconfig (``--kubeconfig``, KUBECONFIG or ~/.kube/config), as kopf logs in."""
     import logging
     import os
 
@@ -269,7 +270,11 @@ async def _fetch(namespace: str, name: str, kubeconfig: str | None) -> tuple[Any
     info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings(), logger=logging.getLogger("continuum"))
     if info is None:
         raise LookupError("no kubeconfig: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config")
-    api = KubeApi.from_connection_info(info)
+    return KubeApi.from_connection_info(info)
+
+
+async def _fetch(namespace: str, name: str, kubeconfig: str | None) -> tuple[Any, list[Any], list[Any]]:
+    api = _connect(kubeconfig)
     try:
         workload = await api.get("continuum.dev/v1alpha1", "EdgeWorkload", name, namespace)
         if workload is None:
@@ -537,19 +542,7 @@ def render_set_text(x: SetExplanation) -> str:
 
 
 async def _fetch_set(namespace: str, name: str, kubeconfig: str | None) -> tuple[Any, list[Any], list[Any]]:
-    import logging
-    import os
-
-    import kopf
-
-    from continuum.controller.kube import KubeApi
-
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig
-    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings(), logger=logging.getLogger("continuum"))
-    if info is None:
-        raise LookupError("no kubeconfig: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config")
-    api = KubeApi.from_connection_info(info)
+    api = _connect(kubeconfig)
     try:
         ews = await api.get("continuum.dev/v1alpha1", "EdgeWorkloadSet", name, namespace)
         if ews is None:

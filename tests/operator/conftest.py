@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +116,40 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         yield h
     finally:
         h.close()
+
+
+class FakeWorkers:
+    """Answers GET /{namespace}/{service}<suffix> from ``answers`` (keyed "namespace/service"); a missing
+    entry gets ``missing_status`` (503: a worker not ready; 404: a worker without that endpoint)."""
+
+    def __init__(self, suffix: str, missing_status: int) -> None:
+        self.answers: dict[str, Any] = {}
+        self.asked: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.asked.append(self.path)
+                key = self.path.removesuffix(suffix).strip("/")
+                if key not in outer.answers:
+                    self.send_response(missing_status)
+                    self.end_headers()
+                    self.wfile.write(b"not ready" if missing_status == 503 else b"")
+                    return
+                body = json.dumps(outer.answers[key]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def template(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{{namespace}}/{{service}}"

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import copy
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -15,7 +12,7 @@ from continuum.api.models import IngestStatus
 from continuum.controller.ingest_health import parse_ingest_report, significant
 
 from tests.conftest import EXAMPLES
-from tests.operator.conftest import Harness, docs, wait_for
+from tests.operator.conftest import FakeWorkers, Harness, docs, wait_for
 
 NOW = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
 REPORT = {  # the shape GET /v2/ingest answers (continuum_worker.ingest.service.IngestService.report)
@@ -28,44 +25,9 @@ REPORT = {  # the shape GET /v2/ingest answers (continuum_worker.ingest.service.
 }  # fmt: skip
 
 
-class FakeWorkers:
-    """Answers /{namespace}/{service}/v2/ingest from a dict; a missing entry is a 404 (no ingest)."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, Any] = {}
-        self.asked: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.asked.append(self.path)
-                key = self.path.removesuffix("/v2/ingest").strip("/")
-                if key not in outer.answers:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                body = json.dumps(outer.answers[key]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def template(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{{namespace}}/{{service}}"
-
-
 @pytest.fixture
 def workers() -> Iterator[FakeWorkers]:
-    fake = FakeWorkers()
+    fake = FakeWorkers("/v2/ingest", 404)
     yield fake
     fake.server.shutdown()
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -15,50 +12,14 @@ from continuum.controller.state_health import parse_sync_report
 from continuum.controller.status import synced_condition
 
 from tests.conftest import EXAMPLES
-from tests.operator.conftest import Harness, docs, wait_for
+from tests.operator.conftest import FakeWorkers, Harness, docs, wait_for
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
-class FakeWorkers:
-    """Answers /{namespace}/{service}/state/sync from a dict; a missing entry is a 503."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, Any] = {}
-        self.asked: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.asked.append(self.path)
-                key = self.path.removesuffix("/state/sync").strip("/")
-                if key not in outer.answers:
-                    self.send_response(503)
-                    self.end_headers()
-                    self.wfile.write(b"model not ready")
-                    return
-                body = json.dumps(outer.answers[key]).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def template(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{{namespace}}/{{service}}"
-
-
 @pytest.fixture
 def workers() -> Iterator[FakeWorkers]:
-    fake = FakeWorkers()
+    fake = FakeWorkers("/state/sync", 503)
     yield fake
     fake.server.shutdown()
 
