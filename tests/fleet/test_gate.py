@@ -98,6 +98,28 @@ def test_false_promote_and_false_rollback_rates_at_most_5_percent(rate: float, w
         assert good.p95_seconds <= 600 and bad.p95_seconds <= 600  # minutes, not hours, at 10 req/s per site
 
 
+@pytest.mark.parametrize("rate", [10.0, 100.0])
+def test_at_a_low_base_error_rate_the_sample_cap_keeps_both_rates_at_most_5_percent(rate: float) -> None:
+    """Stable error rate 0.1 %: few errors, so many rollouts reach the cap, where the evidence's sign decides.
+    With the cap at 50,000 requests a good candidate was rolled back in 5.1 % of shadow rollouts; the default
+    is 100,000 (docs/fleet.md)."""
+    common = {
+        "rate_per_site": rate,
+        "sites": 10,
+        "weight": 1.0,
+        "stable_error": 0.001,
+        "settings": SETTINGS,
+        "runs": 800,
+        "horizon_seconds": 4 * 3600.0,
+        "seed": 7,
+        "disagreement": 0.01,
+    }
+    good = simulate(candidate_error=0.001, **common)
+    bad = simulate(candidate_error=0.002, **common)
+    assert good.rolled_back <= 0.05 and good.undecided == 0, good
+    assert bad.promoted <= 0.05 and bad.undecided == 0, bad
+
+
 # --- p99 latency relative to the stable version -------------------------------------------------------
 
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)

@@ -191,7 +191,7 @@ class GateSpec(ApiModel):
     )
     min_samples: int = Field(default=500, ge=1, description="Candidate requests before a step may pass")
     max_samples: int = Field(
-        default=50_000,
+        default=100_000,
         ge=1,
         description="Candidate requests after which a gate decides by its evidence's sign",
     )
