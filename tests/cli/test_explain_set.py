@@ -5,14 +5,13 @@ emulator (children placed by it, the set's status and Events written by it)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from continuum.explain import explain_set, render_set_text
 
+from tests.cli.test_explain import run_explain
 from tests.conftest import EXAMPLES
 from tests.operator.conftest import Harness, docs, wait_for
 
@@ -179,16 +178,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         yield h
     finally:
         h.close()
-
-
-def run_explain(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "continuum", "explain", *args, "--kubeconfig", str(h.cluster.kubeconfig)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_explain_the_store_chain(chain: Harness) -> None:

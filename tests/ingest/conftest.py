@@ -37,6 +37,22 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM a broker process and wait for it; SIGKILL after ``timeout`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def broker_url(scheme: str, port: int, topic: str, opts: dict[str, str]) -> str:
+    query = "&".join(f"{k}={v}" for k, v in opts.items())
+    return f"{scheme}://127.0.0.1:{port}/{topic}" + (f"?{query}" if query else "")
+
+
 @dataclass
 class Broker:
     """``persistence``: sessions and queued messages survive a restart (saved on SIGTERM) — the upstream
@@ -71,18 +87,11 @@ class Broker:
         wait_port(self.port)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         self.proc = None
 
     def url(self, topic: str, **opts: str) -> str:
-        query = "&".join(f"{k}={v}" for k, v in opts.items())
-        return f"mqtt://127.0.0.1:{self.port}/{topic}" + (f"?{query}" if query else "")
+        return broker_url("mqtt", self.port, topic, opts)
 
 
 def _broker(tmp_path_factory: pytest.TempPathFactory, name: str, persistence: bool) -> Iterator[Broker]:

@@ -13,14 +13,13 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.ingest.conftest import free_port, wait_port
+from tests.ingest.conftest import broker_url, free_port, terminate, wait_port
 
 KAFKA_VERSION = "4.1.1"
 CACHE = Path(os.environ.get("CONTINUUM_KAFKA_CACHE", Path.home() / ".cache" / "continuum" / "kafka"))
@@ -143,18 +142,11 @@ class KafkaBroker:
             ) from None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         self.proc = None
 
     def url(self, topic: str, **opts: str) -> str:
-        query = "&".join(f"{k}={v}" for k, v in opts.items())
-        return f"kafka://127.0.0.1:{self.port}/{topic}" + (f"?{query}" if query else "")
+        return broker_url("kafka", self.port, topic, opts)
 
     def wait_ready(self, timeout: float = 60) -> None:
         """The broker answers metadata and accepts a record (KRaft elects itself first)."""

@@ -25,6 +25,11 @@ log = logging.getLogger("continuum.operator")
 S = TypeVar("S")
 
 
+def worker_base_url(template: str, workload: str, namespace: str, port: int) -> str:
+    """Where a workload's worker answers (its Service, by the operator's worker URL template)."""
+    return template.format(service=service_name_for(workload), namespace=namespace, port=port).rstrip("/")
+
+
 class WorkerProbe(Generic[S]):
     what = "workers"  # for the log line when a poll fails
     counter: Counter  # probes by result (ok, error, unreachable)
@@ -64,8 +69,8 @@ class WorkerProbe(Generic[S]):
     def targets(self) -> list[tuple[WorkloadKey, str]]:
         out = []
         for key, port, *extra in self._targets():
-            base = self.url_template.format(service=service_name_for(key.name), namespace=key.namespace, port=port)
-            out.append((key, self.url(key, base.rstrip("/"), *extra)))
+            base = worker_base_url(self.url_template, key.name, key.namespace, port)
+            out.append((key, self.url(key, base, *extra)))
         return out
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:

@@ -19,8 +19,8 @@ import aiohttp
 from prometheus_client import Counter
 
 from continuum.api.workloadset import Histogram, VersionCounters
+from continuum.controller.probe import worker_base_url
 from continuum.controller.settings import DEFAULT_WORKER_URL_TEMPLATE
-from continuum.render.worker import service_name_for
 from continuum.rollout.machine import Observation, Put, Reading, VersionDrift
 
 log = logging.getLogger("continuum.operator")
@@ -127,39 +127,32 @@ class RolloutClient:
         self.concurrency = concurrency
 
     def url(self, child: str, namespace: str, port: int, model: str) -> str:
-        base = self.url_template.format(service=service_name_for(child), namespace=namespace, port=port)
-        return f"{base.rstrip('/')}/v2/models/{model}/rollout"
+        return f"{worker_base_url(self.url_template, child, namespace, port)}/v2/models/{model}/rollout"
 
     async def read(self, targets: Mapping[str, Target], sites: list[str]) -> dict[str, Observation]:
-        if not sites:
-            return {}
-        limit = asyncio.Semaphore(self.concurrency)
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:
-
-            async def one(site: str) -> Observation:
-                if site not in targets:
-                    return "no child"
-                async with limit:
-                    return await self._call(session, "GET", self.url(*targets[site]), None)
-
-            results = await asyncio.gather(*(one(s) for s in sites))
-        return dict(zip(sites, results, strict=True))
+        """Each site's rollout reading (``GET /v2/models/{m}/rollout``)."""
+        return await self._get_all(targets, sites, "/rollout", parse_reading)
 
     async def read_drift(
         self, targets: Mapping[str, Target], sites: list[str]
     ) -> dict[str, dict[str, VersionDrift] | str]:
         """Each site's drift view per version (``GET /v2/models/{m}/drift``), for the drift gate."""
+        return await self._get_all(targets, sites, "/drift", parse_drift_view)
+
+    async def _get_all(
+        self, targets: Mapping[str, Target], sites: list[str], suffix: str, parse: Callable[[Any], Any]
+    ) -> dict[str, Any]:
         if not sites:
             return {}
         limit = asyncio.Semaphore(self.concurrency)
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
 
-            async def one(site: str) -> dict[str, VersionDrift] | str:
+            async def one(site: str) -> Any:
                 if site not in targets:
                     return "no child"
-                url = self.url(*targets[site]).removesuffix("/rollout") + "/drift"
+                url = self.url(*targets[site]).removesuffix("/rollout") + suffix
                 async with limit:
-                    return await self._call(session, "GET", url, None, parse=parse_drift_view)
+                    return await self._call(session, "GET", url, None, parse=parse)
 
             results = await asyncio.gather(*(one(s) for s in sites))
         return dict(zip(sites, results, strict=True))
