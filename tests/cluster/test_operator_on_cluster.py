@@ -417,7 +417,21 @@ def test_ha_with_peering_exactly_one_acts_and_fails_over(placed: Cluster, operat
         return {"op-a", "op-b"} <= set(status)
 
     wait_until(both_registered, timeout=60, what="both replicas in the peering object")
-    time.sleep(3)  # a few leadership checks (1 s apart) after both are visible
+
+    def one_acts() -> tuple[float, float]:
+        return a.metric("continuum_operator_acting"), b.metric("continuum_operator_acting")
+
+    def settled() -> bool:
+        # exactly one replica acting, and still the same one a few leadership checks (1 s apart) later: a
+        # replica that started first acts alone until it sees the other's higher priority, and under load
+        # the handover can come seconds after both are registered
+        first = one_acts()
+        if sorted(first) != [0.0, 1.0]:
+            return False
+        time.sleep(2.5)
+        return one_acts() == first
+
+    wait_until(settled, timeout=60, what="exactly one replica acting (continuum_operator_acting)")
     count = "continuum_reconcile_duration_seconds_count"
     before = {"a": a.metric(count), "b": b.metric(count)}
     ns = "ha"
@@ -433,6 +447,7 @@ def test_ha_with_peering_exactly_one_acts_and_fails_over(placed: Cluster, operat
     # exactly one replica acts: the other one is paused by peering
     assert sum(1 for v in acted.values() if v > 0) == 1, acted
     leader, standby = (a, b) if acted["a"] > 0 else (b, a)
+    assert leader.metric("continuum_operator_acting") == 1 and standby.metric("continuum_operator_acting") == 0
     standby_before = standby.metric(count)
     leader.stop(signal.SIGKILL)
     doc2 = yaml.safe_load(yaml.safe_dump(doc))
@@ -442,6 +457,7 @@ def test_ha_with_peering_exactly_one_acts_and_fails_over(placed: Cluster, operat
     wait_until(lambda: phase(ews(placed).get((ns, "ha-cam-2"), {})) in SETTLED, timeout=120,
                what="the standby taking over")
     assert standby.metric(count) > standby_before
+    assert standby.metric("continuum_operator_acting") == 1
 
 
 def test_helm_upgrade_and_uninstall_leave_nothing_hanging(placed: Cluster, operators: Operators) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from continuum.controller import metrics
 from continuum.controller.kube import ApiError, KubeApi
 
 log = logging.getLogger("continuum.operator")
@@ -76,6 +77,7 @@ class Leadership:
         self.active = asyncio.Event()
         if peering is None:
             self.active.set()
+        metrics.ACTING.set(1 if self.active.is_set() else 0)
 
     def _paths(self) -> list[str]:
         if self.namespaces is None:
@@ -111,7 +113,9 @@ class Leadership:
                 log.info("acting: %s has the highest priority in peering %s", self.identity, self.peering)
                 on_acquired()
                 self.active.set()
+                metrics.ACTING.set(1)
             elif not acting and self.active.is_set():
                 log.info("standing by: another replica acts in peering %s", self.peering)
                 self.active.clear()
+                metrics.ACTING.set(0)
             await asyncio.sleep(self.interval)

@@ -23,6 +23,10 @@ POOL_UTILIZATION = Gauge(
 )
 POOL_NODES = Gauge("continuum_pool_nodes", "Member nodes of a pool", ["pool", "state"])
 API_ERRORS = Counter("continuum_api_errors_total", "Kubernetes API errors seen (retried)", ["status"])
+ACTING = Gauge(
+    "continuum_operator_acting",
+    "1 while this replica reconciles, 0 while it stands by for a higher-priority peer (kopf peering)",
+)
 QUEUE_DEPTH = Gauge("continuum_work_queue_depth", "Keys waiting to be reconciled (queued or delayed)")
 EVENTS_DROPPED = Counter("continuum_events_dropped_total", "Kubernetes Events given up on after retries")
 STATE_PROBES = Counter(
