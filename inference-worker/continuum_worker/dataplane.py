@@ -311,7 +311,7 @@ class DataPlane:
             stats.execution(rows, compute_input, computed, finished - done)
         if self.drift is not None:
             try:
-                self.drift.observe(model.name, model.version, model.batchable, inputs, raw_results)
+                self.drift.observe(model.name, model.version, model.batchable, inputs, raw_results, rows)
             except Exception:  # profiling must never fail a computed answer
                 log.exception("drift profiling of model %s failed", model.name)
         if self.recorder is not None:
@@ -810,7 +810,7 @@ def _drift_monitor(settings: WorkerSettings, metrics: WorkerMetrics) -> Any:
 
     config = DriftConfig(
         window_seconds=settings.drift_window_seconds, upload_seconds=settings.drift_upload_seconds,
-        k=settings.drift_k, max_features=settings.drift_max_features,
+        k=settings.drift_k, max_features=settings.drift_max_features, sample_rate=settings.drift_sample_rate,
         thresholds=Thresholds(settings.drift_threshold, settings.drift_psi_threshold, settings.drift_min_samples),
     )  # fmt: skip
     lookup = (

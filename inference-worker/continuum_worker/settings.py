@@ -134,6 +134,10 @@ class WorkerSettings(BaseSettings):
         900.0, gt=0, description="drift: period of the summaries recorded in the state and synced upstream"
     )
     drift_k: int = Field(200, ge=8, le=65535, description="drift: KLL sketch size (200: 1.65 % rank error)")
+    drift_sample_rate: float = Field(
+        500.0, ge=0, description="drift: rows per second per model version profiled at most; above it a uniform random "
+        "sample of the requests (rows seen are counted); 0: every row",
+    )
     drift_max_features: int = Field(
         256, ge=1, description="drift: widest input profiled element by element; wider: per-channel stats or block means"
     )

@@ -73,6 +73,10 @@ def test_a_site_detects_drift_and_the_cloud_merges_its_summaries(
     view = _drift(site)  # closes the due window (and the upload period)
     assert view["drifting"] and view["last"]["samples"] == 300 and view["reference"]["rows"] == 4000, view
     closed = view["last"]["samples"]
+    # below --drift-sample-rate (500 rows/s, and the first window is profiled in full): every row
+    assert view["last"]["rows_seen"] == closed and view["last"]["sample_fraction"] == 1.0
+    assert view["sampling"]["rate"] == 500.0 and view["sampling"]["rows_seen"] == 300
+    assert site.metric("continuum_drift_rows_seen_total", model="mlp", version="1") == 300
     assert (
         view["upstream"]["summaries"] == 1
         and 0 < view["upstream"]["summary_bytes"] < view["upstream"]["input_bytes"]
@@ -90,6 +94,8 @@ def test_a_site_detects_drift_and_the_cloud_merges_its_summaries(
         time.sleep(0.2)
     assert fleet is not None, "the summary never reached the cloud replica"
     assert fleet["rows"] == closed and len(fleet["replicas"]) == 1 and fleet["report"]["drifting"]
+    assert fleet["rows_seen"] == closed and fleet["weighted_by"] == "profiled rows"
+    assert list(fleet["sites"].values()) == [{"rows": closed, "rows_seen": closed}]
     assert fleet["input_bytes"] == closed * 64 * 4  # the cloud knows how much data it did not receive
 
 

@@ -1,16 +1,25 @@
 """The worker's drift monitor: profiles per model version and window, scores, metrics, summaries.
 
-``observe()`` runs on the request path after a successful inference: it copies the request's rows into
-the open window's buffers (the sketches take them in blocks) and, when the window is due, closes it.
-A window closes after ``window_seconds`` once it has ``min_samples`` rows (a quiet site's window
-stretches until it has, or until ``upload_seconds``); a closed window is scored against the
+``observe()`` runs on the request path after a successful inference. It profiles a uniform random
+sample of the requests, capped at ``sample_rate`` rows per second per model version: each request is
+profiled with a probability ``p`` that is fixed for the window (a Bernoulli sample, drawn as geometric
+skips, so an unprofiled request costs a counter decrement) and set when the window opens from the
+rate the previous window saw (``p = 1`` at or below the cap: every row is profiled). A profiled
+request is filed into the open window (the sketches take the rows in blocks). A window closes after
+``window_seconds`` once it has ``min_samples`` profiled rows (a quiet site's window stretches until it
+has, or until ``upload_seconds``), or sooner, once it has profiled more than twice the cap's rows for
+its age (the traffic rose: the next window's ``p`` follows). A closed window is scored against the
 reference and merged into the upload period, whose compact summary goes to the
 :class:`~continuum_worker.drift.upstream.SummarySink` (the CRDT state) every ``upload_seconds``.
+Windows count the rows they saw and the rows they profiled; merges (the upload period, the fleet)
+weigh each window by its profiled rows (docs/drift.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,10 +47,43 @@ class DriftConfig:
     max_features: int = 256
     thresholds: Thresholds = field(default_factory=Thresholds)
     window_k: int | None = None  # the scored windows' sketches (local only); None: max(2k, 400)
+    sample_rate: float = 500.0  # rows per second per model version profiled at most; 0: every row
 
     @property
     def scoring_k(self) -> int:
         return self.window_k if self.window_k else max(2 * self.k, WINDOW_K)
+
+    @property
+    def row_budget(self) -> float:
+        """Rows per second a window is sampled for: the cap, or enough for ``min_samples`` per window
+        (a cap below that would only stretch every window); 0: no cap."""
+        if not self.sample_rate:
+            return 0.0
+        window = self.window_seconds or 1.0
+        return max(self.sample_rate, self.thresholds.min_samples / window)
+
+    def fraction_for(self, rows_per_second: float) -> float:
+        """The sampling probability of a window expected to see ``rows_per_second``."""
+        budget = self.row_budget
+        if not budget or rows_per_second <= budget:
+            return 1.0
+        return budget / rows_per_second
+
+
+def geometric_skip(rng: random.Random, p: float) -> int:
+    """Requests until the next profiled one (1: the next) for a Bernoulli(``p``) sample of requests:
+    the count of a geometric distribution, so counting down to it samples each request independently
+    with probability ``p``."""
+    if p >= 1.0:
+        return 1
+    return 1 + int(math.log(1.0 - rng.random()) / math.log1p(-p))
+
+
+def _rows_of(inputs: Mapping[str, np.ndarray], batched: bool) -> int:
+    if batched:
+        for array in inputs.values():
+            return array.shape[0] if array.ndim else 1
+    return 1
 
 
 class DriftMetrics:
@@ -58,9 +100,21 @@ class DriftMetrics:
             "continuum_drift_drifting", "1 while the last scored window is drifting", labels, **kw
         )
         self.window_samples = Gauge(
-            "continuum_drift_window_samples", "Rows in the last closed window", labels, **kw
+            "continuum_drift_window_samples", "Rows profiled in the last closed window", labels, **kw
         )
         self.samples = Counter("continuum_drift_samples", "Rows profiled", labels, **kw)
+        self.rows_seen = Counter(
+            "continuum_drift_rows_seen",
+            "Rows answered, profiled or not (the profile samples them)",
+            labels,
+            **kw,
+        )
+        self.sample_fraction = Gauge(
+            "continuum_drift_sample_fraction",
+            "Probability that a request is profiled in the open window (1: every request)",
+            labels,
+            **kw,
+        )
         self.windows = Counter(
             "continuum_drift_windows", "Closed windows by status", (*labels, "status"), **kw
         )
@@ -94,11 +148,18 @@ class Track:
     summary_bytes: int = 0
     input_bytes: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    calls: int = 0  # requests since the counters were last updated
+    calls: int = 0  # profiled requests since the counters were last updated
     counted_rows: int = 0
     counted_bytes: int = 0
+    counted_seen: int = 0
     samples_child: Any = None  # the Prometheus children of this model version
     bytes_child: Any = None
+    seen_child: Any = None
+    due: float = 0.0  # when the open window is due to close (its start + window_seconds)
+    fraction: float = 1.0  # the open window's sampling probability
+    skip: int = 1  # requests until the next profiled one (1: the next)
+    rows_seen_total: int = 0  # every row answered since the track started
+    rows_profiled_total: int = 0
 
 
 class DriftMonitor:
@@ -108,13 +169,16 @@ class DriftMonitor:
         reference_lookup: Callable[[str, str], Path | None],
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self.rng = rng if rng is not None else random.Random()
         self.reference_lookup = reference_lookup
         self.metrics = DriftMetrics(registry)
         self.clock = clock
         self.tracks: dict[tuple[str, str], Track] = {}
         self.sink: SummarySink | None = None
+        self._budget = config.row_budget
 
     # -- request path ------------------------------------------------------------------------------
     def observe(
@@ -124,34 +188,77 @@ class DriftMonitor:
         batched: bool,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
+        rows: int | None = None,
     ) -> None:
+        """One answered request (``rows``: its rows, when the caller knows them). Unless it is drawn
+        for the sample, this counts its rows and returns."""
         track = self.tracks.get((model, version))
         now = self.clock()
         if track is None:
             track = self._track(model, version, now)
-        elif now - track.window.start >= self.config.window_seconds:
+        elif now >= track.due:
             self._maybe_close(track, now)
-        track.window.observe(inputs, outputs, batched)
+        track.skip -= 1
+        if track.skip > 0:
+            track.window.rows_seen += rows if rows is not None else _rows_of(inputs, batched)
+            return
+        track.skip = geometric_skip(self.rng, track.fraction)
+        w = track.window
+        w.observe(inputs, outputs, batched)
         track.calls += 1
         if track.calls >= METRICS_EVERY:
             self._count(track)
+        if track.fraction < 1.0 or w.rows >= self.config.thresholds.min_samples:
+            self._check_rate(track, now)
+
+    def _check_rate(self, track: Track, now: float) -> None:
+        """Close the window early when it has profiled more than twice the cap's rows for its age (the
+        traffic rose since its ``p`` was set; the next window's follows); never before it is
+        ``min(1 s, window)`` old and has the minimum sample."""
+        cfg = self.config
+        budget = self._budget
+        if not budget:
+            return
+        w = track.window
+        elapsed = now - w.start
+        if (
+            elapsed >= min(1.0, cfg.window_seconds)
+            and w.rows >= cfg.thresholds.min_samples
+            and w.rows > 2.0 * budget * elapsed
+        ):
+            self._close(track, now)
 
     def _count(self, track: Track) -> None:
-        """Move the rows and bytes profiled since the last call into the counters (every
-        ``METRICS_EVERY`` requests and whenever a window closes or is viewed, not per request)."""
+        """Move the rows and bytes profiled (and the rows seen) since the last call into the counters
+        (every ``METRICS_EVERY`` profiled requests and whenever a window closes or is viewed, not per
+        request)."""
         w = track.window
-        rows, raw = w.rows - track.counted_rows, w.raw_bytes - track.counted_bytes
+        seen = w.rows_seen
+        rows, raw, more = (
+            w.rows - track.counted_rows,
+            w.raw_bytes - track.counted_bytes,
+            seen - track.counted_seen,
+        )
         if rows or raw:
             track.samples_child.inc(rows)
             track.bytes_child.inc(raw)
             track.input_bytes += raw
-        track.counted_rows, track.counted_bytes, track.calls = w.rows, w.raw_bytes, 0
+            track.rows_profiled_total += rows
+        if more:
+            track.seen_child.inc(more)
+            track.rows_seen_total += more
+        track.counted_rows, track.counted_bytes, track.counted_seen, track.calls = (
+            w.rows,
+            w.raw_bytes,
+            seen,
+            0,
+        )
 
     def tick(self) -> None:
         """Close every window that is due (the request path does it too; this covers quiet models)."""
         now = self.clock()
         for track in list(self.tracks.values()):
-            if now - track.window.start >= self.config.window_seconds:
+            if now >= track.due:
                 self._maybe_close(track, now)
 
     # -- windows -----------------------------------------------------------------------------------
@@ -163,10 +270,16 @@ class DriftMonitor:
 
     def _track(self, model: str, version: str, now: float) -> Track:
         track = Track(
-            model, version, self._new_window(model, version, now), self._new_profile(model, version, now)
+            model,
+            version,
+            self._new_window(model, version, now),
+            self._new_profile(model, version, now),
+            due=now + self.config.window_seconds,
         )
         track.samples_child = self.metrics.samples.labels(model, version)
         track.bytes_child = self.metrics.input_bytes.labels(model, version)
+        track.seen_child = self.metrics.rows_seen.labels(model, version)
+        self.metrics.sample_fraction.labels(model, version).set(1.0)
         self._load_reference(track)
         self.tracks[(model, version)] = track
         return track
@@ -194,11 +307,17 @@ class DriftMonitor:
     def _maybe_close(self, track: Track, now: float) -> None:
         w = track.window
         cfg = self.config
-        if w.rows == 0:
+        if w.rows_seen == 0:
             w.start = now
+            track.due = now + cfg.window_seconds
             return
         if w.rows < cfg.thresholds.min_samples and now - w.start < cfg.upload_seconds:
-            return  # a quiet window stretches until it has enough rows to say something
+            return  # a quiet window stretches until it has enough profiled rows to say something
+        self._close(track, now)
+
+    def _close(self, track: Track, now: float) -> None:
+        w = track.window
+        cfg = self.config
         w.end = now
         w.flush()
         self._count(track)  # after the flush: a window's input bytes are summed when its rows are sketched
@@ -208,12 +327,13 @@ class DriftMonitor:
             report = compare(w, track.reference, cfg.thresholds)
         else:
             report = {"status": "no-reference", "drifting": False, "score": None, "samples": w.rows,
+                      "rows_seen": w.rows_seen, "sample_fraction": round(w.sample_fraction, 6),
                       "start": w.start, "end": w.end}  # fmt: skip
         track.last = report
         track.windows += 1
         track.history = [
             *track.history[-23:],
-            {k: report.get(k) for k in ("start", "end", "samples", "score", "status")},
+            {k: report.get(k) for k in ("start", "end", "samples", "rows_seen", "score", "status")},
         ]
         self.metrics.windows.labels(*labels, report["status"]).inc()
         self.metrics.window_samples.labels(*labels).set(w.rows)
@@ -227,7 +347,14 @@ class DriftMonitor:
             track.was_drifting = report["drifting"]
         track.upload.merge(w)
         track.window = self._new_window(track.model, track.version, now)
-        track.counted_rows = track.counted_bytes = 0
+        track.due = now + cfg.window_seconds
+        track.counted_rows = track.counted_bytes = track.counted_seen = 0
+        elapsed = now - w.start
+        if elapsed > 0:  # the next window is sampled for the rate this one saw
+            track.fraction = cfg.fraction_for(w.rows_seen / elapsed)
+        # a fresh draw: the skip drawn with the old p is not a draw of this p
+        track.skip = geometric_skip(self.rng, track.fraction)
+        self.metrics.sample_fraction.labels(*labels).set(track.fraction)
         self.metrics.profile_bytes.labels(*labels).set(
             track.window.memory_bytes() + track.upload.memory_bytes()
         )
@@ -259,6 +386,12 @@ class DriftMonitor:
             track = self._track(model, version, self.clock())
         self._count(track)
         cfg = self.config
+        # the input bytes of every row answered, estimated from the profiled rows' (a uniform sample)
+        seen_bytes = (
+            round(track.input_bytes * track.rows_seen_total / track.rows_profiled_total)
+            if track.rows_profiled_total
+            else 0
+        )
         live = None
         if track.reference is not None and track.window.rows:
             live = compare(track.window, track.reference, cfg.thresholds)
@@ -278,12 +411,15 @@ class DriftMonitor:
             "reference_error": track.reference_error,
             "last": track.last,
             "live": live,
-            "open_window": {"start": track.window.start, "samples": track.window.rows},
+            "open_window": {"start": track.window.start, "samples": track.window.rows,
+                            "rows_seen": track.window.rows_seen},
+            "sampling": {"rate": cfg.sample_rate, "row_budget": cfg.row_budget, "fraction": track.fraction,
+                         "rows_seen": track.rows_seen_total, "rows_profiled": track.rows_profiled_total},
             "windows_closed": track.windows,
             "history": track.history,
             "upstream": {"summaries": track.uploads, "summary_bytes": track.summary_bytes,
-                         "input_bytes": track.input_bytes,
-                         "ratio": (track.summary_bytes / track.input_bytes) if track.input_bytes else None},
+                         "input_bytes": track.input_bytes, "input_bytes_seen": seen_bytes,
+                         "ratio": (track.summary_bytes / seen_bytes) if seen_bytes else None},
         }  # fmt: skip
         out["versions"] = self.versions(model)
         if self.sink is not None:
@@ -301,6 +437,7 @@ class DriftMonitor:
             out[t.version] = {
                 "drifting": bool(last.get("drifting")), "score": last.get("score"),
                 "status": last.get("status", "open"), "samples": last.get("samples", 0),
+                "rows_seen": last.get("rows_seen", 0), "sample_fraction": t.fraction,
                 "end": last.get("end"), "windows_closed": t.windows, "open_samples": t.window.rows,
                 "reference": t.reference is not None,
                 "output_score": last.get("output_score"), "output_psi": last.get("output_psi"),
@@ -316,7 +453,8 @@ class DriftMonitor:
         if profile is None:
             return None
         report = compare(profile, reference, self.config.thresholds) if reference is not None else None
-        return {**info[version], "rows": profile.rows, "input_bytes": profile.raw_bytes, "report": report}
+        return {**info[version], "rows": profile.rows, "rows_seen": profile.rows_seen,
+                "input_bytes": profile.raw_bytes, "report": report}  # fmt: skip
 
     def summary(self) -> list[dict[str, Any]]:
         self.tick()

@@ -166,8 +166,9 @@ class Profile:
     max_features: int = 256
     start: float = 0.0
     end: float = 0.0
-    rows: int = 0
+    rows: int = 0  # rows profiled (in the sketches and class counts)
     raw_bytes: int = 0  # bytes of the input tensors summarized (what shipping them would cost)
+    rows_seen: int = 0  # rows the model answered in the window, profiled or not (the monitor samples)
     sketches: dict[str, kll_floats_sketch] = field(default_factory=dict)
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
     outputs: set[str] = field(default_factory=set)  # the sketches of outputs (score features), not inputs
@@ -202,6 +203,7 @@ class Profile:
                 n = array.shape[0] if array.ndim else 1
                 break
         self.rows += n
+        self.rows_seen += n
         self._pending_rows += n
         self._measure_in -= 1
         if self._measure_in <= 0:
@@ -308,12 +310,18 @@ class Profile:
             for cls, c in counts.items():
                 mine_c[cls] = mine_c.get(cls, 0) + c
         self.rows += other.rows
+        self.rows_seen += other.rows_seen
         self.raw_bytes += other.raw_bytes
         self.start = (
             min(self.start, other.start) if self.start and other.start else (self.start or other.start)
         )
         self.end = max(self.end, other.end)
         return self
+
+    @property
+    def sample_fraction(self) -> float:
+        """Rows profiled / rows seen (1.0 when every row was profiled, or none was seen)."""
+        return self.rows / self.rows_seen if self.rows_seen else 1.0
 
     def empty_copy(self, start: float = 0.0) -> Profile:
         return Profile(self.model, self.version, self.k, self.max_features, start=start)
@@ -328,7 +336,7 @@ class Profile:
         return {
             "format": FORMAT, "model": self.model, "version": self.version, "k": self.k,
             "max_features": self.max_features, "start": self.start, "end": self.end, "rows": self.rows,
-            "raw_bytes": self.raw_bytes, "classes": self.classes,
+            "rows_seen": self.rows_seen, "raw_bytes": self.raw_bytes, "classes": self.classes,
         }  # fmt: skip
 
     def to_bytes(self) -> bytes:
@@ -390,11 +398,12 @@ class Profile:
                 str(o): {str(c): int(n) for c, n in dict(v).items()}
                 for o, v in dict(head.get("classes", {})).items()
             }
+            rows = int(head["rows"])
             return cls(
                 model=str(head["model"]), version=str(head["version"]), k=int(head["k"]),
                 max_features=int(head.get("max_features", 256)), start=float(head.get("start", 0.0)),
-                end=float(head.get("end", 0.0)), rows=int(head["rows"]), raw_bytes=int(head.get("raw_bytes", 0)),
-                sketches=sketches, classes=classes,
+                end=float(head.get("end", 0.0)), rows=rows, raw_bytes=int(head.get("raw_bytes", 0)),
+                rows_seen=int(head.get("rows_seen", rows)), sketches=sketches, classes=classes,
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a drift profile: field {exc}") from None

@@ -4,7 +4,7 @@
   sketches' CDFs (0 = same distribution, 1 = disjoint);
 * every categorical output: the PSI of the class frequencies;
 * the aggregate ``score`` is the largest KS distance; the window is **drifting** when it has at least
-  ``min_samples`` rows and some feature's KS distance exceeds ``threshold`` or some output's PSI
+  ``min_samples`` profiled rows (the sketches' rows: a sampled window's rows seen do not count) and some feature's KS distance exceeds ``threshold`` or some output's PSI
   exceeds ``psi_threshold``. Below ``min_samples`` the report says ``"insufficient"`` and never
   drifting.
 """
@@ -60,6 +60,8 @@ def compare(window: Profile, reference: Profile, t: Thresholds) -> dict[str, Any
         "drifting": drifting,
         "score": round(score, 6),
         "samples": window.rows,
+        "rows_seen": window.rows_seen,
+        "sample_fraction": round(window.sample_fraction, 6),
         "min_samples": t.min_samples,
         "threshold": t.threshold,
         "psi_threshold": t.psi_threshold,

@@ -6,6 +6,12 @@ and keeps its newest ``retention`` entries per model version; entries of any rep
 ``horizon_seconds`` before the newest are removed too (a restarted worker is a new replica: its
 predecessor's entries would otherwise stay forever). Deletions converge like every other update. The state's own sync carries them upstream; a replica that
 receives several sites' entries merges them (:func:`fleet_profiles`) into one fleet-wide profile.
+
+A site profiles a uniform sample of its rows (capped per second, :mod:`~continuum_worker.drift.monitor`),
+so its summaries hold ``rows`` profiled of ``rows_seen`` answered. KLL sketches take no weights: the
+merge weighs every summary by its **profiled** rows, not by the traffic behind them (two sites at or
+above the cap weigh alike whatever their traffic). The fleet view says so (``weighted_by``) and gives
+each replica's rows seen and profiled, so a reader can tell when the mix differs from the traffic's.
 """
 
 from __future__ import annotations
@@ -82,7 +88,9 @@ def fleet_profiles(
     entries: list[tuple[str, str, float, bytes]],
 ) -> tuple[dict[str, Profile], dict[str, dict[str, Any]]]:
     """Merge every site's summaries per version: ``({version: merged profile}, {version: {replicas,
-    windows, bytes}})``. Entries that do not decode are skipped and logged."""
+    windows, bytes, sites: {replica: {rows, rows_seen}}, weighted_by}})``. The merged sketches weigh
+    each summary by its profiled rows (``weighted_by``); ``sites`` gives what each replica saw and
+    profiled. Entries that do not decode are skipped and logged."""
     merged: dict[str, Profile] = {}
     info: dict[str, dict[str, Any]] = {}
     for replica, version, _start, blob in entries:
@@ -95,8 +103,14 @@ def fleet_profiles(
             merged[version].merge(p)
         else:
             merged[version] = p
-        i = info.setdefault(version, {"replicas": set(), "windows": 0, "bytes": 0})
+        i = info.setdefault(
+            version,
+            {"replicas": set(), "windows": 0, "bytes": 0, "sites": {}, "weighted_by": "profiled rows"},
+        )
         i["replicas"].add(replica)
         i["windows"] += 1
         i["bytes"] += len(blob)
+        site = i["sites"].setdefault(replica, {"rows": 0, "rows_seen": 0})
+        site["rows"] += p.rows
+        site["rows_seen"] += p.rows_seen
     return merged, {v: {**i, "replicas": sorted(i["replicas"])} for v, i in info.items()}
