@@ -118,21 +118,18 @@ def test_rendered_objects_are_kept_by_their_workload():
     assert WorkloadKey("ns", "w") not in cache.rendered and RENDERED == "Rendered"
 
 
-class ListsWhileWatching:
-    """A KubeApi stand-in whose lists are snapshots at resourceVersion 10, during which watch events arrive
-    (``during``: called once, while the EdgeNodePool list is being read)."""
+class ListsWhileWriting:
+    """A KubeApi stand-in whose lists are snapshots at resourceVersion 10, during which the operator's own
+    writes reach the cache (``during``: called once, while the list is being read)."""
 
     def __init__(self, objects: dict[str, list[dict]], during) -> None:
         self.objects, self.during = objects, during
 
-    async def list_snapshot(self, api_version, kind, namespace=None, label_selector=None):
-        if kind == "EdgeNodePool" and self.during is not None:
+    async def list_raw(self, api_version, kind, namespace=None, label_selector=None):
+        if self.during is not None:
             self.during()
             self.during = None
-        return copy.deepcopy(self.objects.get(kind, [])), 10
-
-    async def list(self, api_version, kind, namespace=None, label_selector=None):
-        return (await self.list_snapshot(api_version, kind, namespace, label_selector))[0]
+        return copy.deepcopy(self.objects.get(kind, [])), "10"
 
 
 def _pool(name, rv):
@@ -140,31 +137,68 @@ def _pool(name, rv):
             "metadata": {"name": name, "resourceVersion": str(rv)}, "spec": {"tier": "near-edge"}}  # fmt: skip
 
 
-def test_a_prime_keeps_what_the_watch_added_after_its_list_and_forgets_what_it_deleted():
-    """Found on the real control plane: an EdgeNodePool created while the operator started was seen by the
-    watch, then dropped by the start-up list (an older snapshot), and a set never got that site's child."""
-    import asyncio
-
-    cache = ClusterCache()
-    cache.observe_object("EdgeNodePool", "ADDED", _pool("old-gone", 3))  # deleted before the lists: dropped
-    cache.observe_object("EdgeNodePool", "ADDED", _pool("deleted-meanwhile", 8))
-
-    def watch_events() -> None:
-        cache.observe_object("EdgeNodePool", "ADDED", _pool("added-meanwhile", 12))
-        cache.observe_object("EdgeNodePool", "DELETED", _pool("deleted-meanwhile", 13))
-
-    api = ListsWhileWatching(
-        {"EdgeNodePool": [_pool("kept", 5), _pool("deleted-meanwhile", 8)]}, watch_events
-    )
+def _observer(cache: ClusterCache):
+    seen = []
 
     def observe(kind, event_type, body):
+        seen.append((kind, event_type, body["metadata"]["name"]))
         if kind in ("Node", "EdgeNodePool", "Pod"):
             cache.observe_object(kind, event_type, body)
         elif kind == "EdgeWorkload":
             cache.observe_workload(event_type, body)
-        elif kind != RENDERED:
+        elif kind == RENDERED:
+            cache.observe_rendered(event_type, body)
+        else:
             cache.observe_workload_set(event_type, body)
 
-    asyncio.run(cache.prime(api, observe))  # type: ignore[arg-type]
+    return observe, seen
+
+
+def test_a_list_keeps_what_was_added_after_it_and_forgets_what_was_deleted():
+    """Found on the real control plane: an EdgeNodePool created while the operator started was seen by the
+    watch, then dropped by the start-up list (an older snapshot), and a set never got that site's child.
+    A watcher's list (its start, a 410) keeps what is newer than the list and does not bring back what was
+    deleted while it was read; deletions the watch missed are observed."""
+    import asyncio
+
+    from continuum.controller.watch import KINDS, Stream
+
+    cache = ClusterCache()
+    cache.observe_object("EdgeNodePool", "ADDED", _pool("old-gone", 3))  # deleted before the list: dropped
+    cache.observe_object("EdgeNodePool", "ADDED", _pool("deleted-meanwhile", 8))
+
+    def writes() -> None:
+        cache.observe_object("EdgeNodePool", "ADDED", _pool("added-meanwhile", 12))
+        cache.observe_object("EdgeNodePool", "DELETED", _pool("deleted-meanwhile", 13))
+
+    api = ListsWhileWriting({"EdgeNodePool": [_pool("kept", 5), _pool("deleted-meanwhile", 8)]}, writes)
+    observe, seen = _observer(cache)
+    synced = []
+    pools = next(k for k in KINDS if k.name == "EdgeNodePool")
+    stream = Stream(pools, None, cache, observe, lambda: synced.append(True))
+    assert asyncio.run(stream.list(api)) == "10"  # type: ignore[arg-type]
     assert sorted(cache.pools) == ["added-meanwhile", "kept"]
-    assert cache.primed.is_set()
+    assert ("EdgeNodePool", "DELETED", "old-gone") in seen
+    assert synced == [True] and stream.synced
+    assert not cache._tombstones  # remembered only while a list is read
+
+
+def test_a_list_of_one_namespace_touches_only_that_namespace():
+    import asyncio
+
+    from continuum.controller.watch import KINDS, Stream
+
+    def deployment(name, ns, rv):
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv),
+                             "labels": {"continuum.dev/workload": name}}}  # fmt: skip
+
+    cache = ClusterCache()
+    cache.observe_rendered("ADDED", deployment("a", "one", 3))
+    cache.observe_rendered("ADDED", deployment("b", "two", 4))
+    observe, seen = _observer(cache)
+    kind = next(k for k in KINDS if k.name == "Deployment")
+    stream = Stream(kind, "one", cache, observe, lambda: None)
+    asyncio.run(stream.list(ListsWhileWriting({"Deployment": []}, None)))  # type: ignore[arg-type]
+    assert seen == [(RENDERED, "DELETED", "a")]  # gone from "one"; "two" is another stream's
+    assert list(cache.rendered) == [WorkloadKey("two", "b")]

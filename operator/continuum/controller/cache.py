@@ -6,23 +6,24 @@ that primes it. No decisions here.
   what is cached (by ``resourceVersion``) are ignored.
 * :meth:`ClusterCache.snapshot` is the :class:`ClusterSnapshot` placement reads, rebuilt only when a
   fingerprint of what it reads (node labels, allocatable, readiness; pod requests; pool specs) changed.
-* :meth:`ClusterCache.prime` lists everything once and feeds it through the caller's ``observe``,
-  so the first decisions (and the first after becoming the leader) see the whole cluster.
+* :meth:`ClusterCache.relist` takes a watcher's list of one kind (at its start, and after a 410 Gone)
+  through the caller's ``observe``, deletions the watch missed included; :attr:`ClusterCache.primed`
+  is set once every watch has read its first list, so the first decisions see the whole cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from continuum.api.loader import format_validation_error
 from continuum.api.models import (
-    API_VERSION,
     LABEL_POOL,
     LABEL_SITE,
     LABEL_TIER,
@@ -33,7 +34,6 @@ from continuum.api.models import (
 )
 from continuum.api.workloadset import EdgeWorkloadSet
 from continuum.controller.keys import RENDERED, WorkloadKey, WorkloadSetKey
-from continuum.controller.kube import KubeApi
 from continuum.placement.snapshot import ClusterSnapshot, Resources, build_snapshot, node_taints, pod_holds
 
 RENDERED_KINDS = (("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
@@ -115,10 +115,10 @@ class ClusterCache:
         # Deployments/StatefulSets by owning workload, then (kind, name)
         self.rendered: dict[WorkloadKey, dict[tuple[str, str], dict[str, Any]]] = {}
         self.unschedulable: set[WorkloadKey] = set()  # workloads whose status says Unschedulable
-        self.primed = asyncio.Event()
-        self._prime_lock = asyncio.Lock()
-        # while a prime lists, the deletions watch events report: (kind, key) -> resourceVersion of the delete
-        self._tombstones: dict[tuple[str, Any], int] | None = None
+        self.primed = asyncio.Event()  # set once every watch has read its first list
+        # while a watcher lists, the deletions seen: (kind, key) -> resourceVersion of the delete
+        self._lists = 0
+        self._tombstones: dict[tuple[str, Any], int] = {}
         # the placement snapshot, rebuilt when a fingerprint of a node, pod or pool spec changes
         self._fingerprints: dict[tuple[str, Any], Hashable] = {}
         self.version = 0
@@ -230,6 +230,7 @@ class ClusterCache:
         obj_key = (str(body.get("kind") or ""), str(meta.get("name")))
         if event_type == "DELETED":
             objs.pop(obj_key, None)
+            self._tombstone(obj_key[0], (key.namespace, obj_key[1]), body)
             if not objs:
                 self.rendered.pop(key, None)
         else:
@@ -267,78 +268,73 @@ class ClusterCache:
     def same_model(self, namespace: str, model: str) -> list[str]:
         return sorted(self._by_model.get((namespace, model), ()))
 
-    # ------------------------------------------------------------------ the full list --
-    async def ensure_primed(self, api: KubeApi, observe: Observe) -> None:
-        if self.primed.is_set():
-            return
-        async with self._prime_lock:
-            if not self.primed.is_set():
-                await self.prime(api, observe)
+    # ------------------------------------------------------------------ lists (a watcher's start, a 410) --
+    @contextlib.contextmanager
+    def listing(self) -> Iterator[None]:
+        """While a watcher lists a kind, deletions are remembered (tombstones), so that :meth:`relist`
+        does not bring back an object the operator deleted (its own writes go into the cache at once)
+        while the list was read."""
+        self._lists += 1
+        try:
+            yield
+        finally:
+            self._lists -= 1
+            if not self._lists:
+                self._tombstones.clear()
 
     def _tombstone(self, kind: str, key: Any, body: Mapping[str, Any]) -> None:
-        if self._tombstones is not None:
+        if self._lists:
             self._tombstones[(kind, key)] = resource_version(body)
 
-    async def prime(self, api: KubeApi, observe: Observe) -> None:
-        """Replace the caches with a full list (at start, and when this replica becomes the leader);
-        every object, and every deletion missed, goes through ``observe``.
+    def _listed(
+        self, kind: str, namespace: str | None
+    ) -> tuple[Callable[[Mapping[str, Any]], Any], dict[Any, Mapping[str, Any]]]:
+        """How a listed object of ``kind`` is keyed, and the cached objects a list of it (in
+        ``namespace``, or everywhere) would hold."""
 
-        Watch events keep arriving while the lists are read (each list is awaited), so a list can be older
-        than what the cache already holds: an object the cache has with a newer resourceVersion than its
-        kind's list was added after that snapshot and is kept (the real control plane showed an
-        EdgeNodePool created during the operator's start-up dropped this way, and with it a set's site);
-        a listed object whose deletion a watch event reported meanwhile is not brought back."""
-        self._tombstones = {}
-        try:
-            nodes, nodes_rv = await api.list_snapshot("v1", "Node")
-            pools, pools_rv = await api.list_snapshot(API_VERSION, "EdgeNodePool")
-            workloads, workloads_rv = await api.list_snapshot(API_VERSION, "EdgeWorkload")
-            sets, sets_rv = await api.list_snapshot(API_VERSION, EdgeWorkloadSet.KIND)
-            pods, pods_rv = await api.list_snapshot("v1", "Pod")
-            rendered = [
-                obj
-                for api_version, kind in RENDERED_KINDS
-                for obj in await api.list(api_version, kind, label_selector=LABEL_WORKLOAD)
-            ]
-            tombstones = self._tombstones
-        finally:
-            self._tombstones = None
+        def in_ns(ns: str | None) -> bool:
+            return namespace is None or ns == namespace
 
-        def missed(
-            kind: str, cache: Mapping[Any, Mapping[str, Any]], listed: set[Any], snapshot: int
-        ) -> None:
-            """Deletions the watch missed: cached, not listed, and not newer than the list."""
-            for key in set(cache) - listed:
-                if snapshot == 0 or resource_version(cache[key]) <= snapshot:
-                    observe(kind, "DELETED", cache[key])
+        if kind in ("Node", "EdgeNodePool"):
+            return (lambda o: o["metadata"]["name"]), dict(self.nodes if kind == "Node" else self.pools)
+        if kind == "Pod":
+            return (lambda o: (o["metadata"].get("namespace"), o["metadata"]["name"])), {
+                k: v for k, v in self.pods.items() if in_ns(k[0])
+            }
+        if kind == "EdgeWorkload":
+            return _workload_key, {k: v for k, v in self.workloads.items() if in_ns(k.namespace)}
+        if kind == EdgeWorkloadSet.KIND:
+            return _set_key, {k: v for k, v in self.workload_sets.items() if in_ns(k.namespace)}
+        return (lambda o: (o["metadata"].get("namespace") or "default", o["metadata"]["name"])), {
+            (owner.namespace, name): obj
+            for owner, objs in self.rendered.items()
+            if in_ns(owner.namespace)
+            for (obj_kind, name), obj in objs.items()
+            if obj_kind == kind
+        }
 
-        def live(kind: str, key: Any, obj: Mapping[str, Any]) -> bool:
-            deleted_at = tombstones.get((kind, key))
-            return deleted_at is None or resource_version(obj) > deleted_at
+    def relist(
+        self, kind: str, namespace: str | None, items: list[dict[str, Any]], snapshot: int, observe: Observe
+    ) -> None:
+        """Make the cache of ``kind`` (in ``namespace``, or everywhere) what a list read at resourceVersion
+        ``snapshot`` holds; every object, and every deletion missed, goes through ``observe``.
 
-        missed("Node", self.nodes, {o["metadata"]["name"] for o in nodes}, nodes_rv)
-        missed("EdgeNodePool", self.pools, {o["metadata"]["name"] for o in pools}, pools_rv)
-        missed(
-            "Pod", self.pods, {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in pods}, pods_rv
-        )
-        missed("EdgeWorkload", self.workloads, {_workload_key(o) for o in workloads}, workloads_rv)
-        missed(EdgeWorkloadSet.KIND, self.workload_sets, {_set_key(o) for o in sets}, sets_rv)
-        self.rendered.clear()
-        for kind, objs in (("Node", nodes), ("EdgeNodePool", pools), ("Pod", pods)):
-            for obj in objs:
-                meta = obj["metadata"]
-                key = (meta.get("namespace"), meta["name"]) if kind == "Pod" else meta["name"]
-                if live(kind, key, obj):
-                    observe(kind, None, obj)
-        for obj in rendered:
-            observe(RENDERED, None, obj)
-        for obj in workloads:
-            if live("EdgeWorkload", _workload_key(obj), obj):
-                observe("EdgeWorkload", None, obj)
-        for obj in sets:
-            if live(EdgeWorkloadSet.KIND, _set_key(obj), obj):
-                observe(EdgeWorkloadSet.KIND, None, obj)
-        self.primed.set()
+        The operator's own writes reach the cache before their watch events, so the list can be older
+        than what is cached: an object cached with a newer resourceVersion than the list was added after
+        that snapshot and is kept (the real control plane once showed an EdgeNodePool created during the
+        operator's start-up dropped this way, and with it a set's site); a listed object deleted while
+        the list was read (see :meth:`listing`) is not brought back. What changed after the snapshot
+        arrives through the watch that resumes from it."""
+        observed = RENDERED if kind in ("Deployment", "StatefulSet") else kind
+        key_of, cached = self._listed(kind, namespace)
+        listed = {key_of(o) for o in items}
+        for key, obj in cached.items():
+            if key not in listed and (snapshot == 0 or resource_version(obj) <= snapshot):
+                observe(observed, "DELETED", obj)
+        for obj in items:
+            deleted_at = self._tombstones.get((kind, key_of(obj)))
+            if deleted_at is None or resource_version(obj) > deleted_at:
+                observe(observed, None, obj)
 
     # ------------------------------------------------------------------ parsed views --
     def pool_model(self, raw: Mapping[str, Any]) -> tuple[EdgeNodePool | None, str | None]:

@@ -1,8 +1,8 @@
-"""kopf handlers. Each is a few lines: feed a watch event to the :class:`Controller`'s cache and queue.
-
-kopf does what it is good at — credentials, watch streams that survive disconnects, peering, the
-liveness probe, posting Events. The reconciling is done by a pool of workers pulling keys from a work
-queue (:mod:`continuum.controller.queue`), so the operator writes nothing but what it decides: no
+"""kopf handlers: login, start-up and clean-up. kopf does what it is good at — credentials, peering,
+the liveness probe. The watch streams are the operator's own (:mod:`continuum.controller.watch`: kopf's
+per-event handler machinery cost more CPU than the reconciling itself) and feed the
+:class:`Controller`'s cache and queue. The reconciling is done by a pool of workers pulling keys from a
+work queue (:mod:`continuum.controller.queue`), so the operator writes nothing but what it decides: no
 finalizers, no progress or last-handled annotations on the user's objects (decisions live in
 ``status``). API errors are retried per key with exponential backoff, never turned into a status.
 """
@@ -17,20 +17,17 @@ from typing import Any
 import aiohttp
 import kopf
 
-from continuum.api.models import GROUP, LABEL_WORKLOAD, VERSION
 from continuum.controller import metrics
 from continuum.controller.drift_health import DriftProbe
 from continuum.controller.events import EventPoster
 from continuum.controller.ingest_health import IngestProbe, ingest_targets
-from continuum.controller.keys import RENDERED, QueueKey
+from continuum.controller.keys import QueueKey
 from continuum.controller.kube import ApiError, KubeApi
 from continuum.controller.leader import Leadership
 from continuum.controller.manager import Controller
 from continuum.controller.state_health import StateProbe
+from continuum.controller.watch import Watches
 
-POOLS = (GROUP, VERSION, "edgenodepools")
-WORKLOADS = (GROUP, VERSION, "edgeworkloads")
-WORKLOAD_SETS = (GROUP, VERSION, "edgeworkloadsets")
 RETRYABLE = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 log = logging.getLogger("continuum.operator")
@@ -100,6 +97,8 @@ def register(
     @kopf.on.startup(registry=registry)
     async def start(**_: Any) -> None:
         tasks.append(asyncio.create_task(poster.run(controller.api_ready)))
+        watches = Watches(controller.cache, controller.observe, controller.settings.namespaces)
+        tasks.append(asyncio.create_task(watches.run(controller.api_ready, lambda: controller.api)))
         tasks.extend(
             asyncio.create_task(worker(controller, leadership, i)) for i in range(controller.settings.workers)
         )
@@ -143,30 +142,3 @@ def register(
                 await task
         if controller.api is not None:
             await controller.api.close()
-
-    # -- watch events feed the caches and the queue (async: they run in the event loop, no threads) --
-    @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def node_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller.observe("Node", event.get("type"), event["object"])
-
-    @kopf.on.event("", "v1", "pods", registry=registry)
-    async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller.observe("Pod", event.get("type"), event["object"])
-
-    for kind in ("deployments", "statefulsets"):
-
-        @kopf.on.event("apps", "v1", kind, labels={LABEL_WORKLOAD: kopf.PRESENT}, registry=registry)
-        async def rendered_event(event: kopf.RawEvent, **_: Any) -> None:
-            controller.observe(RENDERED, event.get("type"), event["object"])
-
-    @kopf.on.event(*POOLS, registry=registry)
-    async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller.observe("EdgeNodePool", event.get("type"), event["object"])
-
-    @kopf.on.event(*WORKLOADS, registry=registry)
-    async def workload_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller.observe("EdgeWorkload", event.get("type"), event["object"])
-
-    @kopf.on.event(*WORKLOAD_SETS, registry=registry)
-    async def workload_set_event(event: kopf.RawEvent, **_: Any) -> None:
-        controller.observe("EdgeWorkloadSet", event.get("type"), event["object"])

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import contextlib
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -94,6 +95,7 @@ class KubeApi:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: aiohttp.ClientSession | None = None  # watches: their own pool, no total timeout
 
     @classmethod
     def from_connection_info(cls, info: Any) -> KubeApi:
@@ -127,9 +129,37 @@ class KubeApi:
             self._loop = loop
         return self._session
 
+    def _stream_client(self) -> aiohttp.ClientSession:
+        if self._streams is None or self._streams.closed:
+            connector = aiohttp.TCPConnector(limit=0, ssl=self._ssl if self._ssl is not None else True)
+            self._streams = aiohttp.ClientSession(
+                self.server, headers=self._headers, connector=connector, timeout=aiohttp.ClientTimeout()
+            )
+        return self._streams
+
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        for session in (self._session, self._streams):
+            if session is not None and not session.closed:
+                await session.close()
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, path: str, params: Mapping[str, str], read_timeout: float
+    ) -> AsyncIterator[aiohttp.StreamReader]:
+        """A streamed GET (a watch): the body's reader; an error status raises :class:`ApiError`.
+        ``read_timeout`` bounds the silence between two chunks (a dead connection), not the stream."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=read_timeout)
+        async with self._stream_client().get(path, params=params, timeout=timeout) as resp:
+            if resp.status >= 400:
+                try:
+                    data = await resp.json(content_type=None)
+                except (aiohttp.ContentTypeError, ValueError):
+                    data = {"message": await resp.text()}
+                data = data if isinstance(data, dict) else {}
+                raise ApiError(
+                    resp.status, str(data.get("reason", resp.reason)), str(data.get("message", ""))
+                )
+            yield resp.content
 
     async def request(
         self,
@@ -172,6 +202,13 @@ class KubeApi:
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> tuple[builtins.list[dict[str, Any]], int]:
         """The items and the list's resourceVersion (the snapshot they are from; 0 when not a number)."""
+        items, raw = await self.list_raw(api_version, kind, namespace, label_selector)
+        return items, int(raw) if raw.isdigit() else 0
+
+    async def list_raw(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """The items and the list's resourceVersion as the server wrote it (what a watch resumes from)."""
         params = {"labelSelector": label_selector} if label_selector else None
         data = await self.request("GET", path_for(api_version, kind, None, namespace), params=params)
         items = list(data.get("items") or [])
@@ -179,8 +216,7 @@ class KubeApi:
         for item in items:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
-        raw = str((data.get("metadata") or {}).get("resourceVersion") or "0")
-        return items, int(raw) if raw.isdigit() else 0
+        return items, str((data.get("metadata") or {}).get("resourceVersion") or "0")
 
     async def patch(
         self,

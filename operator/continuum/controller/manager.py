@@ -3,10 +3,10 @@ are): :class:`ClusterCache` (watch cache, snapshot, priming), :class:`ClaimsLedg
 each pool), :class:`WorkloadReconciler`, :class:`PoolReconciler` and the :class:`WorkQueue` they are
 fed from.
 
-Watch events (fed by kopf, see :mod:`continuum.controller.handlers`) go through :meth:`Controller.observe`
-into the cache, the ledger and the queue; workers pull keys and reconcile them level-triggered, as
-controller-runtime does. The cache is primed by a full list before the first decision, so a restarted
-operator never decides on a half-loaded cluster. Decisions and the timestamps hysteresis needs live in
+Watch events (the operator's own list+watch streams, :mod:`continuum.controller.watch`) go through
+:meth:`Controller.observe` into the cache, the ledger and the queue; workers pull keys and reconcile them
+level-triggered, as controller-runtime does. No decision is made before every watch has read its first
+list, so a restarted operator never decides on a half-loaded cluster. Decisions and the timestamps hysteresis needs live in
 ``status``: a restart loses nothing.
 """
 
@@ -182,8 +182,7 @@ class Controller:
     async def process(self, key: QueueKey) -> float | None:
         """Reconcile one queued key; returns seconds after which to look again (a deadline), or None."""
         await self.api_ready.wait()
-        assert self.api is not None
-        await self.cache.ensure_primed(self.api, self.observe)
+        await self.cache.primed.wait()  # every watch has read its first list
         if key is Pass.ALL:
             self.enqueue_all()
             return None
@@ -211,8 +210,8 @@ class Controller:
 
     # ------------------------------------------------------------------ narrow callbacks --
     def on_leadership(self) -> None:
-        """This replica starts acting: the caches went stale while kopf's watches were paused."""
-        self.cache.primed.clear()
+        """This replica starts acting: its watches kept the caches current while it stood by, so
+        everything is reconciled against them (once they have read their first lists)."""
         self.queue.add(Pass.ALL)
 
     def state_targets(self) -> list[tuple[WorkloadKey, int]]:

@@ -1,0 +1,134 @@
+"""The operator's watch streams: list, watch from the list's resourceVersion, resume after the server ends
+a watch (from the last object or bookmark seen), list again on 410 Gone (observing deletions missed), back
+off on errors; lines split across chunks are decoded whole."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+from continuum.controller.cache import ClusterCache
+from continuum.controller.kube import ApiError
+from continuum.controller.watch import KINDS, Stream, Watches
+
+
+def pool(name: str, rv: int) -> dict:
+    return {"apiVersion": "continuum.dev/v1alpha1", "kind": "EdgeNodePool",
+            "metadata": {"name": name, "resourceVersion": str(rv)}, "spec": {"tier": "near-edge"}}  # fmt: skip
+
+
+def line(event_type: str, obj: dict) -> bytes:
+    return json.dumps({"type": event_type, "object": obj}).encode() + b"\n"
+
+
+class Body:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+
+    async def readany(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+class Script:
+    """A KubeApi stand-in: lists and watch responses in order; records the watches' parameters."""
+
+    def __init__(self, lists: list, watches: list) -> None:
+        self.lists, self.watches = lists, watches
+        self.params: list[dict] = []
+
+    async def list_raw(self, api_version, kind, namespace=None, label_selector=None):
+        item = self.lists.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path, params, read_timeout):
+        self.params.append(dict(params))
+        if not self.watches:
+            raise asyncio.CancelledError  # the end of the script
+        item = self.watches.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        yield Body(item)
+
+
+def run_stream(script: Script) -> tuple[ClusterCache, list, Stream]:
+    cache = ClusterCache()
+    seen: list = []
+
+    def observe(kind, event_type, body):
+        seen.append((event_type, body["metadata"]["name"]))
+        cache.observe_object(kind, event_type, body)
+
+    kind = next(k for k in KINDS if k.name == "EdgeNodePool")
+    stream = Stream(kind, None, cache, observe, lambda: None)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(stream.run(script))  # type: ignore[arg-type]
+    return cache, seen, stream
+
+
+def test_a_stream_resumes_from_the_last_version_and_lists_again_on_410():
+    added = line("ADDED", pool("b", 6))
+    bookmark = line("BOOKMARK", {"metadata": {"resourceVersion": "9"}})
+    script = Script(
+        lists=[([pool("a", 5)], "5"), ([pool("b", 6), pool("c", 15)], "20")],
+        watches=[
+            [added[:17], added[17:] + bookmark[:30], bookmark[30:]],
+            [line("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"})],
+            [line("DELETED", pool("c", 21)) + line("MODIFIED", pool("b", 22))],
+        ],
+    )
+    cache, seen, stream = run_stream(script)
+    assert [p["resourceVersion"] for p in script.params] == ["5", "9", "20", "22"]
+    assert all(p["watch"] == "true" and p["allowWatchBookmarks"] == "true" for p in script.params)
+    assert seen == [
+        (None, "a"),  # the first list
+        ("ADDED", "b"),  # split over two chunks
+        ("DELETED", "a"),  # the second list (after the 410) no longer has it
+        (None, "b"),
+        (None, "c"),
+        ("DELETED", "c"),
+        ("MODIFIED", "b"),
+    ]
+    assert sorted(cache.pools) == ["b"] and stream.lists == 2
+
+
+def test_a_stream_backs_off_and_lists_again_after_an_error(monkeypatch):
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    script = Script(
+        lists=[
+            ApiError(404, "NotFound", "the CRD is not installed yet"),
+            ([pool("a", 5)], "5"),
+            ([pool("a", 5)], "5"),
+        ],
+        watches=[ApiError(500, "InternalError", "etcd"), []],  # then the server ends a watch: resumed
+    )
+    _, seen, stream = run_stream(script)
+    assert len(sleeps) == 2 and sleeps[1] > sleeps[0]  # exponential
+    assert [p["resourceVersion"] for p in script.params] == ["5", "5", "5"]  # listed again after the error
+    assert seen == [(None, "a"), (None, "a")] and stream.lists == 2
+
+
+def test_the_cache_is_primed_once_every_stream_has_listed():
+    cache = ClusterCache()
+    watches = Watches(cache, lambda *_: None, namespaces=["one", "two"])
+    by_kind: dict[str, list] = {}
+    for stream in watches.streams:
+        by_kind.setdefault(stream.kind.name, []).append(stream.namespace)
+    assert by_kind["EdgeWorkload"] == ["one", "two"] and by_kind["Deployment"] == ["one", "two"]
+    assert by_kind["Pod"] == [None] and by_kind["Node"] == [None]  # pods: capacity on every node
+    for stream in watches.streams[:-1]:
+        stream.synced = True
+        watches._synced()
+    assert not cache.primed.is_set()
+    watches.streams[-1].synced = True
+    watches._synced()
+    assert cache.primed.is_set()
