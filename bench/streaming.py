@@ -49,7 +49,7 @@ STAGES = (
     "batch_wait",
     "compute",
     "to_durable",
-    "durable_to_published",
+    "to_published",
     "receive_to_published",
 )
 FEATURES = 64

@@ -25,8 +25,8 @@ log = logging.getLogger("continuum.worker")
 __all__ = ["ConfigError", "WorkerSettings", "create_app", "is_own_url", "serve"]
 
 
-INGEST_ONLY = ("publish", "ingest_filter", "ingest_summary_secs", "ingest_max_in_flight", "outbox_dir",
-               "outbox_max_messages", "outbox_max_bytes", "outbox_full_policy", "mqtt_client_id")
+INGEST_ONLY = ("publish", "ingest_filter", "ingest_summary_secs", "ingest_max_in_flight", "ingest_publish_after",
+               "outbox_dir", "outbox_max_messages", "outbox_max_bytes", "outbox_full_policy", "mqtt_client_id")
 
 
 class ConfigError(RuntimeError):

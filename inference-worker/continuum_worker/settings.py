@@ -98,6 +98,10 @@ class WorkerSettings(BaseSettings):
     ingest_max_in_flight: int = Field(
         256, ge=1, le=65535, description="source messages received and not yet acknowledged (the broker holds the rest)"
     )
+    ingest_publish_after: Literal["written", "durable"] = Field(
+        "written", description="publish a result of an MQTT source to an MQTT sink once handed to the outbox "
+        "(written; the source's acknowledgement still waits for the commit) or once committed (durable)",
+    )
     outbox_dir: Path | None = Field(None, description="durable outbox of results (default: <state-dir>/outbox)")
     outbox_max_messages: int = Field(1_000_000, ge=1, description="unpublished records the outbox holds at most")
     outbox_max_bytes: int = Field(2**30, ge=1, description="unpublished payload bytes the outbox holds at most (512Mi, 2G)")

@@ -184,7 +184,7 @@ async def test_end_to_end_v2_json_results_match_http(
     text = metrics(http_port(w))
     assert metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok") == n
     for stage in ("source_to_receive", "receive_to_infer", "batch_wait", "compute", "to_durable",
-                  "durable_to_published", "receive_to_published"):  # fmt: skip
+                  "to_published", "receive_to_published"):  # fmt: skip
         assert metric(text, "continuum_ingest_stage_seconds_count", stage=stage) >= n - 1, stage
     assert metric(text, "nv_inference_request_success", model="mlp", version="1") >= n
     # what the operator shows as status.ingest

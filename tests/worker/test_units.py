@@ -228,6 +228,7 @@ SPECIAL = {
     "--ingest": ("mqtt://a:1/x", "mqtt://b:2/y?decoder=raw&dtype=FP32&shape=-1,4"),
     "--publish": ("mqtt://a:1/r", "mqtt://b:2/r"),
     "--ingest-filter": ("events", "events"),
+    "--ingest-publish-after": ("durable", "durable"),
     "--outbox-full-policy": ("drop-oldest", "drop-oldest"),
     "--outbox-max-bytes": ("7Mi", "9"),
     "--drift-reference": (None, None),  # a file, shorthand only: tests/drift

@@ -211,9 +211,9 @@ async def kafka_publish_loop(
                         headers = [("kind", row.kind.encode()), ("seq", str(row.seq).encode())]
                         if row.msg_id is not None:
                             headers.append(("id", row.msg_id.encode()))
-                        if row.props:
-                            headers.extend((k, str(v).encode()) for k, v in json.loads(row.props).items())
-                        if row.seq <= maybe_sent:
+                        extra = json.loads(row.props) if row.props else {}
+                        headers.extend((k, str(v).encode()) for k, v in extra.items())
+                        if row.seq <= maybe_sent and "redelivered" not in extra:
                             headers.append(("redelivered", b"1"))
                             metrics.republished.inc()
                         key = row.msg_id.encode() if row.msg_id is not None else None

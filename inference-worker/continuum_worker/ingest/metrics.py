@@ -9,8 +9,8 @@ BUCKETS = (
     2.5e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 1.5e-2, 2e-2, 3e-2,
     5e-2, 7.5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 )  # fmt: skip
-STAGES = ("source_to_receive", "receive_to_infer", "batch_wait", "compute", "to_durable", "durable_to_published",
-          "receive_to_published")  # fmt: skip
+STAGES = ("source_to_receive", "receive_to_infer", "batch_wait", "compute", "to_durable", "to_published",
+          "durable_to_published", "receive_to_published")  # fmt: skip
 
 
 class IngestMetrics:
@@ -24,8 +24,9 @@ class IngestMetrics:
         self.stage = Histogram(
             "continuum_ingest_stage_seconds",
             "Per-stage latency of streamed messages: source_to_receive (publisher's clock: skew shows here only), "
-            "receive_to_infer, batch_wait, compute, to_durable, durable_to_published, receive_to_published "
-            "(these on this worker's monotonic clock)",
+            "receive_to_infer, batch_wait, compute, to_durable (result ready -> commit), to_published (result "
+            "ready -> upstream PUBACK), durable_to_published (commit -> PUBACK, records published after their "
+            "commit only), receive_to_published (these on this worker's monotonic clock)",
             ["stage"], buckets=BUCKETS, registry=r,
         )  # fmt: skip
         self.in_flight = Gauge("continuum_ingest_in_flight", "Source messages received and not yet acknowledged",

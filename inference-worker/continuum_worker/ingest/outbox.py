@@ -2,11 +2,19 @@
 acknowledged or published (store-and-forward).
 
 SQLite in WAL mode with ``synchronous=FULL`` (the state store's durability approach), one writer
-thread doing group commits: every :meth:`Outbox.put` waiting when a commit starts shares its fsync.
-Records get increasing sequence numbers in the order ``put`` was called and are published in that
-order; the publisher's acknowledged position (the *watermark*) is saved in the same database, so a
-restart publishes again at most what was in flight (marked as redelivered). Published records stay
-``retain_published`` more records for deduplication of source redeliveries, then are deleted.
+thread doing group commits: every write queued when a commit starts shares its fsync. Records get
+increasing sequence numbers when they are handed over (:meth:`Outbox.submit`, :meth:`Outbox.put`), are
+committed in that order and published in that order; the publisher's acknowledged position (the
+*watermark*) is saved in the same database, so a restart publishes again at most what was in flight
+(marked as redelivered). Published records stay ``retain_published`` more records for deduplication
+of source redeliveries, then are deleted.
+
+A record handed over with ``early=True`` may be read by the publisher (:meth:`read` with
+``early=True``) before its commit: the *written* mode of ``--ingest-publish-after``. It is never read
+past an older record that may not be read yet, and the watermark never passes :attr:`durable_seq`
+(a record counts as published only once it is both committed and acknowledged upstream). A failed
+commit is retried with the same records and sequence numbers until it succeeds, so sequence numbers
+have no gaps and a record read early is the record that becomes durable.
 
 Bounded by ``max_messages`` and ``max_bytes`` of unpublished records. When full: ``block`` (default)
 makes ``put`` wait, so the worker stops acknowledging and reading and the source broker holds the
@@ -20,6 +28,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -30,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from continuum_worker.ingest.metrics import IngestMetrics
+
+log = logging.getLogger("continuum.worker.ingest")
 
 DB_NAME = "outbox.db"
 _SCHEMA = """
@@ -56,7 +67,7 @@ class Record:
     props: str | None = None  # JSON of extra MQTT 5 user properties
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     seq: int
     topic: str
@@ -64,6 +75,7 @@ class Row:
     kind: str
     msg_id: str | None
     props: str | None
+    early: bool = False  # may be read before its commit
 
 
 @dataclass
@@ -72,7 +84,7 @@ class _Job:
     meta: dict[str, str]
     future: asyncio.Future[Any] | None
     drop_for: tuple[int, int] | None = None  # (records, bytes) to make room for
-    seqs: list[int] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)  # assigned when handed over (event loop)
 
 
 class Outbox:
@@ -86,8 +98,10 @@ class Outbox:
         self.max_messages, self.max_bytes, self.policy = max_messages, max_bytes, policy
         self.retain_published = retain_published
         self.metrics = metrics or IngestMetrics()
-        self.last_seq = 0
-        self.watermark = 0  # highest published seq (saved lazily)
+        self.last_seq = 0  # the newest record handed over
+        self.durable_seq = 0  # every record up to it is committed
+        self._next_seq = 1
+        self.watermark = 0  # highest published seq (saved lazily; never above durable_seq)
         self.pending_count = 0
         self.pending_bytes = 0
         self.dropped = 0
@@ -97,7 +111,6 @@ class Outbox:
         self._read: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._new = asyncio.Event()
         self._space = asyncio.Event()
         self._saved_watermark = 0
         self._sizes: dict[int, int] = {}  # pending seq -> payload size (for exact byte accounting)
@@ -107,6 +120,7 @@ class Outbox:
         )  # (last seq of a put, when)
         self.wakers: set[asyncio.Event] = set()  # set on every put (the publisher's one wake-up event)
         self.closed = True
+        self._closing = False  # the writer stops retrying a failed commit
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -123,6 +137,7 @@ class Outbox:
         self.meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         self.watermark = self._saved_watermark = int(self.meta.get("watermark", "0"))
         self.last_seq = max(self.watermark, db.execute("SELECT COALESCE(MAX(seq), 0) FROM out").fetchone()[0])
+        self.durable_seq = self.last_seq
         # sequence numbers are assigned here, never reused (SQLite's rowid would restart below a deleted maximum)
         self._next_seq = self.last_seq + 1
         for seq, size in db.execute("SELECT seq, length(payload) FROM out WHERE seq > ?", (self.watermark,)):
@@ -147,6 +162,7 @@ class Outbox:
         if self.closed:
             return
         self.closed = True
+        self._closing = True
         self._jobs.put(_Job([], {}, None))  # saves the watermark
         self._jobs.put(None)
         if self._thread is not None:
@@ -158,13 +174,21 @@ class Outbox:
             self._lock_fd = None
 
     # -- writes ------------------------------------------------------------------------------------
-    async def put(self, records: list[Record], meta: dict[str, str] | None = None) -> list[int]:
-        """Durably append ``records`` (and set ``meta``) in one transaction; returns their sequence numbers.
-        Waits for room when full under the ``block`` policy."""
+    async def put(
+        self, records: list[Record], meta: dict[str, str] | None = None, *, early: bool = False
+    ) -> list[int]:
+        """Durably append ``records`` (and set ``meta``) in one transaction; returns their sequence numbers
+        once committed. Waits for room when full under the ``block`` policy."""
+        drop_for = await self.reserve(records)
+        seqs, future = self.submit(records, meta, early=early, drop_for=drop_for)
+        await future
+        return seqs
+
+    async def reserve(self, records: list[Record]) -> tuple[int, int] | None:
+        """Wait until ``records`` fit (``block``); under ``drop-oldest`` what :meth:`submit` must make room for."""
         if self.closed:
             raise OutboxError("outbox is closed")
         size = sum(len(r.payload) for r in records)
-        drop_for = None
         if self.policy == "block":
             waited = False
             while self.pending_count and (self.pending_count + len(records) > self.max_messages
@@ -176,32 +200,43 @@ class Outbox:
                 await self._space.wait()
                 if self.closed:
                     raise OutboxError("outbox is closed")
-        elif (
+            return None
+        if (
             self.pending_count + len(records) > self.max_messages
             or self.pending_bytes + size > self.max_bytes
         ):
-            drop_for = (len(records), size)
+            return (len(records), size)
+        return None
+
+    def submit(
+        self, records: list[Record], meta: dict[str, str] | None = None, *, early: bool = False,
+        drop_for: tuple[int, int] | None = None,
+    ) -> tuple[list[int], asyncio.Future[Any]]:  # fmt: skip
+        """Hand ``records`` over now (sequence numbers in call order) and queue their commit; the future
+        resolves once they are durable. ``early``: the publisher may send them before that (see the module
+        docstring). Call :meth:`reserve` first for the size bounds."""
+        if self.closed:
+            raise OutboxError("outbox is closed")
+        first = self._next_seq
+        seqs = list(range(first, first + len(records)))
+        self._next_seq += len(records)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        job = _Job(records, dict(meta or {}), future, drop_for)
-        self._jobs.put(job)
-        await future
-        for r, seq in zip(records, job.seqs, strict=True):
-            if seq > self.watermark:  # the publisher may have read and published it already
-                if len(self._tail) < TAIL_ROWS:
-                    self._tail[seq] = Row(seq, r.topic, r.payload, r.kind, r.msg_id, r.props)
-                self._sizes[seq] = len(r.payload)
-                self.pending_count += 1
-                self.pending_bytes += len(r.payload)
-        if job.seqs:
-            self.last_seq = max(self.last_seq, job.seqs[-1])
-            if job.seqs[-1] > self.watermark:
-                self._put_times.append((job.seqs[-1], time.time()))
-        self.meta.update(job.meta)
+        self._jobs.put(_Job(records, dict(meta or {}), future, drop_for, seqs))
+        for r, seq in zip(records, seqs, strict=True):
+            if len(self._tail) < TAIL_ROWS:
+                self._tail[seq] = Row(seq, r.topic, r.payload, r.kind, r.msg_id, r.props, early)
+            self._sizes[seq] = len(r.payload)
+            self.pending_count += 1
+            self.pending_bytes += len(r.payload)
+        if seqs:
+            self.last_seq = seqs[-1]
+            self._put_times.append((seqs[-1], time.time()))
+            if early:
+                for waker in self.wakers:
+                    waker.set()
+        self.meta.update(meta or {})
         self._gauges()
-        self._new.set()
-        for waker in self.wakers:
-            waker.set()
-        return job.seqs
+        return seqs, future
 
     def _writer(self, db: sqlite3.Connection) -> None:
         stop = False
@@ -219,34 +254,53 @@ class Outbox:
                     stop = True
                     break
                 jobs.append(nxt)
-            started = time.perf_counter()
-            try:
-                dropped = self._commit(db, jobs)
-            except Exception as exc:  # disk full, I/O: fail the waiting writes (never acknowledged)
-                for j in jobs:
-                    if j.future is not None:
-                        self._resolve(j.future, exc)
-                time.sleep(0.05)
+            backoff = 0.05
+            while True:
+                started = time.perf_counter()
+                try:
+                    dropped = self._commit(db, jobs)
+                    break
+                except Exception as exc:  # disk full, I/O: nothing is acknowledged; the same records again
+                    if self._closing:  # fail the waiting writes: their sources redeliver after a restart
+                        for j in jobs:
+                            if j.future is not None:
+                                self._resolve(j.future, exc)
+                        jobs = []
+                        break
+                    log.error("outbox commit failed (%s); retrying in %.2fs", exc, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            if not jobs:
                 continue
             self.metrics.commits.observe(time.perf_counter() - started)
-            if dropped and self._loop is not None:  # before the writers resume (callbacks run in order)
-                self._loop.call_soon_threadsafe(self._apply_drop, *dropped)
+            last = max((j.seqs[-1] for j in jobs if j.seqs), default=0)
+            if self._loop is not None:
+                # in order on the loop: drops before the writers resume, durability before the futures
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                    if dropped:
+                        self._loop.call_soon_threadsafe(self._apply_drop, *dropped)
+                    if last:
+                        self._loop.call_soon_threadsafe(self._committed, last)
             for j in jobs:
                 if j.future is not None:
                     self._resolve(j.future, None)
         db.close()
 
+    def _committed(self, seq: int) -> None:
+        """Every record up to ``seq`` is durable (event loop)."""
+        if seq > self.durable_seq:
+            self.durable_seq = seq
+            for waker in self.wakers:
+                waker.set()
+
     def _commit(self, db: sqlite3.Connection, jobs: list[_Job]) -> tuple[int, list[int]] | None:
         dropped: tuple[int, list[int]] | None = None
-        next_seq = self._next_seq
+        saved = self._saved_watermark
         db.execute("BEGIN IMMEDIATE")
         try:
             for j in jobs:
                 if j.drop_for is not None:
                     dropped = self._drop(db, *j.drop_for) or dropped
-                first = self._next_seq
-                j.seqs = list(range(first, first + len(j.records)))
-                self._next_seq += len(j.records)
                 db.executemany(
                     "INSERT INTO out (seq, topic, payload, kind, msg_id, key, props) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(seq, r.topic, r.payload, r.kind, r.msg_id, r.key, r.props)
@@ -263,14 +317,17 @@ class Outbox:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self._next_seq = next_seq
+            self._saved_watermark = saved
             raise
         return dropped
 
     def _drop(self, db: sqlite3.Connection, records: int, size: int) -> tuple[int, list[int]] | None:
         """Delete the oldest unpublished records until ``records``/``size`` more fit (writer thread)."""
         wm = self.watermark
-        count, nbytes = self.pending_count, self.pending_bytes
+        # unpublished records in the database (records handed over and not yet committed do not count here)
+        count, nbytes = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0) FROM out WHERE seq > ?", (wm,)
+        ).fetchone()
         # drop at least 1 % of the capacity at a time so a full outbox does not drop on every put
         chunk = max(records, self.max_messages // 100, 1)
         victims: list[int] = []
@@ -318,17 +375,23 @@ class Outbox:
             self._loop.call_soon_threadsafe(done)
 
     # -- reads (event loop thread) -----------------------------------------------------------------
-    def read(self, after: int, limit: int) -> list[Row]:
+    def read(self, after: int, limit: int, *, early: bool = False) -> list[Row]:
+        """Up to ``limit`` records after ``after`` in sequence order: committed ones, and with ``early`` also
+        records handed over with ``early=True`` and not yet committed (never past one that is not)."""
         assert self._read is not None
         after = max(after, self.watermark if self.policy == "drop-oldest" else after)
+        durable = self.durable_seq
         cached: list[Row] = []
         while len(cached) < limit and (row := self._tail.get(after + 1 + len(cached))) is not None:
+            if row.seq > durable and not (early and row.early):
+                break
             cached.append(row)
-        if cached or after >= self.last_seq:
+        if cached or after >= durable:
             return cached
         rows = self._read.execute(
-            "SELECT seq, topic, payload, kind, msg_id, props FROM out WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
+            "SELECT seq, topic, payload, kind, msg_id, props FROM out WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            (after, durable, limit),
         ).fetchall()
         return [Row(*r) for r in rows]
 
@@ -338,17 +401,15 @@ class Outbox:
         # fetchall: a half-read statement would keep this connection's read snapshot open (stale reads)
         return bool(self._read.execute("SELECT 1 FROM out WHERE key = ? LIMIT 1", (key,)).fetchall())
 
-    async def wait_new(self, after: int, timeout: float) -> None:
-        if self.last_seq > after:
-            return
-        self._new.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new.wait(), timeout)
-
     def mark_published(self, seq: int) -> None:
-        """Records up to ``seq`` are acknowledged upstream (saved with the next commit, or by :meth:`flush`)."""
+        """Records up to ``seq`` are acknowledged upstream and committed (saved with the next commit, or by
+        :meth:`flush_watermark`)."""
         if seq <= self.watermark:
             return
+        if seq > self.durable_seq:
+            raise OutboxError(
+                f"record {seq} marked published before its commit (durable up to {self.durable_seq})"
+            )
         while self._sizes:  # insertion order is sequence order
             first = next(iter(self._sizes))
             if first > seq:

@@ -50,6 +50,8 @@ DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 MAX_LATENCY_TRACKED = 200_000
 RETRIES_WHEN_UNAVAILABLE = 3
 ACK_TIMEOUT_SECONDS = 10.0  # a publish unacknowledged this long on a live connection: reconnect and resend
+# records sent and awaiting their PUBACK or their commit, at most (well below the 65,535 packet ids)
+MAX_HELD = 16_384
 
 
 class IngestConfigError(ValueError):
@@ -72,6 +74,7 @@ class IngestConfig:
     client_id: str = "continuum-worker"
     publish_window: int = 256
     reconnect_max_seconds: float = 2.0
+    publish_after: str = "written"  # written: publish once handed to the outbox; durable: once committed
 
     @classmethod
     def from_settings(cls, s: Any) -> IngestConfig:
@@ -93,6 +96,7 @@ class IngestConfig:
             event_threshold=s.event_threshold, summary_secs=s.ingest_summary_secs,
             max_in_flight=s.ingest_max_in_flight, outbox_max_messages=s.outbox_max_messages,
             outbox_max_bytes=s.outbox_max_bytes, outbox_policy=s.outbox_full_policy, client_id=base,
+            publish_after=s.ingest_publish_after,
         )  # fmt: skip
 
 
@@ -106,6 +110,19 @@ class _Work:
     outcome: str = "ok"
     marks: dict[str, float] = field(default_factory=dict)
     summary: tuple[dict[str, int], int] | None = None  # (class counts, events) in filter mode
+    # a redelivery (MQTT DUP) whose result is not durable: its first result may have been published before
+    # its commit (--ingest-publish-after written) by a life that then died; this one is marked redelivered
+    maybe_published: bool = False
+    seqs: list[int] = field(default_factory=list)  # of its records in the outbox
+
+
+@dataclass(slots=True)
+class _Handed:
+    """Messages whose records were handed to the outbox together; ``future``: their commit (None: nothing
+    to write, e.g. duplicates only)."""
+
+    batch: list[_Work]
+    future: asyncio.Future[Any] | None
 
 
 @dataclass(slots=True)
@@ -333,7 +350,7 @@ class IngestService:
         self.in_flight = 0
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._tasks: list[asyncio.Task[None]] = []
-        self._latency: dict[int, tuple[float, float]] = {}  # seq -> (received, durable)
+        self._latency: dict[int, list[float]] = {}  # seq -> [received, result ready, durable (0: not yet)]
         self._protocols = {i: e.protocol for i, e in enumerate(config.sources)}
         self._stopping = False
         self._stage = {s: self.metrics.stage.labels(s) for s in STAGES}
@@ -430,8 +447,14 @@ class IngestService:
             self.metrics.upstream_bytes.labels(row.kind).inc(len(row.payload))
         marks = self._latency.pop(row.seq, None)
         if marks is not None:
-            self._stage["durable_to_published"].observe(now - marks[1])
-            self._stage["receive_to_published"].observe(now - marks[0])
+            self._observe_published(marks, now)
+
+    def _observe_published(self, marks: list[float], acked: float) -> None:
+        received, ready, durable = marks
+        self._stage["to_published"].observe(acked - ready)
+        self._stage["receive_to_published"].observe(acked - received)
+        if durable and acked >= durable:  # published after its commit (durable mode, or a resend)
+            self._stage["durable_to_published"].observe(acked - durable)
 
     async def _run_kafka_source(self, ep: MqttEndpoint) -> None:
         backoff = 0.1
@@ -493,15 +516,20 @@ class IngestService:
 
     async def _consume(self, ep: MqttEndpoint, client: _Client) -> None:
         order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]] = asyncio.Queue()
+        commits: asyncio.Queue[_Handed] = asyncio.Queue()
+        counts = [0, 0]  # messages taken, messages acknowledged (or given up) in this session
         loop = asyncio.get_running_loop()
-        writer = loop.create_task(self._write_in_order(ep, client, order))
-        writer.add_done_callback(lambda _: client.wake.set())
+        writer = loop.create_task(self._write_in_order(ep, order, commits))
+        acker = loop.create_task(self._ack_in_order(ep, client, commits, counts))
+        for task in (writer, acker):
+            task.add_done_callback(lambda _: client.wake.set())
         client.watch_disconnect()
         disconnected, inbox = client._disconnected, client.inbox
         try:
             while True:
-                if writer.done():
-                    writer.result()  # raises what stopped it
+                for task in (writer, acker):
+                    if task.done():
+                        task.result()  # raises what stopped it
                 if disconnected.done():
                     reason = None if disconnected.cancelled() else disconnected.exception()
                     raise aiomqtt.MqttError(f"disconnected from the source broker ({reason})")
@@ -512,69 +540,106 @@ class IngestService:
                 message = inbox.popleft()
                 await self._slots.acquire()  # no suspension while a slot is free
                 self.in_flight += 1
+                counts[0] += 1
                 work = _Work(message, time.perf_counter())
                 work.marks["wall"] = time.time()
                 order.put_nowait((work, loop.create_task(self._process(ep, work))))
         finally:
-            self.metrics.in_flight.set(self.in_flight)
             # messages in flight still reach the outbox (they are redelivered anyway: not acknowledged)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._drain_order(order), timeout=5.0)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+                await asyncio.wait_for(self._drain(order, commits, writer, acker), timeout=5.0)
+            for task in (writer, acker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            left = counts[0] - counts[1]  # taken and never acknowledged: the broker sends them again
+            for _ in range(left):
+                self._slots.release()
+            self.in_flight -= left
+            self.metrics.in_flight.set(self.in_flight)
 
-    async def _drain_order(self, order: asyncio.Queue[Any]) -> None:
-        while not order.empty():
+    async def _drain(
+        self, order: asyncio.Queue[Any], commits: asyncio.Queue[Any], *tasks: asyncio.Task[None]
+    ) -> None:
+        while (not order.empty() or not commits.empty()) and not all(t.done() for t in tasks):
             await asyncio.sleep(0.005)
 
     async def _write_in_order(
-        self, ep: MqttEndpoint, client: _Client, order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]]
-    ) -> None:
-        """Results become durable in arrival order (per source, several per commit); then acknowledged."""
+        self, ep: MqttEndpoint, order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]],
+        commits: asyncio.Queue[_Handed],
+    ) -> None:  # fmt: skip
+        """Results are handed to the outbox in arrival order (per source, several per commit) as soon as
+        they are ready, without waiting for the previous commit: with ``--ingest-publish-after written`` the
+        publisher may send them at once. :meth:`_ack_in_order` acknowledges them once durable."""
+        early = self.config.publish_after == "written" and ep.scheme == "mqtt"
         while True:
             first = await order.get()
-            batch = [first]
+            batch = [first[0]]
             await first[1]
             while not order.empty() and order._queue[0][1].done():  # type: ignore[attr-defined]
-                batch.append(order.get_nowait())
+                batch.append(order.get_nowait()[0])
             records: list[Record] = []
             meta: dict[str, str] = {}
-            for work, _ in batch:
+            for work in batch:
                 records.extend(work.records)
                 if work.summary is not None:
                     self.summary.add(*work.summary)
             if self.config.filter == "events":
                 meta["summary"] = self.summary.dumps()
-            backoff = 0.05
-            while True:
-                try:
-                    seqs = await self.outbox.put(records, meta) if (records or meta) else []
+            future = None
+            if records or meta:
+                drop_for = await self.outbox.reserve(records)
+                seqs, future = self.outbox.submit(records, meta, early=early, drop_for=drop_for)
+                i = 0
+                for work in batch:
+                    ready = work.marks.get("done", work.received)
+                    for _ in work.records:
+                        if len(self._latency) < MAX_LATENCY_TRACKED:
+                            self._latency[seqs[i]] = [work.received, ready, 0.0]
+                        i += 1
+                    work.seqs = seqs[i - len(work.records) : i]
+            commits.put_nowait(_Handed(batch, future))
+
+    async def _ack_in_order(
+        self, ep: MqttEndpoint, client: _Client, commits: asyncio.Queue[_Handed], counts: list[int]
+    ) -> None:
+        """Acknowledge source messages in arrival order, each only once its results are durable; the
+        acknowledgements of one group commit go out in one write."""
+        to_durable = self._stage["to_durable"]
+        while True:
+            handed = [await commits.get()]
+            if handed[0].future is not None:
+                await handed[0].future  # OutboxError (closing): nothing more is acknowledged
+            while not commits.empty():
+                nxt = commits._queue[0]  # type: ignore[attr-defined]
+                if nxt.future is not None and not nxt.future.done():
                     break
-                except OutboxError as exc:  # disk full, I/O: nothing is acknowledged; retry
-                    log.error("outbox write failed (%s); retrying in %.2fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                commits.get_nowait()
+                if nxt.future is not None:
+                    nxt.future.result()
+                handed.append(nxt)
             durable = time.perf_counter()
-            i = 0
             mids: list[int] = []
             outcomes: collections.Counter[str] = collections.Counter()
-            to_durable = self._stage["to_durable"]
-            for work, _ in batch:
-                for _ in work.records:
-                    if len(self._latency) < MAX_LATENCY_TRACKED:
-                        self._latency[seqs[i]] = (work.received, durable)
-                    i += 1
-                if work.message.qos > 0:
-                    mids.append(work.message.mid)
-                outcomes[work.outcome] += 1
-                if "done" in work.marks:
-                    to_durable.observe(durable - work.marks["done"])
-                self._slots.release()
-            client.ack_many(mids)  # one write for the whole group commit
-            for outcome, n in outcomes.items():
-                self.metrics.messages.labels(ep.topic, outcome).inc(n)
-            self.in_flight -= len(batch)
+            n = 0
+            for h in handed:
+                for work in h.batch:
+                    for seq in work.seqs:
+                        marks = self._latency.get(seq)
+                        if marks is not None:
+                            marks[2] = durable
+                    if work.message.qos > 0:
+                        mids.append(work.message.mid)
+                    outcomes[work.outcome] += 1
+                    if "done" in work.marks:
+                        to_durable.observe(durable - work.marks["done"])
+                    self._slots.release()
+                    n += 1
+            client.ack_many(mids)  # one write for the whole group commit, never before it
+            counts[1] += n
+            for outcome, k in outcomes.items():
+                self.metrics.messages.labels(ep.topic, outcome).inc(k)
+            self.in_flight -= n
             self.metrics.in_flight.set(self.in_flight)
 
     async def _process(self, ep: MqttEndpoint, work: _Work) -> None:
@@ -595,6 +660,7 @@ class IngestService:
             if decoded.key is not None and message.dup and self.outbox.seen(decoded.key):
                 work.outcome = "duplicate"  # its result is durable already: only the acknowledgement was lost
                 return
+            work.maybe_published = message.dup and ep.scheme == "mqtt"
             timings: dict[str, float] = {}
             started = time.perf_counter()
             self._stage["receive_to_infer"].observe(started - work.received)
@@ -624,11 +690,14 @@ class IngestService:
             work.outcome = (
                 "failed" if type(exc) is ServerError or isinstance(exc, Unavailable) else "malformed"
             )
-            work.records = [self._dead_letter(message, msg_id, str(exc), payload, None)]
+            work.maybe_published = message.dup and ep.scheme == "mqtt"
+            work.records = [self._dead_letter(message, msg_id, str(exc), payload, None, work.maybe_published)]
         except Exception as exc:  # never let one message stop the stream
             log.exception("ingest of a message from %s failed", message.topic)
             work.outcome = "failed"
-            work.records = [self._dead_letter(message, msg_id, f"internal error: {exc}", payload, None)]
+            work.maybe_published = message.dup and ep.scheme == "mqtt"
+            work.records = [self._dead_letter(message, msg_id, f"internal error: {exc}", payload, None,
+                                              work.maybe_published)]  # fmt: skip
 
     def _results(
         self, ep: MqttEndpoint, message: _Message, msg_id: str | None, key: str | None, model: Any,
@@ -643,6 +712,8 @@ class IngestService:
             props["source_ts"] = repr(work.marks["source_ts"])
         if HEADER_LENGTH in headers:
             props["inference_header_content_length"] = headers[HEADER_LENGTH]
+        if work.maybe_published:
+            props["redelivered"] = "1"
         sink = self.config.sink.topic
         if self.config.filter == "all":
             return [Record(sink, body, "result", msg_id, key, json.dumps(props))]
@@ -659,14 +730,14 @@ class IngestService:
         return out
 
     def _dead_letter(
-        self, message: _Message, msg_id: str | None, error: str, payload: bytes, key: str | None
-    ) -> Record:
+        self, message: _Message, msg_id: str | None, error: str, payload: bytes, key: str | None,
+        redelivered: bool,
+    ) -> Record:  # fmt: skip
         doc = {"kind": "dead_letter", "source": str(message.topic), "id": msg_id, "error": error,
                "payload_bytes": len(payload),
                "payload_base64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode()}  # fmt: skip
-        return Record(
-            f"{self.config.sink.topic}/dead-letter", json.dumps(doc).encode(), "dead_letter", msg_id, key
-        )
+        return Record(f"{self.config.sink.topic}/dead-letter", json.dumps(doc).encode(), "dead_letter", msg_id,
+                      key, '{"redelivered": "1"}' if redelivered else None)  # fmt: skip
 
     async def _run_summaries(self) -> None:
         while True:
@@ -739,24 +810,27 @@ class IngestService:
 
     async def _publish_loop(self, client: _Client, protocol: str, cursor: int, maybe_sent: int) -> None:
         """A sliding window of QoS 1 publishes, each read of the outbox sent in one write; the watermark
-        advances over the contiguous acknowledged prefix. One wake-up event (a PUBACK, a new record, the
-        disconnection): no task per record or per wait."""
+        advances over the contiguous prefix of records both acknowledged upstream and committed (with
+        ``--ingest-publish-after written`` a record may be sent before its commit). One wake-up event (a
+        PUBACK, a new record, a commit, the disconnection): no task per record or per wait."""
         window, qos = min(self.config.publish_window, client.receive_maximum), self.config.sink.qos
         v5 = protocol == "5"
-        inflight: collections.deque[tuple[Any, int, float]] = (
+        early = self.config.publish_after == "written"
+        outbox = self.outbox
+        inflight: collections.deque[tuple[Any, int]] = (
             collections.deque()
-        )  # (row, packet id or 0, sent)
-        acked: set[int] = set()
+        )  # sent, not yet done: (row, packet id or 0)
+        unacked: dict[int, float] = {}  # packet id -> when sent (monotonic); insertion order is send order
+        acked: dict[int, float] = {}  # packet id -> when its PUBACK came (perf_counter), commit still awaited
         after = cursor
         next_mid = 0
         client.watch_disconnect()
         disconnected = client._disconnected
-        self.outbox.wakers.add(client.wake)
+        outbox.wakers.add(client.wake)
         published = {
             k: self.metrics.published.labels(k) for k in ("result", "event", "summary", "dead_letter")
         }
         upstream = {k: self.metrics.upstream_bytes.labels(k) for k in published}
-        to_published, end_to_end = self._stage["durable_to_published"], self._stage["receive_to_published"]
         warned = False
         try:
             while True:
@@ -764,59 +838,65 @@ class IngestService:
                 if disconnected.done():
                     reason = None if disconnected.cancelled() else disconnected.exception()
                     raise aiomqtt.MqttError(f"disconnected from the upstream broker ({reason})")
-                while client.pubacks:
-                    mid, reason_code = client.pubacks.popleft()
-                    if (
-                        reason_code >= 0x80 and not warned
-                    ):  # the broker refused it: not resent (MQTT 5 semantics)
-                        log.warning("upstream broker refused a publish (reason code 0x%02x)", reason_code)
-                        warned = True
-                    acked.add(mid)
-                if len(inflight) < window:
+                if client.pubacks:
+                    now = time.perf_counter()
+                    while client.pubacks:
+                        mid, reason_code = client.pubacks.popleft()
+                        if (
+                            reason_code >= 0x80 and not warned
+                        ):  # the broker refused it: not resent (MQTT 5 semantics)
+                            log.warning("upstream broker refused a publish (reason code 0x%02x)", reason_code)
+                            warned = True
+                        if unacked.pop(mid, None) is not None:
+                            acked[mid] = now
+                room = min(window - len(unacked), MAX_HELD - len(inflight))
+                if room > 0:
                     frames = []
                     now = time.monotonic()
-                    for row in self.outbox.read(after, window - len(inflight)):
+                    for row in outbox.read(after, room, early=early):
                         after = row.seq
                         mid = 0
                         if row.kind != "seen":
                             if qos:
                                 next_mid = next_mid % 65535 + 1
                                 mid = next_mid
+                                unacked[mid] = now
                             frames.append(self._frame(row, qos, mid, v5, row.seq <= maybe_sent))
-                        inflight.append((row, mid, now))
+                        inflight.append((row, mid))
                         self._sent_hi = max(self._sent_hi, row.seq)
                     client.send_many(frames)
                 last = None
+                durable = outbox.durable_seq
                 now = time.perf_counter()
-                while inflight and (inflight[0][1] == 0 or inflight[0][1] in acked):
-                    row, mid, _ = inflight.popleft()
-                    acked.discard(mid)
+                while inflight:
+                    row, mid = inflight[0]
+                    if row.seq > durable or (mid and mid not in acked):
+                        break  # not yet committed, or not yet acknowledged upstream
+                    inflight.popleft()
+                    done = acked.pop(mid) if mid else now
                     last = row.seq
                     if row.kind != "seen":
                         published[row.kind].inc()
                         upstream[row.kind].inc(len(row.payload))
                     marks = self._latency.pop(row.seq, None)
                     if marks is not None:
-                        to_published.observe(now - marks[1])
-                        end_to_end.observe(now - marks[0])
+                        self._observe_published(marks, done)
                 if last is not None:
-                    self.outbox.mark_published(last)
+                    outbox.mark_published(last)
                     continue
                 if not inflight:
-                    self.outbox.flush_watermark()
+                    outbox.flush_watermark()
                     timeout = 0.2
                 else:
-                    if time.monotonic() - inflight[0][2] > ACK_TIMEOUT_SECONDS:
+                    if unacked and time.monotonic() - next(iter(unacked.values())) > ACK_TIMEOUT_SECONDS:
                         # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
-                        raise aiomqtt.MqttError(
-                            f"no PUBACK for record {inflight[0][0].seq} in {ACK_TIMEOUT_SECONDS:.0f}s"
-                        )
+                        raise aiomqtt.MqttError(f"no PUBACK for a record in {ACK_TIMEOUT_SECONDS:.0f}s")
                     timeout = 1.0
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await client.wake.wait()
         finally:
-            self.outbox.wakers.discard(client.wake)
+            outbox.wakers.discard(client.wake)
 
     def _frame(self, row: Any, qos: int, mid: int, v5: bool, redelivered: bool) -> bytes:
         user = None
@@ -824,9 +904,9 @@ class IngestService:
             user = [("kind", row.kind), ("seq", str(row.seq))]
             if row.msg_id is not None:
                 user.append(("id", row.msg_id))
-            if row.props:
-                user.extend(json.loads(row.props).items())
-            if redelivered:
+            extra = json.loads(row.props) if row.props else {}
+            user.extend(extra.items())
+            if redelivered and "redelivered" not in extra:
                 user.append(("redelivered", "1"))
         if redelivered:
             self.metrics.republished.inc()
