@@ -127,12 +127,13 @@ class Worker:
     args: list[str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    launcher: list[str] | None = None  # instead of -m continuum_worker.cli (tests/ingest/gated_worker.py)
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "inference-worker")}
         env.pop("CONTINUUM_INGEST", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "continuum_worker.cli", "serve", *self.args],
+            [sys.executable, *(self.launcher or ["-m", "continuum_worker.cli"]), "serve", *self.args],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )  # fmt: skip
 
@@ -151,9 +152,9 @@ class Worker:
 def worker_factory(tmp_path: Path) -> Iterator[object]:
     started: list[Worker] = []
 
-    def make(*args: str) -> Worker:
+    def make(*args: str, launcher: list[str] | None = None) -> Worker:
         w = Worker([*args, "--port", str(free_port()), "--grpc-port", "0", "--log-level", "WARNING"],
-                   tmp_path / f"worker{len(started)}.log")  # fmt: skip
+                   tmp_path / f"worker{len(started)}.log", launcher=launcher)  # fmt: skip
         started.append(w)
         return w
 

@@ -75,18 +75,20 @@ def test_rendered_variables_are_what_the_worker_reads(monkeypatch: pytest.Monkey
         monkeypatch.setenv(name, value)
     settings = WorkerSettings(model_name="mlp", model_uri="/m.onnx")
     assert settings.ingest_filter == "all" and settings.event_threshold == 0.9
+    assert settings.ingest_publish_after == "written"  # the spec's default is the worker's
     sources = [parse_endpoint(u, source=True) for u in settings.ingest]
     assert [(s.topic, s.decoder, s.dtype, s.shape, s.input) for s in sources] == [
         ("line/+/features", "raw", "FP32", (-1, 64), "INPUT0"),
         ("line/#", "raw", "FP32", (-1, 64), "INPUT0"),
     ]
     # several replicas share the topics (MQTT 5 shared subscription): each message goes to one of them
-    many = ingest_env(workload(replicas=3, filter="events", eventThreshold=0.8))
+    many = ingest_env(workload(replicas=3, filter="events", eventThreshold=0.8, publishAfter="durable"))
     assert many["CONTINUUM_INGEST"].split() == [
         "mqtt://mosquitto.plant:1883/$share/camera-line/line/+/features",
         "mqtt://mosquitto.plant:1883/$share/camera-line/line/#",
     ]
     assert many["CONTINUUM_INGEST_FILTER"] == "events" and many["CONTINUUM_EVENT_THRESHOLD"] == "0.8"
+    assert many["CONTINUUM_INGEST_PUBLISH_AFTER"] == "durable"
     pool = next(iter(POOLS.values()))
     placement = Placement(pool=pool.name, tier=pool.spec.tier, site=pool.spec.site, estimated_latency_ms=10)
     objs = render_worker_manifests(one, placement, pool, RenderSettings())

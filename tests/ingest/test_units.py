@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -156,6 +159,44 @@ async def test_outbox_full_block_waits_and_drop_oldest_counts(tmp_path: Path) ->
     reopened.open()
     assert [r.payload for r in reopened.read(reopened.watermark, 10)] == [b"2", b"3", b"4"]
     await reopened.close()
+
+
+async def test_outbox_early_records_are_read_before_their_commit_in_order(tmp_path: Path) -> None:
+    """``early`` records may be read before their commit, never past an older record that may not; the
+    watermark never passes the commit; a failed commit is retried with the same sequence numbers."""
+    box = Outbox(tmp_path)
+    box.open()
+    gate = threading.Event()
+    failures = [sqlite3.OperationalError("disk I/O error")]
+    commit = box._commit
+
+    def held(db: Any, jobs: Any) -> Any:
+        gate.wait(10)
+        if failures:
+            raise failures.pop()
+        return commit(db, jobs)
+
+    box._commit = held  # type: ignore[method-assign]
+    s1, f1 = box.submit([Record("t", b"a", "result", "1", "k1")], early=True)
+    s2, f2 = box.submit([Record("t", b"b", "result", "2", "k2")])  # not early: what follows waits behind it
+    s3, f3 = box.submit([Record("t", b"c", "result", "3", "k3")], early=True)
+    assert (s1, s2, s3) == ([1], [2], [3]) and box.last_seq == 3 and box.durable_seq == 0
+    assert [r.seq for r in box.read(0, 10, early=True)] == [1]
+    assert box.read(0, 10) == [] and box.read(1, 10, early=True) == []
+    assert box.pending_count == 3 and not box.seen("k1")
+    with pytest.raises(OutboxError, match="before its commit"):
+        box.mark_published(1)
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(f1, f2, f3), 10)  # after one failed attempt
+    assert not failures and box.durable_seq == 3 and box.seen("k1")
+    assert [r.payload for r in box.read(0, 10)] == [b"a", b"b", b"c"]
+    box.mark_published(3)
+    assert box.pending_count == 0
+    await box.close()
+    again = Outbox(tmp_path)
+    again.open()
+    assert again.watermark == 3 and again.last_seq == 3  # no gap, nothing lost to the failure
+    await again.close()
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ class Outbox:
         self._put_times: collections.deque[tuple[int, float]] = (
             collections.deque()
         )  # (last seq of a put, when)
-        self.wakers: set[asyncio.Event] = set()  # set on every put (the publisher's one wake-up event)
+        self.wakers: set[asyncio.Event] = (
+            set()
+        )  # set on every commit and early hand-over (publishers' wake-up)
+        self.on_durable: Callable[[], None] | None = None  # called on the loop after each commit
         self.closed = True
         self._closing = False  # the writer stops retrying a failed commit
 
@@ -186,27 +190,29 @@ class Outbox:
 
     async def reserve(self, records: list[Record]) -> tuple[int, int] | None:
         """Wait until ``records`` fit (``block``); under ``drop-oldest`` what :meth:`submit` must make room for."""
+        fits, drop_for = self.try_reserve(records)
+        if fits:
+            return drop_for
+        self.metrics.full_waits.inc()
+        while not fits:
+            self._space.clear()
+            await self._space.wait()
+            fits, drop_for = self.try_reserve(records)
+        return drop_for
+
+    def try_reserve(self, records: list[Record]) -> tuple[bool, tuple[int, int] | None]:
+        """Without waiting: whether ``records`` may be handed over now (``block``: they fit, or nothing is
+        pending), and what ``drop-oldest`` must make room for."""
         if self.closed:
             raise OutboxError("outbox is closed")
         size = sum(len(r.payload) for r in records)
-        if self.policy == "block":
-            waited = False
-            while self.pending_count and (self.pending_count + len(records) > self.max_messages
-                                          or self.pending_bytes + size > self.max_bytes):  # fmt: skip
-                if not waited:
-                    self.metrics.full_waits.inc()
-                    waited = True
-                self._space.clear()
-                await self._space.wait()
-                if self.closed:
-                    raise OutboxError("outbox is closed")
-            return None
-        if (
+        over = (
             self.pending_count + len(records) > self.max_messages
             or self.pending_bytes + size > self.max_bytes
-        ):
-            return (len(records), size)
-        return None
+        )
+        if self.policy == "block":
+            return not (over and self.pending_count), None
+        return True, ((len(records), size) if over else None)
 
     def submit(
         self, records: list[Record], meta: dict[str, str] | None = None, *, early: bool = False,
@@ -292,6 +298,8 @@ class Outbox:
             self.durable_seq = seq
             for waker in self.wakers:
                 waker.set()
+            if self.on_durable is not None:
+                self.on_durable()
 
     def _commit(self, db: sqlite3.Connection, jobs: list[_Job]) -> tuple[int, list[int]] | None:
         dropped: tuple[int, list[int]] | None = None

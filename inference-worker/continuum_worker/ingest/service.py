@@ -114,6 +114,24 @@ class _Work:
     # its commit (--ingest-publish-after written) by a life that then died; this one is marked redelivered
     maybe_published: bool = False
     seqs: list[int] = field(default_factory=list)  # of its records in the outbox
+    ready: bool = False  # processed: its records may be handed to the outbox
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Session:
+    """One source connection's messages between receipt and acknowledgement, in arrival order."""
+
+    ep: MqttEndpoint
+    order: collections.deque[_Work] = field(
+        default_factory=collections.deque
+    )  # received, not yet handed over
+    commits: asyncio.Queue[_Handed] = field(
+        default_factory=asyncio.Queue
+    )  # handed over, not yet acknowledged
+    waiting: asyncio.Task[None] | None = None  # handing over waits for outbox room (block policy)
+    taken: int = 0
+    acked: int = 0  # acknowledged, or given up when the session ended
 
 
 @dataclass(slots=True)
@@ -241,7 +259,7 @@ class _Client(aiomqtt.Client):
         self.pubacks: collections.deque[tuple[int, int]] = collections.deque()  # (packet id, reason code)
         pc = self._client
         for attr in ("_handle_publish", "_handle_pubackcomp", "_packet_queue", "_in_packet", "_sock_recv",
-                     "_packet_read", "_loop_rc_handle"):  # fmt: skip
+                     "_packet_read", "_loop_rc_handle", "_out_packet", "_last_msg_out"):  # fmt: skip
             if not hasattr(pc, attr):  # paho-mqtt's internals this relies on (2.x)
                 raise RuntimeError(f"paho-mqtt {getattr(mqtt_client, '__version__', '?')} lacks {attr}")
         pc._handle_publish = self._handle_publish
@@ -325,12 +343,116 @@ class _Client(aiomqtt.Client):
 
     def ack_many(self, mids: list[int]) -> None:
         if mids:
-            data = b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in mids)
-            self._client._packet_queue(_PUBACK, data, 0, 0)
+            self._write(_PUBACK, b"".join(b"\x40\x02" + m.to_bytes(2, "big") for m in mids), 0)
 
     def send_many(self, frames: list[bytes]) -> None:
         if frames:
-            self._client._packet_queue(_PUBLISH_QOS1, b"".join(frames), 0, 1)  # qos 1: no on_publish for it
+            self._write(_PUBLISH_QOS1, b"".join(frames), 1)  # qos 1: no on_publish for it
+
+    def _write(self, command: int, data: bytes, qos: int) -> None:
+        """Send now when paho has nothing queued (its queue would wait for the next writable event: a loop
+        iteration and two epoll changes later); what the socket does not take goes to paho's queue."""
+        pc = self._client
+        sock = pc._sock
+        if sock is not None and not pc._out_packet:
+            try:
+                sent = sock.send(data)
+            except OSError:  # BlockingIOError, or a broken connection that paho's own write reports
+                sent = 0
+            if sent:
+                pc._last_msg_out = mqtt_client.time_func()  # for the keepalive
+            if sent == len(data):
+                return
+            data = data[sent:]
+        pc._packet_queue(command, data, 0, qos)
+
+
+class _Uplink:
+    """The publisher on one upstream connection: a sliding window of QoS 1 publishes in sequence order, each
+    read of the outbox sent in one write; the watermark advances over the contiguous prefix of records both
+    acknowledged upstream and committed (with ``--ingest-publish-after written`` a record may be sent
+    before its commit, never before an older record). Synchronous: called by the publisher's loop and,
+    to save a task switch, right where records are handed over or committed."""
+
+    def __init__(self, service: IngestService, client: _Client, protocol: str, cursor: int, maybe_sent: int):
+        self.service, self.client, self.outbox = service, client, service.outbox
+        self.window = min(service.config.publish_window, client.receive_maximum)
+        self.qos, self.v5 = service.config.sink.qos, protocol == "5"
+        self.early = service.config.publish_after == "written"
+        self.after, self.maybe_sent, self.next_mid = cursor, maybe_sent, 0
+        self.inflight: collections.deque[tuple[Any, int]] = (
+            collections.deque()
+        )  # sent, not done: (row, packet id or 0)
+        self.unacked: dict[
+            int, float
+        ] = {}  # packet id -> when sent (monotonic); insertion order is send order
+        self.acked: dict[int, float] = {}  # packet id -> when its PUBACK came (perf_counter), commit awaited
+        m = service.metrics
+        self.published = {k: m.published.labels(k) for k in ("result", "event", "summary", "dead_letter")}
+        self.upstream = {k: m.upstream_bytes.labels(k) for k in self.published}
+        self.warned = False
+
+    def pump(self) -> None:
+        """Send what may be sent now, up to the window."""
+        room = min(self.window - len(self.unacked), MAX_HELD - len(self.inflight))
+        if room <= 0:
+            return
+        frames = []
+        now = time.monotonic()
+        service = self.service
+        for row in self.outbox.read(self.after, room, early=self.early):
+            self.after = row.seq
+            mid = 0
+            if row.kind != "seen":
+                if self.qos:
+                    self.next_mid = mid = self.next_mid % 65535 + 1
+                    self.unacked[mid] = now
+                frames.append(service._frame(row, self.qos, mid, self.v5, row.seq <= self.maybe_sent))
+            self.inflight.append((row, mid))
+            if row.seq > service._sent_hi:
+                service._sent_hi = row.seq
+        self.client.send_many(frames)
+
+    def take_pubacks(self) -> None:
+        pubacks = self.client.pubacks
+        if not pubacks:
+            return
+        now = time.perf_counter()
+        while pubacks:
+            mid, reason_code = pubacks.popleft()
+            if (
+                reason_code >= 0x80 and not self.warned
+            ):  # the broker refused it: not resent (MQTT 5 semantics)
+                log.warning("upstream broker refused a publish (reason code 0x%02x)", reason_code)
+                self.warned = True
+            if self.unacked.pop(mid, None) is not None:
+                self.acked[mid] = now
+
+    def settle(self) -> bool:
+        """Records acknowledged and committed are published: advance the watermark over them."""
+        inflight, acked, durable = self.inflight, self.acked, self.outbox.durable_seq
+        last = None
+        now = time.perf_counter()
+        while inflight:
+            row, mid = inflight[0]
+            if row.seq > durable or (mid and mid not in acked):
+                break  # not yet committed, or not yet acknowledged upstream
+            inflight.popleft()
+            done = acked.pop(mid) if mid else now
+            last = row.seq
+            if row.kind != "seen":
+                self.published[row.kind].inc()
+                self.upstream[row.kind].inc(len(row.payload))
+            marks = self.service._latency.pop(row.seq, None)
+            if marks is not None:
+                self.service._observe_published(marks, done)
+        if last is None:
+            return False
+        self.outbox.mark_published(last)
+        return True
+
+    def oldest_unacked(self) -> float | None:
+        return next(iter(self.unacked.values()), None)
 
 
 def _protocol(version: str) -> aiomqtt.ProtocolVersion:
@@ -356,6 +478,8 @@ class IngestService:
         self._stage = {s: self.metrics.stage.labels(s) for s in STAGES}
         # what GET /v2/ingest reports per endpoint: connected, and the source's own lag where it has one
         self._connected: dict[str, bool] = {e.uri: False for e in [*config.sources, config.sink]}
+        self._uplink: _Uplink | None = None  # the MQTT publisher while connected
+        self.outbox.on_durable = self._on_durable
         self._source_lag: dict[
             str, float
         ] = {}  # receive time - the publisher's timestamp of the last message
@@ -515,21 +639,16 @@ class IngestService:
             backoff = min(backoff * 2, self.config.reconnect_max_seconds)
 
     async def _consume(self, ep: MqttEndpoint, client: _Client) -> None:
-        order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]] = asyncio.Queue()
-        commits: asyncio.Queue[_Handed] = asyncio.Queue()
-        counts = [0, 0]  # messages taken, messages acknowledged (or given up) in this session
+        session = _Session(ep)
         loop = asyncio.get_running_loop()
-        writer = loop.create_task(self._write_in_order(ep, order, commits))
-        acker = loop.create_task(self._ack_in_order(ep, client, commits, counts))
-        for task in (writer, acker):
-            task.add_done_callback(lambda _: client.wake.set())
+        acker = loop.create_task(self._ack_in_order(ep, client, session))
+        acker.add_done_callback(lambda _: client.wake.set())
         client.watch_disconnect()
         disconnected, inbox = client._disconnected, client.inbox
         try:
             while True:
-                for task in (writer, acker):
-                    if task.done():
-                        task.result()  # raises what stopped it
+                if acker.done():
+                    acker.result()  # raises what stopped it
                 if disconnected.done():
                     reason = None if disconnected.cancelled() else disconnected.exception()
                     raise aiomqtt.MqttError(f"disconnected from the source broker ({reason})")
@@ -540,72 +659,100 @@ class IngestService:
                 message = inbox.popleft()
                 await self._slots.acquire()  # no suspension while a slot is free
                 self.in_flight += 1
-                counts[0] += 1
+                session.taken += 1
                 work = _Work(message, time.perf_counter())
                 work.marks["wall"] = time.time()
-                order.put_nowait((work, loop.create_task(self._process(ep, work))))
+                session.order.append(work)
+                work.task = loop.create_task(self._process(ep, work, session))  # referenced till done
         finally:
             # messages in flight still reach the outbox (they are redelivered anyway: not acknowledged)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._drain(order, commits, writer, acker), timeout=5.0)
-            for task in (writer, acker):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            left = counts[0] - counts[1]  # taken and never acknowledged: the broker sends them again
+                await asyncio.wait_for(self._drain(session, acker), timeout=5.0)
+            for task in (acker, session.waiting):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            left = session.taken - session.acked  # never acknowledged: the broker sends them again
             for _ in range(left):
                 self._slots.release()
             self.in_flight -= left
             self.metrics.in_flight.set(self.in_flight)
 
-    async def _drain(
-        self, order: asyncio.Queue[Any], commits: asyncio.Queue[Any], *tasks: asyncio.Task[None]
-    ) -> None:
-        while (not order.empty() or not commits.empty()) and not all(t.done() for t in tasks):
+    async def _drain(self, session: _Session, acker: asyncio.Task[None]) -> None:
+        while (session.order or not session.commits.empty()) and not acker.done():
             await asyncio.sleep(0.005)
 
-    async def _write_in_order(
-        self, ep: MqttEndpoint, order: asyncio.Queue[tuple[_Work, asyncio.Task[None]]],
-        commits: asyncio.Queue[_Handed],
-    ) -> None:  # fmt: skip
-        """Results are handed to the outbox in arrival order (per source, several per commit) as soon as
-        they are ready, without waiting for the previous commit: with ``--ingest-publish-after written`` the
-        publisher may send them at once. :meth:`_ack_in_order` acknowledges them once durable."""
-        early = self.config.publish_after == "written" and ep.scheme == "mqtt"
-        while True:
-            first = await order.get()
-            batch = [first[0]]
-            await first[1]
-            while not order.empty() and order._queue[0][1].done():  # type: ignore[attr-defined]
-                batch.append(order.get_nowait()[0])
+    def _hand_over(self, session: _Session) -> None:
+        """Hand the processed prefix of the session's messages to the outbox, in arrival order and several
+        per commit, without waiting for the previous commit; called as each message is processed (no task
+        switch in between). With ``--ingest-publish-after written`` the publisher sends them at once;
+        :meth:`_ack_in_order` acknowledges them once durable."""
+        if session.waiting is not None:
+            return  # waiting for room: that task goes on from where it stopped
+        order = session.order
+        handed = False
+        while order and order[0].ready:
+            batch = []
+            while order and order[0].ready:
+                batch.append(order.popleft())
             records: list[Record] = []
-            meta: dict[str, str] = {}
             for work in batch:
                 records.extend(work.records)
                 if work.summary is not None:
                     self.summary.add(*work.summary)
-            if self.config.filter == "events":
-                meta["summary"] = self.summary.dumps()
-            future = None
-            if records or meta:
-                drop_for = await self.outbox.reserve(records)
-                seqs, future = self.outbox.submit(records, meta, early=early, drop_for=drop_for)
-                i = 0
-                for work in batch:
-                    ready = work.marks.get("done", work.received)
-                    for _ in work.records:
-                        if len(self._latency) < MAX_LATENCY_TRACKED:
-                            self._latency[seqs[i]] = [work.received, ready, 0.0]
-                        i += 1
-                    work.seqs = seqs[i - len(work.records) : i]
-            commits.put_nowait(_Handed(batch, future))
+            meta = {"summary": self.summary.dumps()} if self.config.filter == "events" else {}
+            if not (records or meta):
+                session.commits.put_nowait(_Handed(batch, None))
+                continue
+            fits, drop_for = self.outbox.try_reserve(records)
+            if not fits:
+                session.waiting = asyncio.get_running_loop().create_task(
+                    self._hand_over_when_room(session, batch, records, meta)
+                )
+                break
+            self._submit(session, batch, records, meta, drop_for)
+            handed = True
+        if handed and self._uplink is not None and self._early(session.ep):
+            self._uplink.pump()
 
-    async def _ack_in_order(
-        self, ep: MqttEndpoint, client: _Client, commits: asyncio.Queue[_Handed], counts: list[int]
+    async def _hand_over_when_room(
+        self, session: _Session, batch: list[_Work], records: list[Record], meta: dict[str, str]
     ) -> None:
+        try:
+            drop_for = await self.outbox.reserve(records)
+        except OutboxError as exc:  # closed: the messages are not acknowledged and come again
+            log.warning("outbox: %s", exc)
+            return
+        self._submit(session, batch, records, meta, drop_for)
+        session.waiting = None
+        self._hand_over(session)
+        if self._uplink is not None and self._early(session.ep):
+            self._uplink.pump()
+
+    def _early(self, ep: MqttEndpoint) -> bool:
+        return self.config.publish_after == "written" and ep.scheme == "mqtt"
+
+    def _submit(
+        self, session: _Session, batch: list[_Work], records: list[Record], meta: dict[str, str],
+        drop_for: tuple[int, int] | None,
+    ) -> None:  # fmt: skip
+        seqs, future = self.outbox.submit(records, meta, early=self._early(session.ep), drop_for=drop_for)
+        i = 0
+        for work in batch:
+            ready = work.marks.get("done", work.received)
+            for _ in work.records:
+                if len(self._latency) < MAX_LATENCY_TRACKED:
+                    self._latency[seqs[i]] = [work.received, ready, 0.0]
+                i += 1
+            work.seqs = seqs[i - len(work.records) : i]
+        session.commits.put_nowait(_Handed(batch, future))
+
+    async def _ack_in_order(self, ep: MqttEndpoint, client: _Client, session: _Session) -> None:
         """Acknowledge source messages in arrival order, each only once its results are durable; the
         acknowledgements of one group commit go out in one write."""
         to_durable = self._stage["to_durable"]
+        commits = session.commits
         while True:
             handed = [await commits.get()]
             if handed[0].future is not None:
@@ -636,13 +783,18 @@ class IngestService:
                     self._slots.release()
                     n += 1
             client.ack_many(mids)  # one write for the whole group commit, never before it
-            counts[1] += n
+            session.acked += n
             for outcome, k in outcomes.items():
                 self.metrics.messages.labels(ep.topic, outcome).inc(k)
             self.in_flight -= n
             self.metrics.in_flight.set(self.in_flight)
 
-    async def _process(self, ep: MqttEndpoint, work: _Work) -> None:
+    async def _process(self, ep: MqttEndpoint, work: _Work, session: _Session) -> None:
+        await self._infer(ep, work)  # never raises but CancelledError (then nothing after it is acknowledged)
+        work.ready = True
+        self._hand_over(session)
+
+    async def _infer(self, ep: MqttEndpoint, work: _Work) -> None:
         message = work.message
         payload = message.payload
         props = message.properties
@@ -809,86 +961,30 @@ class IngestService:
     _sent_hi = 0
 
     async def _publish_loop(self, client: _Client, protocol: str, cursor: int, maybe_sent: int) -> None:
-        """A sliding window of QoS 1 publishes, each read of the outbox sent in one write; the watermark
-        advances over the contiguous prefix of records both acknowledged upstream and committed (with
-        ``--ingest-publish-after written`` a record may be sent before its commit). One wake-up event (a
-        PUBACK, a new record, a commit, the disconnection): no task per record or per wait."""
-        window, qos = min(self.config.publish_window, client.receive_maximum), self.config.sink.qos
-        v5 = protocol == "5"
-        early = self.config.publish_after == "written"
-        outbox = self.outbox
-        inflight: collections.deque[tuple[Any, int]] = (
-            collections.deque()
-        )  # sent, not yet done: (row, packet id or 0)
-        unacked: dict[int, float] = {}  # packet id -> when sent (monotonic); insertion order is send order
-        acked: dict[int, float] = {}  # packet id -> when its PUBACK came (perf_counter), commit still awaited
-        after = cursor
-        next_mid = 0
+        """Publish the outbox on this connection until it fails (:class:`_Uplink`). One wake-up event (a
+        PUBACK, a commit, the disconnection): no task per record or per wait; records handed over in
+        written mode and commits are sent at once by :meth:`_Uplink.pump` from where they happen."""
+        uplink = _Uplink(self, client, protocol, cursor, maybe_sent)
         client.watch_disconnect()
         disconnected = client._disconnected
-        outbox.wakers.add(client.wake)
-        published = {
-            k: self.metrics.published.labels(k) for k in ("result", "event", "summary", "dead_letter")
-        }
-        upstream = {k: self.metrics.upstream_bytes.labels(k) for k in published}
-        warned = False
+        self.outbox.wakers.add(client.wake)
+        self._uplink = uplink
         try:
             while True:
                 client.wake.clear()  # everything that happened before this is handled below
                 if disconnected.done():
                     reason = None if disconnected.cancelled() else disconnected.exception()
                     raise aiomqtt.MqttError(f"disconnected from the upstream broker ({reason})")
-                if client.pubacks:
-                    now = time.perf_counter()
-                    while client.pubacks:
-                        mid, reason_code = client.pubacks.popleft()
-                        if (
-                            reason_code >= 0x80 and not warned
-                        ):  # the broker refused it: not resent (MQTT 5 semantics)
-                            log.warning("upstream broker refused a publish (reason code 0x%02x)", reason_code)
-                            warned = True
-                        if unacked.pop(mid, None) is not None:
-                            acked[mid] = now
-                room = min(window - len(unacked), MAX_HELD - len(inflight))
-                if room > 0:
-                    frames = []
-                    now = time.monotonic()
-                    for row in outbox.read(after, room, early=early):
-                        after = row.seq
-                        mid = 0
-                        if row.kind != "seen":
-                            if qos:
-                                next_mid = next_mid % 65535 + 1
-                                mid = next_mid
-                                unacked[mid] = now
-                            frames.append(self._frame(row, qos, mid, v5, row.seq <= maybe_sent))
-                        inflight.append((row, mid))
-                        self._sent_hi = max(self._sent_hi, row.seq)
-                    client.send_many(frames)
-                last = None
-                durable = outbox.durable_seq
-                now = time.perf_counter()
-                while inflight:
-                    row, mid = inflight[0]
-                    if row.seq > durable or (mid and mid not in acked):
-                        break  # not yet committed, or not yet acknowledged upstream
-                    inflight.popleft()
-                    done = acked.pop(mid) if mid else now
-                    last = row.seq
-                    if row.kind != "seen":
-                        published[row.kind].inc()
-                        upstream[row.kind].inc(len(row.payload))
-                    marks = self._latency.pop(row.seq, None)
-                    if marks is not None:
-                        self._observe_published(marks, done)
-                if last is not None:
-                    outbox.mark_published(last)
+                uplink.take_pubacks()
+                uplink.pump()
+                if uplink.settle():
                     continue
-                if not inflight:
-                    outbox.flush_watermark()
+                if not uplink.inflight:
+                    self.outbox.flush_watermark()
                     timeout = 0.2
                 else:
-                    if unacked and time.monotonic() - next(iter(unacked.values())) > ACK_TIMEOUT_SECONDS:
+                    oldest = uplink.oldest_unacked()
+                    if oldest is not None and time.monotonic() - oldest > ACK_TIMEOUT_SECONDS:
                         # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
                         raise aiomqtt.MqttError(f"no PUBACK for a record in {ACK_TIMEOUT_SECONDS:.0f}s")
                     timeout = 1.0
@@ -896,7 +992,13 @@ class IngestService:
                     async with asyncio.timeout(timeout):
                         await client.wake.wait()
         finally:
-            outbox.wakers.discard(client.wake)
+            self._uplink = None
+            self.outbox.wakers.discard(client.wake)
+
+    def _on_durable(self) -> None:
+        """A commit: in durable mode its records may go now (no wait for the publisher's wake-up)."""
+        if self._uplink is not None:
+            self._uplink.pump()
 
     def _frame(self, row: Any, qos: int, mid: int, v5: bool, redelivered: bool) -> bytes:
         user = None

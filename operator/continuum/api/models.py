@@ -479,6 +479,10 @@ class IngestSpec(ApiModel):
     publish_topic: str = Field(min_length=1, description="Results (or events) topic; also TOPIC/summary, TOPIC/dead-letter")
     filter: Literal["all", "events"] = Field(default="all", description="events: only rows above the threshold, plus summaries")
     event_threshold: float = Field(default=0.9, description="events filter: top score above it is an event")
+    publish_after: Literal["written", "durable"] = Field(
+        default="written", description="written: a result is published once handed to the outbox (the source is "
+        "acknowledged after its commit either way); durable: once committed",
+    )
     messages_per_second: float = Field(default=0.0, ge=0, description="Expected message rate (the WAN charge)")
     message_bytes: int = Field(default=0, ge=0, description="Expected message size in bytes (the WAN charge)")
 

@@ -142,6 +142,7 @@ def ingest_env(workload: EdgeWorkload) -> dict[str, str]:
         "CONTINUUM_PUBLISH": f"{ingest.publish_broker or ingest.broker}/{ingest.publish_topic}",
         "CONTINUUM_INGEST_FILTER": ingest.filter,
         "CONTINUUM_EVENT_THRESHOLD": str(ingest.event_threshold),
+        "CONTINUUM_INGEST_PUBLISH_AFTER": ingest.publish_after,
     }
 
 
