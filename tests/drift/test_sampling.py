@@ -93,7 +93,8 @@ def test_the_profiled_rows_per_second_are_capped_and_every_row_is_counted(tmp_pa
     sent = _run(mon, clock, 4000, 1.5, pool)  # above twice the cap from the start: the first window
     first = mon.tracks[("m", "1")].last  # (every row profiled) closes once it is 1 s old
     assert first is not None and first["sample_fraction"] == 1.0 and first["samples"] == first["rows_seen"]
-    assert first["end"] - first["start"] == pytest.approx(1.0, abs=0.01)
+    # checked every 64 profiled requests: 1,000 requests/s here
+    assert 1.0 <= first["end"] - first["start"] <= 1.0 + 64 / 1000 + 0.001
     track = mon.tracks[("m", "1")]
     assert track.fraction == pytest.approx(100 / 4000, rel=0.02)  # the next window follows the rate seen
     sent += _run(mon, clock, 4000, 3 * 60.5, pool)
@@ -141,8 +142,9 @@ def test_a_rise_in_traffic_closes_the_window_early_and_the_next_one_follows(tmp_
     assert track.windows >= 3
     closed = track.history[2]
     assert closed["start"] == opened and closed["end"] - opened < 5
-    # closed by the request that took it over twice the cap for its age (or over min_samples, if more)
-    assert closed["samples"] <= max(500, 2 * 100 * (closed["end"] - closed["start"])) + 4
+    # closed once over twice the cap for its age (or over min_samples, if more), checked every 64
+    # profiled requests of 4 rows
+    assert closed["samples"] <= max(500, 2 * 100 * (closed["end"] - closed["start"])) + 64 * 4
     assert track.fraction == pytest.approx(0.01, rel=0.2)  # the next window is sampled for 10,000 rows/s
 
 

@@ -36,7 +36,8 @@ from continuum_worker.drift.upstream import SummarySink, fleet_profiles
 
 log = logging.getLogger("continuum.worker.drift")
 REFERENCE_FILE = "drift_reference.json"
-METRICS_EVERY = 256
+METRICS_EVERY = 256  # profiled requests between counter updates (a multiple of CHECK_EVERY)
+CHECK_EVERY = 64  # profiled requests between checks of the window's profiled rows against the cap
 
 
 @dataclass(frozen=True)
@@ -203,18 +204,18 @@ class DriftMonitor:
             track.window.rows_seen += rows if rows is not None else _rows_of(inputs, batched)
             return
         track.skip = geometric_skip(self.rng, track.fraction)
-        w = track.window
-        w.observe(inputs, outputs, batched)
+        track.window.observe(inputs, outputs, batched)
         track.calls += 1
-        if track.calls >= METRICS_EVERY:
-            self._count(track)
-        if track.fraction < 1.0 or w.rows >= self.config.thresholds.min_samples:
+        if not track.calls % CHECK_EVERY:
+            if track.calls >= METRICS_EVERY:
+                self._count(track)
             self._check_rate(track, now)
 
     def _check_rate(self, track: Track, now: float) -> None:
         """Close the window early when it has profiled more than twice the cap's rows for its age (the
         traffic rose since its ``p`` was set; the next window's follows); never before it is
-        ``min(1 s, window)`` old and has the minimum sample."""
+        ``min(1 s, window)`` old and has the minimum sample. Checked every ``CHECK_EVERY`` profiled
+        requests."""
         cfg = self.config
         budget = self._budget
         if not budget:
