@@ -28,7 +28,7 @@ from continuum.controller.manager import Controller
 from continuum.controller.state_health import StateProbe
 from continuum.controller.watch import Watches
 
-RETRYABLE = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+RETRYABLE = (ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError)  # OSError: connections
 
 log = logging.getLogger("continuum.operator")
 

@@ -1,14 +1,15 @@
-"""A thin async Kubernetes client over aiohttp, authenticated with kopf's own login.
+"""A thin async Kubernetes client (:mod:`continuum.controller.http` for requests, aiohttp for watch
+streams), authenticated with kopf's own login.
 
 Why not the ``kubernetes`` package: it is synchronous (a thread per call inside an asyncio operator),
 and it deserializes into typed models that reject objects it does not expect. kopf already resolves
 credentials (kubeconfig, in-cluster service account, the kubernetes client's exec plugins); this client
-reuses the ``ConnectionInfo`` its login handler returns and speaks plain JSON over one pooled session.
+reuses the ``ConnectionInfo`` its login handler returns and speaks plain JSON (orjson) over pooled
+keep-alive connections.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import builtins
 import contextlib
@@ -19,6 +20,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
+
+from continuum.controller.http import HttpClient
 
 MERGE = "application/merge-patch+json"
 
@@ -78,7 +82,8 @@ def _materialize(data: str | bytes | None, path: Any, suffix: str) -> str | None
 
 
 class KubeApi:
-    """JSON requests against one API server; one session per event loop."""
+    """JSON requests against one API server (:class:`HttpClient`, keep-alive connections of the running
+    loop); watch streams over aiohttp."""
 
     def __init__(
         self,
@@ -89,12 +94,11 @@ class KubeApi:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
-        self._headers = {"Accept": "application/json", **(headers or {})}
+        self._headers = {"Accept": "application/json", "User-Agent": "continuum-operator", **(headers or {})}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._ssl = ssl_context
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: HttpClient | None = None  # requests: continuum.controller.http
         self._streams: aiohttp.ClientSession | None = None  # watches: their own pool, no total timeout
 
     @classmethod
@@ -116,18 +120,10 @@ class KubeApi:
             headers["Authorization"] = f"Basic {basic}"
         return cls(info.server, token=info.token, ssl_context=ctx, headers=headers)
 
-    def _client(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._loop is not loop:
-            connector = aiohttp.TCPConnector(limit=64, ssl=self._ssl if self._ssl is not None else True)
-            self._session = aiohttp.ClientSession(
-                self.server,
-                headers=self._headers,
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=30, connect=10),
-            )
-            self._loop = loop
-        return self._session
+    def _http(self) -> HttpClient:
+        if self._client is None:
+            self._client = HttpClient(self.server, self._headers, self._ssl)
+        return self._client
 
     def _stream_client(self) -> aiohttp.ClientSession:
         if self._streams is None or self._streams.closed:
@@ -138,9 +134,10 @@ class KubeApi:
         return self._streams
 
     async def close(self) -> None:
-        for session in (self._session, self._streams):
-            if session is not None and not session.closed:
-                await session.close()
+        if self._client is not None:
+            self._client.close()
+        if self._streams is not None and not self._streams.closed:
+            await self._streams.close()
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -169,18 +166,16 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        headers = {"Content-Type": content_type} if body is not None else {}
-        async with self._client().request(method, path, json=body, params=params, headers=headers) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except (aiohttp.ContentTypeError, ValueError):
-                data = {"message": await resp.text()}
-            if resp.status >= 400:
-                data = data if isinstance(data, dict) else {}
-                raise ApiError(
-                    resp.status, str(data.get("reason", resp.reason)), str(data.get("message", ""))
-                )
-            return data if isinstance(data, dict) else {}
+        payload = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS) if body is not None else None
+        status, reason, raw = await self._http().request(method, path, payload, params, content_type)
+        try:
+            data = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            data = {"message": raw.decode(errors="replace")}
+        if status >= 400:
+            data = data if isinstance(data, dict) else {}
+            raise ApiError(status, str(data.get("reason", reason)), str(data.get("message", "")))
+        return data if isinstance(data, dict) else {}
 
     # -- conveniences --
     async def get(
