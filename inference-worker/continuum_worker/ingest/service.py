@@ -50,6 +50,8 @@ DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 MAX_LATENCY_TRACKED = 200_000
 RETRIES_WHEN_UNAVAILABLE = 3
 ACK_TIMEOUT_SECONDS = 10.0  # a publish unacknowledged this long on a live connection: reconnect and resend
+# written mode: a commit waits this long after its first write for more to share its fsync
+WRITTEN_GATHER_SECONDS = 0.004
 # records sent and awaiting their PUBACK or their commit, at most (well below the 65,535 packet ids)
 MAX_HELD = 16_384
 
@@ -467,6 +469,9 @@ class IngestService:
         self.outbox = Outbox(
             config.directory, max_messages=config.outbox_max_messages, max_bytes=config.outbox_max_bytes,
             policy=config.outbox_policy, metrics=self.metrics,
+            # written: nothing but the source's acknowledgements waits for a commit; gathering more writes
+            # per fsync saves the writer thread's CPU (0.2 ms per message at 1,000 msg/s without it)
+            gather_seconds=WRITTEN_GATHER_SECONDS if config.publish_after == "written" else 0.0,
         )  # fmt: skip
         self.summary = Summary()
         self.in_flight = 0
