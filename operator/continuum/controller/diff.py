@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from continuum.api.models import LABEL_POOL
 
 
 def digest(obj: Mapping[str, Any]) -> str:
-    """Identity of a manifest as applied; a Secret's data is generated once and never compared."""
+    """Identity of a manifest as applied (kept in memory only); a Secret's data is generated once and never
+    compared."""
     shown = {k: v for k, v in obj.items() if not (obj.get("kind") == "Secret" and k == "data")}
-    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        orjson.dumps(shown, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    ).hexdigest()
 
 
 def unchanged(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
