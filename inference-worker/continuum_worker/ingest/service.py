@@ -132,6 +132,7 @@ class _Session:
         default_factory=asyncio.Queue
     )  # handed over, not yet acknowledged
     waiting: asyncio.Task[None] | None = None  # handing over waits for outbox room (block policy)
+    scheduled: bool = False  # a hand-over is due at the next loop iteration
     taken: int = 0
     acked: int = 0  # acknowledged, or given up when the session ended
 
@@ -690,8 +691,8 @@ class IngestService:
 
     def _hand_over(self, session: _Session) -> None:
         """Hand the processed prefix of the session's messages to the outbox, in arrival order and several
-        per commit, without waiting for the previous commit; called as each message is processed (no task
-        switch in between). With ``--ingest-publish-after written`` the publisher sends them at once;
+        per commit, without waiting for the previous commit; called right after the loop iteration in which
+        messages were processed (no task to wake; those processed together go in one write upstream). With ``--ingest-publish-after written`` the publisher sends them at once;
         :meth:`_ack_in_order` acknowledges them once durable."""
         if session.waiting is not None:
             return  # waiting for room: that task goes on from where it stopped
@@ -797,6 +798,14 @@ class IngestService:
     async def _process(self, ep: MqttEndpoint, work: _Work, session: _Session) -> None:
         await self._infer(ep, work)  # never raises but CancelledError (then nothing after it is acknowledged)
         work.ready = True
+        if (
+            not session.scheduled
+        ):  # the messages processed in this loop iteration: handed over (and sent) at once
+            session.scheduled = True
+            asyncio.get_running_loop().call_soon(self._hand_over_scheduled, session)
+
+    def _hand_over_scheduled(self, session: _Session) -> None:
+        session.scheduled = False
         self._hand_over(session)
 
     async def _infer(self, ep: MqttEndpoint, work: _Work) -> None:
