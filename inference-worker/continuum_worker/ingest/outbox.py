@@ -123,9 +123,7 @@ class Outbox:
         self._put_times: collections.deque[tuple[int, float]] = (
             collections.deque()
         )  # (last seq of a put, when)
-        self.wakers: set[asyncio.Event] = (
-            set()
-        )  # set on every commit and early hand-over (publishers' wake-up)
+        self.wakers: set[asyncio.Event] = set()  # set on every commit (the publishers' wake-up)
         self.on_durable: Callable[[], None] | None = None  # called on the loop after each commit
         self.closed = True
         self._closing = False  # the writer stops retrying a failed commit
@@ -241,9 +239,7 @@ class Outbox:
         if seqs:
             self.last_seq = seqs[-1]
             self._put_times.append((seqs[-1], time.time()))
-            if early:
-                for waker in self.wakers:
-                    waker.set()
+            # no wake-up for early records: the one who hands them over sends them (IngestService._hand_over)
         self.meta.update(meta or {})
         self._gauges()
         return seqs, future
