@@ -184,7 +184,7 @@ async def test_order_holds_when_the_uplink_flaps_mid_stream(
                 await asyncio.sleep(0.15)
                 link.restore()
             await asyncio.gather(*feeds)
-            await results.wait_for(2 * n, 30)
+            await results.wait_for_distinct(2 * n, 30)
             await until(lambda: metric(metrics(http_port(w)), "continuum_ingest_outbox_pending") == 0, 20,
                         "every record to be acknowledged upstream")  # fmt: skip
         check_complete(results, {"cam1": n, "cam2": n})

@@ -69,6 +69,12 @@ class Collector:
         while len(self.messages) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
+    async def wait_for_distinct(self, n: int, timeout: float) -> None:
+        """``n`` different ids (duplicate copies, marked, do not count)."""
+        deadline = time.monotonic() + timeout
+        while len({props(m).get("id") for m in self.messages}) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
 
 def props(m: aiomqtt.Message) -> dict[str, str]:
     return dict(getattr(m.properties, "UserProperty", []) or [])
@@ -181,7 +187,15 @@ async def test_end_to_end_v2_json_results_match_http(
     assert streamed["outputs"][0]["data"] == pytest.approx(direct["outputs"][0]["data"], rel=1e-5)
     first = results.messages[0]
     assert props(first)["source"] == "line/cam1/features" and props(first)["id"] == "cam1-0"
-    text = metrics(http_port(w))
+    # a result may be upstream before its commit (--ingest-publish-after written): the counters follow it
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = metrics(http_port(w))
+        if metric(text, "continuum_ingest_outbox_published_seq") == n and metric(
+            text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok"
+        ) == n:
+            break
+        await asyncio.sleep(0.05)
     assert metric(text, "continuum_ingest_messages_total", source="line/+/features", outcome="ok") == n
     for stage in ("source_to_receive", "receive_to_infer", "batch_wait", "compute", "to_durable",
                   "to_published", "receive_to_published"):  # fmt: skip
@@ -276,7 +290,7 @@ async def test_uplink_cut_every_result_arrives_in_order(
             assert metric(text, "continuum_ingest_broker_connected", role="sink") == 0
             link.restore()
             await asyncio.gather(*feeds)
-            await results.wait_for(2 * n, 25)
+            await results.wait_for_distinct(2 * n, 25)
         check_complete(results, {"cam1": n, "cam2": n})
         # the last PUBACKs may reach the worker after the subscriber has the messages: wait for them while the
         # link is still up (closing it first would strand the last records; they would be resent only on a new
@@ -340,7 +354,7 @@ async def test_sigkill_mid_stream_loses_nothing(
         w2.start()
         await feed
         await wait_ready(w2)
-        await results.wait_for(n, 25)
+        await results.wait_for_distinct(n, 25)
         deadline = time.monotonic() + 3  # let any late duplicates land before checking
         while time.monotonic() < deadline and metric(
             metrics(http_port(w2)), "continuum_ingest_outbox_pending"
