@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from continuum_worker.backends import Backend, BackendChoice, BackendError, TensorSpec, create_backend
-from continuum_worker.batching import DynamicBatcher
+from continuum_worker.batching import DynamicBatcher, timed
 from continuum_worker.protocol import DATATYPES, ProtocolError
 
 log = logging.getLogger("continuum.worker")
@@ -241,11 +241,12 @@ class LoadedModel:
             started = time.perf_counter()
             if self.compute_ema and self.compute_ema < INLINE_BELOW_SECONDS:
                 outputs = self.backend.infer(inputs)
-            else:
+                elapsed = own = time.perf_counter() - started
+            else:  # the decision weighs the model's own time in the thread, not the round trip (see timed)
                 loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self.executor, self.backend.infer, inputs)
-            elapsed = time.perf_counter() - started
-            self.compute_ema = elapsed if not self.compute_ema else 0.9 * self.compute_ema + 0.1 * elapsed
+                outputs, own = await loop.run_in_executor(self.executor, timed, self.backend.infer, inputs)
+                elapsed = time.perf_counter() - started
+            self.compute_ema = own if not self.compute_ema else 0.9 * self.compute_ema + 0.1 * own
             return outputs, 0.0, elapsed, False
         finally:
             self.in_flight -= 1
@@ -257,16 +258,15 @@ class LoadedModel:
         sample = {s.name: _dummy(s) for s in self.inputs}
         loop = asyncio.get_running_loop()
         for _ in range(rounds):
-            started = time.perf_counter()
             try:
-                await loop.run_in_executor(self.executor, self.backend.infer, sample)
+                _, own = await loop.run_in_executor(self.executor, timed, self.backend.infer, sample)
             except BackendError as exc:
                 # Zeros and empty strings are not every model's valid input (a string->number Cast
                 # rejects b""): the model still serves; it only starts cold, in the executor.
                 log.warning("model %s version %s: warm-up skipped (%s)", self.name, self.version, exc)
                 self.compute_ema = 0.0
                 break
-            self.compute_ema = time.perf_counter() - started
+            self.compute_ema = own
         if self.batcher is not None:
             self.batcher.compute_ema = self.compute_ema
         self.ready = True

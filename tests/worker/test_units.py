@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from continuum_worker import cli
-from continuum_worker.backends import BackendChoice, parse_backends
+from continuum_worker.backends import BackendChoice, TensorSpec, parse_backends
 from continuum_worker.batching import DynamicBatcher
+from continuum_worker.models import INLINE_BELOW_SECONDS, LoadedModel
 from continuum_worker.protocol import (
     DATATYPES,
     HEADER_LENGTH,
@@ -178,6 +181,46 @@ async def test_batcher_splits_results_back_and_fails_batches_together(inline: bo
     assert odd[0]["y"].shape == (1, 3) and odd[1]["y"].shape == (2, 2)
     assert (batcher._task is None) == inline  # the inline path never starts the batching task
     await batcher.close()
+
+
+class _FastBackend:
+    """A model that takes microseconds (as the batching bench's MLP): it belongs in the event loop."""
+
+    inputs = outputs = [TensorSpec("x", "FP32", (-1, 2))]
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"x": inputs["x"] * 2}
+
+
+async def _busy_loop(stop: asyncio.Event) -> None:
+    """Other requests' work in the event loop: 3 ms per iteration, so a thread's result waits for it."""
+    while not stop.is_set():
+        time.sleep(0.003)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batcher"])
+async def test_fast_model_returns_to_the_event_loop_from_the_executor(batched: bool) -> None:
+    """One inline run stretched past the threshold (preemption on a busy machine) sends a fast model to the
+    executor; the decision weighs its time in the thread, so it comes back even while the loop is busy
+    (the round trip, which includes waiting for the loop, kept it in the executor for good)."""
+    with ThreadPoolExecutor(1) as pool:
+        model = LoadedModel("m", "1", _FastBackend(), Path("m.onnx"), 8 if batched else 0, 500, pool)  # type: ignore[arg-type]
+        await model.warm()
+        timed_by = model.batcher if batched else model
+        assert timed_by is not None and timed_by.compute_ema < INLINE_BELOW_SECONDS  # warm-up: in the thread
+        timed_by.compute_ema = 0.0166  # as after one inline run of 16.6 ms (seen in the worker under load)
+        stop = asyncio.Event()
+        busy = asyncio.get_running_loop().create_task(_busy_loop(stop))
+        x = {"x": np.ones((1, 2), np.float32)}
+        for _ in range(40):
+            out, *_ = await model.infer(x)
+            np.testing.assert_array_equal(out["x"], x["x"] * 2)
+        stop.set()
+        await busy
+        assert timed_by.compute_ema < INLINE_BELOW_SECONDS
+        if batched:
+            await model.batcher.close()  # type: ignore[union-attr]
 
 
 def test_backend_list() -> None:
