@@ -14,27 +14,14 @@ from continuum_worker.state.doc import StateDoc
 from prometheus_client import CollectorRegistry
 from pycrdt import Map
 
+from tests.drift.support import Clock, write_reference
+
 RNG = np.random.default_rng(11)
 W = RNG.normal(size=(8, 3)).astype(np.float32)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _reference(tmp_path: Path) -> Path:
-    import json
-
-    x = RNG.normal(size=(20_000, 8)).astype(np.float32)
-    p = Profile("m", "1")
-    p.observe({"x": x}, {"y": x @ W}, True)
-    path = tmp_path / "ref.json"
-    path.write_text(json.dumps(p.flush().to_json()))
-    return path
+    return write_reference(tmp_path, RNG, W)
 
 
 def _monitor(

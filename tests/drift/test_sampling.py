@@ -4,7 +4,6 @@ rows."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -18,25 +17,14 @@ from continuum_worker.drift.upstream import StateSink, fleet_profiles
 from continuum_worker.state.doc import StateDoc
 from prometheus_client import CollectorRegistry
 
+from tests.drift.support import Clock, write_reference
+
 RNG = np.random.default_rng(21)
 W = RNG.normal(size=(4, 3)).astype(np.float32)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _reference(tmp_path: Path) -> Path:
-    x = RNG.normal(size=(20_000, 4)).astype(np.float32)
-    p = Profile("m", "1")
-    p.observe({"x": x}, {"y": x @ W}, True)
-    path = tmp_path / "ref.json"
-    path.write_text(json.dumps(p.flush().to_json()))
-    return path
+    return write_reference(tmp_path, RNG, W)
 
 
 def _monitor(tmp_path: Path, clock: Clock, rate: float, registry: CollectorRegistry | None = None,
