@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from continuum.controller.http import HttpClient
+from continuum.controller.kube import ApiError, KubeApi
 
 
 class Server:
@@ -133,3 +135,34 @@ async def test_a_request_without_an_answer_times_out():
         with pytest.raises(TimeoutError):
             await client.request("GET", "/slow", timeout=0.2)
         client.close()
+
+
+async def test_a_rotated_service_account_token_is_read_again_after_a_401(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    valid = {"token": "first"}
+
+    def reply(head: str, body: bytes) -> bytes:
+        if f"Authorization: Bearer {valid['token']}" in head:
+            payload = b'{"kind": "Namespace"}'
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        payload = b'{"reason": "Unauthorized", "message": "Unauthorized"}'
+        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+    server = Server(reply)
+    async with server as url:
+        api = KubeApi(url, token="first", token_file=str(token_file))
+        assert (await api.request("GET", "/api/v1/namespaces/a"))["kind"] == "Namespace"
+        valid["token"] = "second"  # the old one expired; the kubelet rotated the file
+        token_file.write_text("second\n")
+        assert (await api.request("GET", "/api/v1/namespaces/a"))["kind"] == "Namespace"
+        assert server.requests[-2:] == ["GET /api/v1/namespaces/a HTTP/1.1"] * 2  # the 401, then the retry
+        valid["token"] = "third"  # a 401 the file cannot cure is the caller's: no loop
+        with pytest.raises(ApiError) as err:
+            await api.request("GET", "/api/v1/namespaces/a")
+        assert err.value.status == 401
+        without_file = KubeApi(url, token="second")
+        with pytest.raises(ApiError):
+            await without_file.request("GET", "/api/v1/namespaces/a")
+        await api.close()
+        await without_file.close()

@@ -10,6 +10,7 @@ keep-alive connections.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import contextlib
@@ -25,6 +26,8 @@ import orjson
 from continuum.controller.http import HttpClient
 
 MERGE = "application/merge-patch+json"
+# where the kubelet keeps a pod's projected service account token; it rotates the file (bound tokens expire)
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 # apiVersion/kind → (path prefix, plural, namespaced)
 KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
@@ -65,6 +68,14 @@ def path_for(
     return path
 
 
+def _read_token(path: str | None) -> str | None:
+    try:
+        with open(path or "", encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
 def _materialize(data: str | bytes | None, path: Any, suffix: str) -> str | None:
     if path:
         return os.fspath(path) if not isinstance(path, bytes) else path.decode()
@@ -92,11 +103,13 @@ class KubeApi:
         token: str | None = None,
         ssl_context: ssl.SSLContext | bool | None = None,
         headers: Mapping[str, str] | None = None,
+        token_file: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self._headers = {"Accept": "application/json", "User-Agent": "continuum-operator", **(headers or {})}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
+        self.token_file = token_file  # re-read on a 401: the kubelet rotates projected tokens
         self._ssl = ssl_context
         self._client: HttpClient | None = None  # requests: continuum.controller.http
         self._streams: aiohttp.ClientSession | None = None  # watches: their own pool, no total timeout
@@ -118,7 +131,26 @@ class KubeApi:
         if info.username and info.password:
             basic = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
             headers["Authorization"] = f"Basic {basic}"
-        return cls(info.server, token=info.token, ssl_context=ctx, headers=headers)
+        token_file = None
+        if info.token and _read_token(SERVICE_ACCOUNT_TOKEN) == info.token:  # logged in as the pod's account
+            token_file = SERVICE_ACCOUNT_TOKEN
+        return cls(info.server, token=info.token, ssl_context=ctx, headers=headers, token_file=token_file)
+
+    def reload_token(self) -> bool:
+        """After a 401: take the token file's current token if it changed (a rotated projected token);
+        True when it did, and the next requests use it."""
+        token = _read_token(self.token_file) if self.token_file else None
+        if not token or self._headers.get("Authorization") == f"Bearer {token}":
+            return False
+        self._headers["Authorization"] = f"Bearer {token}"
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._streams is not None and not self._streams.closed:
+            # open watches end with their connections and are resumed by their streams with the new token
+            old, self._streams = self._streams, None
+            asyncio.get_running_loop().create_task(old.close())
+        return True
 
     def _http(self) -> HttpClient:
         if self._client is None:
@@ -147,6 +179,8 @@ class KubeApi:
         ``read_timeout`` bounds the silence between two chunks (a dead connection), not the stream."""
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=read_timeout)
         async with self._stream_client().get(path, params=params, timeout=timeout) as resp:
+            if resp.status == 401:
+                self.reload_token()  # the watch's stream lists again (backing off) with the new token
             if resp.status >= 400:
                 try:
                     data = await resp.json(content_type=None)
@@ -168,6 +202,8 @@ class KubeApi:
     ) -> dict[str, Any]:
         payload = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS) if body is not None else None
         status, reason, raw = await self._http().request(method, path, payload, params, content_type)
+        if status == 401 and self.reload_token():  # the kubelet rotated the token: once more with the new one
+            status, reason, raw = await self._http().request(method, path, payload, params, content_type)
         try:
             data = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
