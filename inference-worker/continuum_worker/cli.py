@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from continuum_worker.server import ConfigError, serve
 
     try:
-        _run(serve(settings))
+        _run(serve(settings, freeze_heap=True))
     except ConfigError as exc:
         print(f"continuum-worker: error: {exc}", file=sys.stderr)
         return 2

@@ -54,10 +54,6 @@ def create_app(settings: WorkerSettings) -> tuple[web.Application, DataPlane]:
         except ModelError as exc:
             log.error("not started: %s", exc)
             raise
-        # what start-up built (modules, models, metrics) lives as long as the process: kept out of the cyclic
-        # GC's full passes, which otherwise stopped the loop for 20-50 ms now and then (seen at 1,000 msg/s)
-        gc.collect()
-        gc.freeze()
 
     async def stop(app: web.Application) -> None:
         await plane.stop()
@@ -100,11 +96,19 @@ def create_app(settings: WorkerSettings) -> tuple[web.Application, DataPlane]:
     return app, plane
 
 
-async def serve(settings: WorkerSettings, sock: socket.socket | None = None, ready: Any = None) -> None:
-    """Run until SIGTERM/SIGINT; then readiness turns false, in-flight requests finish, and it stops."""
+async def serve(
+    settings: WorkerSettings, sock: socket.socket | None = None, ready: Any = None, freeze_heap: bool = False
+) -> None:
+    """Run until SIGTERM/SIGINT; then readiness turns false, in-flight requests finish, and it stops.
+    ``freeze_heap``: the process is the worker's alone (``continuum-worker serve``), so what start-up built
+    (modules, models, metrics), which lives as long as the process, is kept out of the cyclic GC's full
+    passes (:func:`gc.freeze`); they otherwise stopped the loop for 20-50 ms now and then (at 1,000 msg/s)."""
     app, plane = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    await runner.setup()  # runs the start-up hooks: the models are loaded and warmed
+    if freeze_heap:
+        gc.collect()
+        gc.freeze()
     site = (
         web.SockSite(runner, sock)
         if sock is not None
