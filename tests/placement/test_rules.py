@@ -6,7 +6,7 @@ from typing import Any
 
 from continuum.api.models import EdgeNodePool, EdgeWorkloadSpec, ReasonCode
 from continuum.placement import build_snapshot, decide
-from continuum.placement.snapshot import PoolUsage
+from continuum.placement.snapshot import PoolUsage, Resources
 
 
 def pool(name: str, tier: str = "near-edge", site: str = "a", **spec: Any) -> EdgeNodePool:
@@ -117,6 +117,25 @@ def test_capacity_aggregate_and_single_node_fit():
     too_big = workload(resources={"cpu": "6", "memory": "1Gi"})
     [(code, message)] = only(reasons(too_big, [p], nodes), "p")
     assert code == "Capacity" and message.startswith("one replica (6 cpu, 1Gi memory) fits on no single node")
+
+
+def test_capacity_messages_name_zero_free_gpus_when_a_replica_asks_for_one():
+    # "largest free" and "free" must say 0 gpu beside a GPU request, not list only cpu and memory
+    p = pool("p")
+    gpu_replica = workload(resources={"cpu": "1", "memory": "1Gi", "gpu": 1})
+    [(code, message)] = only(reasons(gpu_replica, [p], [node("n1", "p")]), "p")
+    assert code == "Capacity" and message == (
+        "one replica (1 cpu, 1Gi memory, 1 gpu) fits on no single node (largest free: 4 cpu, 8Gi memory, 0 gpu)"
+    )
+    # the node's one GPU is taken by another Continuum workload: the aggregate check reports 0 free
+    used = {"p": PoolUsage(resources=Resources(1000, 1 << 30, 1), workloads=1)}
+    [(code, message)] = only(reasons(gpu_replica, [p], [node("n1", "p", gpu=1)], used), "p")
+    assert code == "Capacity" and message == (
+        "needs 1 cpu, 1Gi memory, 1 gpu for 1 replica(s), 3 cpu, 7Gi memory, 0 gpu free; short by 1 gpu"
+    )
+    # without a GPU request the free GPUs are not mentioned (as before)
+    r = reasons(workload(replicas=3, resources={"cpu": "3", "memory": "1Gi"}), [p], [node("n1", "p")])
+    assert all("gpu" not in message for _, message in only(r, "p")), r
 
 
 def test_accelerator_and_no_nodes():

@@ -189,7 +189,7 @@ def check_node_fit(spec: EdgeWorkloadSpec, pool: PoolView) -> _Reason | None:
     biggest = max(nodes, key=lambda r: (r.cpu_millis, r.memory_bytes, r.gpu))
     return Reason(
         code=ReasonCode.CAPACITY,
-        message=f"one replica ({one.describe()}) fits on no single node (largest free: {biggest.describe()})",
+        message=f"one replica ({one.describe()}) fits on no single node (largest free: {biggest.describe(gpu=one.gpu > 0)})",
     )
 
 
@@ -223,8 +223,8 @@ def check_capacity(spec: EdgeWorkloadSpec, pool: PoolView, used: PoolUsage) -> _
     short = (need - free).clamp()
     return Reason(
         code=ReasonCode.CAPACITY,
-        message=f"needs {need.describe()} for {spec.replicas} replica(s), {free.describe()} free; "
-        f"short by {short.describe()}",
+        message=f"needs {need.describe()} for {spec.replicas} replica(s), {free.describe(gpu=need.gpu > 0)} free; "
+        f"short by {short.describe_nonzero()}",
     )
 
 

@@ -50,9 +50,23 @@ class Resources:
     def clamp(self) -> Resources:
         return Resources(max(self.cpu_millis, 0), max(self.memory_bytes, 0), max(self.gpu, 0))
 
-    def describe(self) -> str:
+    def describe(self, *, gpu: bool = False) -> str:
+        """``gpu``: name the GPU count even when it is 0 (beside a request that asks for GPUs)."""
         text = f"{format_cpu(self.cpu_millis)} cpu, {format_memory(self.memory_bytes)} memory"
-        return text + (f", {self.gpu} gpu" if self.gpu else "")
+        return text + (f", {self.gpu} gpu" if self.gpu or gpu else "")
+
+    def describe_nonzero(self) -> str:
+        """Only the dimensions that are not zero (a shortfall: "1 gpu", not "0 cpu, 0 memory, 1 gpu")."""
+        parts = [
+            text
+            for amount, text in (
+                (self.cpu_millis, f"{format_cpu(self.cpu_millis)} cpu"),
+                (self.memory_bytes, f"{format_memory(self.memory_bytes)} memory"),
+                (self.gpu, f"{self.gpu} gpu"),
+            )
+            if amount > 0
+        ]
+        return ", ".join(parts) or "nothing"
 
 
 ZERO = Resources()
