@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25  # the slowest tests in every run (the suite is kept near 15 min on 2 cores)
 # helm: $(HELM) if set, else helm on PATH, else a static build fetched into .tools/ (see `make helm`).
 HELM ?= $(or $(shell command -v helm 2>/dev/null),$(CURDIR)/.tools/helm)
 DOCKER ?= docker
