@@ -143,9 +143,12 @@ class Controller:
             self.queue.add(key, urgent=urgent)
 
     def _requeue_peers(self, key: WorkloadKey, peers: set[str]) -> None:
-        """A copy of the same model changed tier: its peers' upstreams (offload, state sync) change."""
+        """A copy of the same model changed tier: its peers' upstreams (offload, state sync) may change;
+        re-queued are those whose render would read another upstream than their last one did."""
         for peer in peers:
-            self.queue.add(WorkloadKey(key.namespace, peer))
+            peer_key = WorkloadKey(key.namespace, peer)
+            if self.workloads.upstreams_changed(peer_key):
+                self.queue.add(peer_key)
 
     # ------------------------------------------------------------------ snapshot and claims --
     def snapshot(self) -> ClusterSnapshot:

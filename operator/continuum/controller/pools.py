@@ -40,6 +40,16 @@ class PoolReconciler:
         self.observe_own = observe_own
         self.post_event = post_event
         self.api: KubeApi | None = None
+        # what each pass found already in place, to skip it while nothing it was built from changed (cache
+        # objects are replaced, never modified, on every change, so identity says "unchanged")
+        self._members: tuple[ClusterSnapshot, dict[str, Membership]] | None = None
+        self._nodes_done: dict[str, tuple[Mapping[str, Any], Membership | None]] = {}
+        self._status_done: dict[str, tuple[Mapping[str, Any], ClusterSnapshot, PoolUsage | None]] = {}
+
+    def _memberships(self, snapshot: ClusterSnapshot) -> dict[str, Membership]:
+        if self._members is None or self._members[0] is not snapshot:
+            self._members = (snapshot, memberships(snapshot))
+        return self._members[1]
 
     async def reconcile(self) -> None:
         """Label and taint every pool's member nodes; clean nodes that left; write every pool's status."""
@@ -47,12 +57,27 @@ class PoolReconciler:
         async with self.lock:
             snapshot = self.snapshot()
             usage = dict(self.ledger.by_pool)
-        desired = memberships(snapshot)
+        desired = self._memberships(snapshot)
+        nodes_done, status_done = self._nodes_done, self._status_done
         for name, node in list(self.cache.nodes.items()):
-            await self.sync_node(name, node, desired.get(name))
-        for raw in list(self.cache.pools.values()):
+            want = desired.get(name)
+            done = nodes_done.get(name)
+            if done is None or done[0] is not node or done[1] is not want:
+                await self.sync_node(name, node, want)
+        for gone in nodes_done.keys() - self.cache.nodes.keys():
+            del nodes_done[gone]
+        for name, raw in list(self.cache.pools.items()):
             if not (raw.get("metadata") or {}).get("deletionTimestamp"):
-                await self.write_status(raw, snapshot, usage)
+                done_status = status_done.get(name)
+                if (
+                    done_status is None
+                    or done_status[0] is not raw
+                    or done_status[1] is not snapshot
+                    or done_status[2] != usage.get(name)
+                ):
+                    await self.write_status(raw, snapshot, usage)
+        for gone in status_done.keys() - self.cache.pools.keys():
+            del status_done[gone]
         invalid_pools = sum(1 for raw in self.cache.pools.values() if self.cache.pool_model(raw)[0] is None)
         invalid_workloads = sum(1 for raw in self.cache.workloads.values() if self.cache.spec(raw) is None)
         metrics.INVALID.labels("EdgeNodePool").set(invalid_pools)
@@ -63,6 +88,7 @@ class PoolReconciler:
         assert self.api is not None
         patch = node_patch(node, want)
         if patch is None:
+            self._nodes_done[name] = (node, want)
             return
         try:
             result = await self.api.patch("v1", "Node", name, patch)
@@ -104,6 +130,7 @@ class PoolReconciler:
             ):
                 metrics.POOL_UTILIZATION.labels(name, tier, resource).set(num / den if den else 0.0)
         if status == old:
+            self._status_done[name] = (raw, snapshot, usage.get(name))
             return
         try:
             result = await self.api.patch(

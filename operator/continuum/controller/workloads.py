@@ -23,6 +23,7 @@ from continuum.api.models import (
     API_VERSION,
     DriftStatus,
     EdgeWorkload,
+    EdgeWorkloadSpec,
     EdgeWorkloadStatus,
     IngestStatus,
     Phase,
@@ -92,6 +93,9 @@ class WorkloadReconciler:
         # per workload: (what the decision depends on, the pool it was told the workload runs on, decision)
         self._decisions: dict[WorkloadKey, tuple[Hashable, str | None, engine.PlacementDecision]] = {}
         self._applied: dict[tuple[str, str, str], tuple[str, int]] = {}  # Services/Secrets: (digest, epoch)
+        # per workload: the upstream URLs its last render read (by tier), so a peer changing tier re-queues
+        # only the workloads whose rendered upstream actually changes (see upstreams_changed)
+        self._rendered_upstreams: dict[WorkloadKey, dict[str, str | None]] = {}
 
     def on_resync(self) -> None:
         self.resyncs += 1
@@ -101,11 +105,25 @@ class WorkloadReconciler:
     def forget(self, key: WorkloadKey, secret: str) -> None:
         """The workload is gone (or was re-created): drop its decision and applied-manifest memos."""
         self._decisions.pop(key, None)
+        self._rendered_upstreams.pop(key, None)
         for memo in [m for m in self._applied if m[1] == key.namespace and m[2] in (key.name, secret)]:
             del self._applied[memo]
 
     def forget_decision(self, key: WorkloadKey) -> None:
         self._decisions.pop(key, None)
+        self._rendered_upstreams.pop(key, None)
+
+    def upstreams_changed(self, key: WorkloadKey) -> bool:
+        """Whether re-rendering ``key`` would read other upstream URLs than its last render did (a copy of
+        the same model changed tier); True when it was not rendered yet or cannot be read."""
+        read = self._rendered_upstreams.get(key)
+        if read is None:
+            return True
+        raw = self.cache.workloads.get(key)
+        spec = self.cache.spec(raw) if raw is not None else None
+        if spec is None:
+            return True
+        return _read_upstreams(spec, self._upstreams(key.namespace, key.name, spec.model.name)) != read
 
     # ------------------------------------------------------------------ reconcile --
     async def reconcile(self, body: Mapping[str, Any]) -> float | None:
@@ -242,17 +260,17 @@ class WorkloadReconciler:
         return None
 
     # ------------------------------------------------------------------ apply --
-    def _upstreams(self, workload: EdgeWorkload) -> dict[str, str]:
+    def _upstreams(self, namespace: str, own: str, model: str) -> dict[str, str]:
         """Service URL of the same model (same namespace) placed on each other tier."""
         out: dict[str, str] = {}
-        for name in self.cache.same_model(workload.namespace, workload.spec.model.name):
-            if name == workload.name:
+        for name in self.cache.same_model(namespace, model):
+            if name == own:
                 continue
-            raw = self.cache.workloads.get(WorkloadKey(workload.namespace, name)) or {}
+            raw = self.cache.workloads.get(WorkloadKey(namespace, name)) or {}
             placement = (raw.get("status") or {}).get("placement") or {}
             if placement.get("tier"):
                 port = int(((raw.get("spec") or {}).get("worker") or {}).get("port", 8000))
-                out.setdefault(placement["tier"], service_url(name, workload.namespace, port))
+                out.setdefault(placement["tier"], service_url(name, namespace, port))
         return out
 
     async def _apply(
@@ -266,14 +284,18 @@ class WorkloadReconciler:
         assert self.api is not None
         key = WorkloadKey(workload.namespace, workload.name)
         if target is None:
+            self._rendered_upstreams.pop(key, None)  # nothing rendered: a peer's change re-queues it
             return 0, False, True
         view = self.snapshot().pool(target.pool)
         kind = "StatefulSet" if workload.spec.state.enabled else "Deployment"
         name = rendered_name(workload, target.pool)
         if view is not None:
+            upstreams = self._upstreams(workload.namespace, workload.name, workload.spec.model.name)
+            # noted before the API calls: a peer changing tier meanwhile compares against what this render read
+            self._rendered_upstreams[key] = _read_upstreams(workload.spec, upstreams)
             settings = RenderSettings(
                 worker_image=self.settings.worker_image,
-                upstreams=self._upstreams(workload),
+                upstreams=upstreams,
                 state_token=secrets.token_hex(32) if workload.spec.state.enabled else None,
             )
             for obj in render_worker_manifests(workload, target, view.pool, settings):
@@ -372,6 +394,20 @@ class WorkloadReconciler:
         event = drift_event(old, new)
         if event is not None:
             self.post_event(body, *event)
+
+
+def _read_upstreams(spec: EdgeWorkloadSpec, upstreams: Mapping[str, str]) -> dict[str, str | None]:
+    """The upstream URLs a render of ``spec`` reads (:func:`render_worker_manifests`: the offload tier's,
+    and with state the ``syncTo`` tier's); ``tests/controller/test_upstreams.py`` checks the renderer reads
+    no other."""
+    read: dict[str, str | None] = {}
+    if spec.offload is not None:
+        tier = spec.offload.tier.value
+        read[tier] = upstreams.get(tier)
+    if spec.state.enabled and spec.state.sync_to is not None:
+        tier = spec.state.sync_to.value
+        read[tier] = upstreams.get(tier)
+    return read
 
 
 def _lists(decision: engine.PlacementDecision, made_for: str | None, pool: str | None) -> bool:

@@ -89,6 +89,7 @@ class Verdicts:
     cost: npt.NDArray[np.float64]
     rank: npt.NDArray[np.int64]
     miss: npt.NDArray[np.float64]  # (P, len(SLOTS)): relative size of the change each broken rule asks
+    static: _Static | None = None  # what did not depend on the usage, shared by workloads of one shape
 
     @cached_property
     def feasible(self) -> npt.NDArray[np.bool_]:
@@ -111,6 +112,48 @@ class Verdicts:
             if count:
                 out[SLOTS[slot].value] = int(count)
         return out
+
+
+def shape_of(spec: EdgeWorkloadSpec) -> tuple[Any, ...]:
+    """Everything of ``spec`` that :meth:`PoolTable.evaluate` reads: workloads of one shape get the same
+    verdicts from the same usage (many workloads share a shape: one model served at many sites)."""
+    reqs = spec.requirements
+    res = reqs.resources
+    tiers = spec.tiers
+    return (
+        spec.source.site,
+        spec.replicas,
+        reqs.latency_budget_ms,
+        reqs.privacy,
+        None if reqs.residency is None else tuple(reqs.residency),
+        tuple(sorted(reqs.inference_ms.items(), key=lambda kv: kv[0].order)) if reqs.inference_ms else (),
+        reqs.bandwidth.ingest_mbps,
+        res.cpu,
+        res.memory,
+        res.gpu,
+        res.accelerator,
+        None if tiers.allowed is None else tuple(tiers.allowed),
+        tuple(tiers.preferred),
+    )
+
+
+@dataclass
+class _Static:
+    """The part of :meth:`PoolTable.evaluate` that does not depend on the usage, for one workload shape
+    (arrays read-only: shared by every :class:`Verdicts` of the shape)."""
+
+    bad: npt.NDArray[np.bool_]  # (len(SLOTS), P); the usage-dependent rows (BANDWIDTH, CAPACITY) False
+    miss: npt.NDArray[np.float64]  # (len(SLOTS), P)
+    latency: npt.NDArray[np.float64]
+    cost: npt.NDArray[np.float64]
+    rank: npt.NDArray[np.int64]
+    wan_need: npt.NDArray[np.float64]
+    offsite: npt.NDArray[np.bool_]
+    node_level: npt.NDArray[np.bool_]
+    needs: list[tuple[int, float]]  # (resource column, what the replicas need together), needs > 0
+    agg: npt.NDArray[np.float64]  # (P, 3) aggregate free of the eligible nodes
+    order: npt.NDArray[np.int64]  # every pool in choice order (rank, cost, tier, name)
+    rows: dict[int, Candidate]  # candidate rows of feasible pools, made once (they do not read the usage)
 
 
 class PoolTable:
@@ -171,6 +214,7 @@ class PoolTable:
             str | None, tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]
         ] = {}
         self._rank: dict[tuple[Tier, ...], npt.NDArray[np.int64]] = {}
+        self._static: dict[tuple[Any, ...], _Static] = {}
 
     # --- per-key caches (sites, accelerators and preference lists repeat across workloads) ----------
     def rtt(self, site: str) -> npt.NDArray[np.float64]:
@@ -224,6 +268,42 @@ class PoolTable:
     # --- the rules -----------------------------------------------------------------------------------
     def evaluate(self, spec: EdgeWorkloadSpec, used: npt.NDArray[np.float64]) -> Verdicts:
         """Every rule of :func:`filters.evaluate` for ``spec`` against every pool; ``used``: (P, 4)."""
+        st = self.static(spec)
+        bad = st.bad.copy()
+        miss = st.miss.copy()
+        ingest = spec.requirements.bandwidth.ingest_mbps
+        if ingest:
+            wan_need = st.wan_need
+            wan_free = np.maximum(self.wan_limit - used[:, 3], 0.0)
+            np.greater(wan_need, wan_free + 1e-9, out=bad[BANDWIDTH])
+            bad[BANDWIDTH] &= st.offsite & self.wan_limited
+            with np.errstate(divide="ignore", invalid="ignore"):
+                miss[BANDWIDTH] = np.where(
+                    wan_free > 0, wan_need / wan_free - 1, 1.0 + wan_need / max(ingest, 1.0)
+                )
+        if st.needs:
+            n = self.n
+            short_max = np.zeros(n)
+            over = np.zeros(n, dtype=np.bool_)
+            for r, need in st.needs:
+                free = np.maximum(st.agg[:, r] - used[:, r], 0.0)
+                over |= need > free
+                np.maximum(short_max, np.maximum(need - free, 0.0) / need, out=short_max)
+            np.greater(over, st.node_level, out=bad[CAPACITY])  # over & ~node_level
+            miss[CAPACITY] = short_max
+        return Verdicts(bad=bad.T, latency=st.latency, cost=st.cost, rank=st.rank, miss=miss.T, static=st)
+
+    def static(self, spec: EdgeWorkloadSpec) -> _Static:
+        """The usage-independent part of :meth:`evaluate` for ``spec``'s shape (made once per shape)."""
+        shape = shape_of(spec)
+        st = self._static.get(shape)
+        if st is None:
+            if len(self._static) >= 4096:  # many distinct shapes: start over rather than grow without bound
+                self._static.clear()
+            st = self._static[shape] = self._make_static(spec)
+        return st
+
+    def _make_static(self, spec: EdgeWorkloadSpec) -> _Static:
         n = self.n
         reqs = spec.requirements
         res = reqs.resources
@@ -268,33 +348,20 @@ class PoolTable:
         miss[NO_NODES] = miss[ACCEL] = 1.0
         ingest = reqs.bandwidth.ingest_mbps
         wan_need = offsite * ingest
-        if ingest:
-            wan_free = np.maximum(self.wan_limit - used[:, 3], 0.0)
-            np.greater(wan_need, wan_free + 1e-9, out=bad[BANDWIDTH])
-            bad[BANDWIDTH] &= offsite & self.wan_limited
-            with np.errstate(divide="ignore", invalid="ignore"):
-                miss[BANDWIDTH] = np.where(
-                    wan_free > 0, wan_need / wan_free - 1, 1.0 + wan_need / max(ingest, 1.0)
-                )
         node_level = bad[NO_NODES] | bad[ACCEL] | bad[NODE_FIT]
-        short_max = np.zeros(n)
-        over = np.zeros(n, dtype=np.bool_)
-        for r in range(3):
-            need = one[r] * spec.replicas
-            if need <= 0:
-                continue
-            free = np.maximum(agg[:, r] - used[:, r], 0.0)
-            over |= need > free
-            np.maximum(short_max, np.maximum(need - free, 0.0) / need, out=short_max)
-        np.greater(over, node_level, out=bad[CAPACITY])  # over & ~node_level
-        miss[CAPACITY] = short_max
+        needs = [(r, one[r] * spec.replicas) for r in range(3) if one[r] * spec.replicas > 0]
         per_replica = (
             res.cpu_millis / 1000 * self.cost[:, 0]
             + gib(res.memory_bytes) * self.cost[:, 1]
             + res.gpu * self.cost[:, 2]
         )
         cost = spec.replicas * per_replica + wan_need * self.cost[:, 3]
-        return Verdicts(bad=bad.T, latency=latency, cost=cost, rank=self.ranks(spec), miss=miss.T)
+        rank = self.ranks(spec)
+        rounded = np.array([round(c, 9) for c in cost.tolist()])  # Python's rounding, as the reference
+        order = np.lexsort((self.name_rank, self.tier, rounded, rank))
+        for array in (bad, miss, latency, cost, wan_need, offsite, node_level, agg, order):
+            array.flags.writeable = False
+        return _Static(bad, miss, latency, cost, rank, wan_need, offsite, node_level, needs, agg, order, {})
 
     # --- ordering and choosing ---------------------------------------------------------------------------
     def choice_order(
@@ -365,9 +432,25 @@ class PoolTable:
         latency = v.latency[idx].tolist()
         cost = v.cost[idx].tolist()
         names, tiers = self.names, self.tiers
+        rows = v.static.rows if v.static is not None else None  # feasible rows do not read the usage
         out = []
         for j, p in enumerate(picked):
             p = int(p)
+            if rows is not None and not rejected[j]:
+                row = rows.get(p)
+                if row is None:
+                    est = latency[j]
+                    row = rows[p] = construct(
+                        Candidate,
+                        pool=names[p],
+                        tier=tiers[p],
+                        feasible=True,
+                        estimated_latency_ms=None if est != est else round(est, 3),  # NaN: no route
+                        hourly_cost=round(cost[j], 6),
+                        reasons=[],
+                    )
+                out.append(row)
+                continue
             est = latency[j]
             out.append(
                 construct(
@@ -571,7 +654,11 @@ def decide(
         usage_of = _row_lookup(used)
     v = table.evaluate(spec, used)
     feasible = v.feasible
-    order = [int(p) for p in table.choice_order(v, np.nonzero(feasible)[0], limit)]
+    if v.static is not None:  # every pool in choice order, made once per shape: keep the feasible ones
+        ranked = v.static.order
+        order = ranked[feasible[ranked]][:limit].tolist()
+    else:
+        order = [int(p) for p in table.choice_order(v, np.nonzero(feasible)[0], limit)]
     if len(order) < limit:
         idx = np.nonzero(~feasible)[0]
         near = idx[np.lexsort((table.name_rank[idx], v.rank[idx], v.n_broken[idx]))]
