@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 POLICIES = ("block", "drop-oldest")
 TAIL_ROWS = 50_000  # unpublished records kept in memory too (beyond: read back from SQLite)
+MAX_JOBS_PER_COMMIT = 512
+WATERMARK_SAVE_SECONDS = 0.05
+ROWS_PER_INSERT = 128  # 7 parameters a row: within SQLite's oldest limit of 999 per statement
 
 
 class OutboxError(RuntimeError):
@@ -118,6 +121,7 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._space = asyncio.Event()
         self._saved_watermark = 0
+        self._watermark_saved_at = 0.0  # monotonic
         self._sizes: dict[int, int] = {}  # pending seq -> payload size (for exact byte accounting)
         self._tail: dict[int, Row] = {}  # records written by this process and not yet published: no read back
         self._put_times: collections.deque[tuple[int, float]] = (
@@ -159,7 +163,9 @@ class Outbox:
         self._gauges()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.directory / DB_NAME, isolation_level=None, check_same_thread=False)
+        # a statement per multi-row INSERT size (up to ROWS_PER_INSERT) stays prepared
+        db = sqlite3.connect(self.directory / DB_NAME, isolation_level=None, check_same_thread=False,
+                             cached_statements=ROWS_PER_INSERT + 32)  # fmt: skip
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         return db
@@ -246,22 +252,26 @@ class Outbox:
 
     def _writer(self, db: sqlite3.Connection) -> None:
         stop = False
+        backlog = False  # the last commit left jobs queued: no gathering for the next one
         while not stop:
             job = self._jobs.get()
             if job is None:
                 break
             jobs = [job]
-            gather_until = time.monotonic() + self.gather_seconds if job.records else 0.0
-            while len(jobs) < 512:
+            if job.records and self.gather_seconds > 0 and not backlog:
+                # sleep through the gathering window rather than wait on the queue: a put then wakes
+                # nobody, and this thread takes the GIL once per commit, not once per write handed over
+                time.sleep(self.gather_seconds)
+            while len(jobs) < MAX_JOBS_PER_COMMIT:
                 try:
-                    wait = gather_until - time.monotonic()
-                    nxt = self._jobs.get(timeout=wait) if wait > 0 else self._jobs.get_nowait()
+                    nxt = self._jobs.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stop = True
                     break
                 jobs.append(nxt)
+            backlog = len(jobs) >= MAX_JOBS_PER_COMMIT
             backoff = 0.05
             while True:
                 started = time.perf_counter()
@@ -308,30 +318,56 @@ class Outbox:
     def _commit(self, db: sqlite3.Connection, jobs: list[_Job]) -> tuple[int, list[int]] | None:
         dropped: tuple[int, list[int]] | None = None
         saved = self._saved_watermark
+        wm = self.watermark
+        now = time.monotonic()
+        # the watermark is saved at most every WATERMARK_SAVE_SECONDS while records flow (and by every commit
+        # without records: flush_watermark, close): what a restart publishes again grows by at most that much
+        save = wm != saved and (now - self._watermark_saved_at >= WATERMARK_SAVE_SECONDS
+                                or not any(j.records for j in jobs))  # fmt: skip
+        if not save and all(j.drop_for is None and not j.meta for j in jobs):
+            only = [(seq, r.topic, r.payload, r.kind, r.msg_id, r.key, r.props)
+                    for j in jobs for seq, r in zip(j.seqs, j.records, strict=True)]  # fmt: skip
+            if len(only) <= ROWS_PER_INSERT:  # one statement is one transaction: no BEGIN, no COMMIT
+                self._insert(db, only)
+                return None
         db.execute("BEGIN IMMEDIATE")
         try:
+            rows: list[Any] = []
             for j in jobs:
                 if j.drop_for is not None:
+                    self._insert(db, rows)  # what came before it counts in what it drops
+                    rows = []
                     dropped = self._drop(db, *j.drop_for) or dropped
-                db.executemany(
-                    "INSERT INTO out (seq, topic, payload, kind, msg_id, key, props) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(seq, r.topic, r.payload, r.kind, r.msg_id, r.key, r.props)
-                     for seq, r in zip(j.seqs, j.records, strict=True)],
-                )  # fmt: skip
+                rows.extend((seq, r.topic, r.payload, r.kind, r.msg_id, r.key, r.props)
+                            for seq, r in zip(j.seqs, j.records, strict=True))  # fmt: skip
                 for k, v in j.meta.items():
                     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, v))
-            wm = self.watermark
-            if wm != self._saved_watermark:
+            self._insert(db, rows)
+            if wm != self._saved_watermark:  # in a transaction anyway: saved
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('watermark', ?)", (str(wm),))
                 if wm // 1000 != self._saved_watermark // 1000:  # now and then: forget old published records
                     db.execute("DELETE FROM out WHERE seq <= ?", (wm - self.retain_published,))
                 self._saved_watermark = wm
+                self._watermark_saved_at = now
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             self._saved_watermark = saved
             raise
         return dropped
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[Any]) -> None:
+        """The rows in as few statements as possible: ``sqlite3`` releases the GIL around every step of a
+        statement (every row of an ``executemany``) and this thread must win it back after each, from a
+        busy event loop; one multi-row INSERT per :data:`ROWS_PER_INSERT` rows is one step."""
+        for i in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[i : i + ROWS_PER_INSERT]
+            db.execute(
+                "INSERT INTO out (seq, topic, payload, kind, msg_id, key, props) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?)"] * len(chunk)),
+                [x for row in chunk for x in row],
+            )
 
     def _drop(self, db: sqlite3.Connection, records: int, size: int) -> tuple[int, list[int]] | None:
         """Delete the oldest unpublished records until ``records``/``size`` more fit (writer thread)."""

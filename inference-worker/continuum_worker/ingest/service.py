@@ -25,6 +25,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ MAX_LATENCY_TRACKED = 200_000
 RETRIES_WHEN_UNAVAILABLE = 3
 ACK_TIMEOUT_SECONDS = 10.0  # a publish unacknowledged this long on a live connection: reconnect and resend
 # written mode: a commit waits this long after its first write for more to share its fsync
-WRITTEN_GATHER_SECONDS = 0.004
+WRITTEN_GATHER_SECONDS = 0.010
+PUBLISH_TICK_SECONDS = 0.2  # the publisher's beat when nothing else wakes it
 # records sent and awaiting their PUBACK or their commit, at most (well below the 65,535 packet ids)
 MAX_HELD = 16_384
 
@@ -259,6 +261,8 @@ class _Client(aiomqtt.Client):
         self.v5 = kwargs.get("protocol") == aiomqtt.ProtocolVersion.V5
         self.wake = asyncio.Event()  # set on every PUBLISH in, PUBACK in, and on disconnection
         self.inbox: collections.deque[_Message] = collections.deque()
+        # takes a PUBLISH straight from the reader (True) or leaves it to the inbox (False): no task to wake
+        self.dispatch: Callable[[_Message], bool] | None = None
         self.pubacks: collections.deque[tuple[int, int]] = collections.deque()  # (packet id, reason code)
         pc = self._client
         for attr in ("_handle_publish", "_handle_pubackcomp", "_packet_queue", "_in_packet", "_sock_recv",
@@ -334,8 +338,9 @@ class _Client(aiomqtt.Client):
             return mqtt_client.MQTTErrorCode.MQTT_ERR_PROTOCOL
         if message.qos > 1:  # subscribed with QoS <= 1: the broker never sends QoS 2
             return mqtt_client.MQTTErrorCode.MQTT_ERR_PROTOCOL
-        self.inbox.append(message)
-        self.wake.set()
+        if self.dispatch is None or not self.dispatch(message):
+            self.inbox.append(message)
+            self.wake.set()
         return mqtt_client.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_puback(self, cmd: str) -> Any:
@@ -458,6 +463,30 @@ class _Uplink:
         return next(iter(self.unacked.values()), None)
 
 
+class _Slots:
+    """Messages in flight at most: a slot is taken without a coroutine when one is free (from the socket's
+    reader callback), else awaited."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._room = asyncio.Event()
+
+    def try_take(self) -> bool:
+        if self.free > 0:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        while not self.try_take():
+            self._room.clear()
+            await self._room.wait()
+
+    def release(self) -> None:
+        self.free += 1
+        self._room.set()
+
+
 def _protocol(version: str) -> aiomqtt.ProtocolVersion:
     return aiomqtt.ProtocolVersion.V5 if version == "5" else aiomqtt.ProtocolVersion.V311
 
@@ -476,7 +505,7 @@ class IngestService:
         )  # fmt: skip
         self.summary = Summary()
         self.in_flight = 0
-        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._slots = _Slots(config.max_in_flight)
         self._tasks: list[asyncio.Task[None]] = []
         self._latency: dict[int, list[float]] = {}  # seq -> [received, result ready, durable (0: not yet)]
         self._protocols = {i: e.protocol for i, e in enumerate(config.sources)}
@@ -651,6 +680,16 @@ class IngestService:
         acker.add_done_callback(lambda _: client.wake.set())
         client.watch_disconnect()
         disconnected, inbox = client._disconnected, client.inbox
+
+        def dispatch(message: _Message) -> bool:
+            """From the socket's reader: started at once when nothing waits before it and a slot is free."""
+            if inbox or not self._slots.try_take():
+                return False
+            self._start(ep, message, session, loop)
+            return True
+
+        if isinstance(client, _Client):
+            client.dispatch = dispatch
         try:
             while True:
                 if acker.done():
@@ -663,14 +702,12 @@ class IngestService:
                     await client.wake.wait()
                     continue
                 message = inbox.popleft()
-                await self._slots.acquire()  # no suspension while a slot is free
-                self.in_flight += 1
-                session.taken += 1
-                work = _Work(message, time.perf_counter())
-                work.marks["wall"] = time.time()
-                session.order.append(work)
-                work.task = loop.create_task(self._process(ep, work, session))  # referenced till done
+                if not self._slots.try_take():
+                    await self._slots.take()
+                self._start(ep, message, session, loop)
         finally:
+            if isinstance(client, _Client):
+                client.dispatch = None
             # messages in flight still reach the outbox (they are redelivered anyway: not acknowledged)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._drain(session, acker), timeout=5.0)
@@ -684,6 +721,17 @@ class IngestService:
                 self._slots.release()
             self.in_flight -= left
             self.metrics.in_flight.set(self.in_flight)
+
+    def _start(
+        self, ep: MqttEndpoint, message: _Message, session: _Session, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """One message in (its slot taken): on its way to the model, in arrival order."""
+        self.in_flight += 1
+        session.taken += 1
+        work = _Work(message, time.perf_counter())
+        work.marks["wall"] = time.time()
+        session.order.append(work)
+        work.task = loop.create_task(self._process(ep, work, session))  # referenced till done
 
     async def _drain(self, session: _Session, acker: asyncio.Task[None]) -> None:
         while (session.order or not session.commits.empty()) and not acker.done():
@@ -983,6 +1031,15 @@ class IngestService:
         disconnected = client._disconnected
         self.outbox.wakers.add(client.wake)
         self._uplink = uplink
+        loop = asyncio.get_running_loop()
+
+        ticker: list[asyncio.TimerHandle] = []  # one timer, not a timeout per wait
+
+        def tick() -> None:  # the idle flush and the PUBACK timeout are checked on this beat too
+            client.wake.set()
+            ticker[:] = [loop.call_later(PUBLISH_TICK_SECONDS, tick)]
+
+        ticker.append(loop.call_later(PUBLISH_TICK_SECONDS, tick))
         try:
             while True:
                 client.wake.clear()  # everything that happened before this is handled below
@@ -995,17 +1052,14 @@ class IngestService:
                     continue
                 if not uplink.inflight:
                     self.outbox.flush_watermark()
-                    timeout = 0.2
                 else:
                     oldest = uplink.oldest_unacked()
                     if oldest is not None and time.monotonic() - oldest > ACK_TIMEOUT_SECONDS:
                         # MQTT resends an unacknowledged PUBLISH only on a new connection: make one
                         raise aiomqtt.MqttError(f"no PUBACK for a record in {ACK_TIMEOUT_SECONDS:.0f}s")
-                    timeout = 1.0
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await client.wake.wait()
+                await client.wake.wait()
         finally:
+            ticker[0].cancel()
             self._uplink = None
             self.outbox.wakers.discard(client.wake)
 
