@@ -9,6 +9,7 @@ from continuum.controller.status import (
     STATUS_CANDIDATES,
     condition,
     dump,
+    dump_workload_status,
     invalid_pool_status,
     invalid_workload_status,
     pool_status,
@@ -82,6 +83,7 @@ def test_a_first_placement(example_snapshot, example_workloads):
     assert feasible == sorted(feasible, reverse=True)  # feasible pools first, then the nearest misses
     assert status.candidates_omitted == max(len(decision.candidates) - STATUS_CANDIDATES, 0)
     written = dump(status)
+    assert dump_workload_status(status) == written == dump_workload_status(status)  # rows' dumps reused
     assert written["phase"] == "Placed" and "previousPlacement" not in written and "hint" not in written
     assert written["observedGeneration"] == 4 and written["conditions"][0]["observedGeneration"] == 4
     # a later pass with the same outcome keeps the times; the replicas became ready
@@ -118,6 +120,7 @@ def test_unschedulable_keeps_the_hint(example_snapshot, example_workloads):
     )
     assert status.phase is Phase.UNSCHEDULABLE and status.placement is None
     assert status.hint == decision.hint and status.conditions[0].reason == "Unschedulable"
+    assert dump_workload_status(status) == dump(status)
 
 
 def test_invalid_statuses_name_the_problem():

@@ -55,6 +55,26 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+_CANDIDATE_DUMPS: dict[int, tuple[Candidate, dict[str, Any]]] = {}  # by id, the row kept alive with it
+
+
+def dump_workload_status(status: EdgeWorkloadStatus) -> dict[str, Any]:
+    """``dump(status)``, each candidate row dumped once: the rows of feasible pools are shared by every
+    decision of a workload shape (``fast.PoolTable.static``), so their dumps are too (read them, never
+    modify them). Rows are not modified once made."""
+    out = status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"candidates"})
+    rows = []
+    for cand in status.candidates:
+        hit = _CANDIDATE_DUMPS.get(id(cand))
+        if hit is None or hit[0] is not cand:
+            if len(_CANDIDATE_DUMPS) >= 20_000:
+                _CANDIDATE_DUMPS.clear()
+            hit = _CANDIDATE_DUMPS[id(cand)] = (cand, dump(cand))
+        rows.append(hit[1])
+    out["candidates"] = rows
+    return out
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A merge patch that replaces the whole status: top-level keys that are gone are nulled."""
     return {"status": {**{k: None for k in old if k not in new}, **new}}

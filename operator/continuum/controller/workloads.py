@@ -41,7 +41,7 @@ from continuum.controller.status import (
     STATUS_CANDIDATES,
     apply_error_message,
     drift_event,
-    dump,
+    dump_workload_status,
     invalid_workload_status,
     now_utc,
     readiness,
@@ -335,7 +335,7 @@ class WorkloadReconciler:
     async def _write_status(self, body: Mapping[str, Any], status: EdgeWorkloadStatus) -> None:
         assert self.api is not None
         meta = body["metadata"]
-        new = dump(status)
+        new = dump_workload_status(status)
         old = body.get("status") or {}
         if old == new:
             return
