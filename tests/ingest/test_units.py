@@ -215,3 +215,61 @@ def test_configuration_errors_exit_2_naming_the_flag(tmp_path: Path) -> None:
     assert no_dir.returncode == 2 and "--outbox-dir or --state-dir" in no_dir.stderr
     unused = _serve("--publish", "mqtt://b:1/r", "--outbox-full-policy", "drop-oldest")
     assert unused.returncode == 2 and "--publish, --outbox-full-policy need --ingest" in unused.stderr
+
+
+async def test_reader_started_messages_keep_arrival_order_when_slots_run_out(tmp_path: Path) -> None:
+    """A PUBLISH starts from the socket's reader only when nothing waits before it: while the consuming
+    task waits for an in-flight slot with an older message, a newer one freed a slot for must queue."""
+    from types import SimpleNamespace
+
+    from continuum_worker.ingest.service import IngestConfig, IngestService, _Client, publish_frame
+    from prometheus_client import CollectorRegistry
+
+    config = IngestConfig(sources=[parse_endpoint("mqtt://127.0.0.1:1/in", source=True)],
+                          sink=parse_endpoint("mqtt://127.0.0.1:1/out", source=False), directory=tmp_path,
+                          default_model="m", max_in_flight=1)  # fmt: skip
+    service = IngestService(SimpleNamespace(metrics=SimpleNamespace(registry=CollectorRegistry())), config)
+    started: list[int] = []
+    done = asyncio.Event()
+
+    async def process(ep: Any, work: Any, session: Any) -> None:
+        started.append(work.message.mid)
+
+    async def ack(ep: Any, client: Any, session: Any) -> None:
+        await done.wait()
+
+    service._process = process  # type: ignore[method-assign]
+    service._ack_in_order = ack  # type: ignore[method-assign]
+    client = _Client("127.0.0.1", 1, identifier="t", protocol=_protocol_v5())
+
+    def arrive(mid: int) -> None:  # as the reader does: parsed from the packet, then started or queued
+        frame = publish_frame(b"in", b"{}", 1, mid, [])
+        client._client._in_packet = {"command": frame[0], "packet": frame[2:]}
+        client._handle_publish()
+
+    consuming = asyncio.create_task(service._consume(config.sources[0], client))
+    await asyncio.sleep(0)
+    arrive(1)  # a free slot: started from the reader
+    arrive(2)  # none: queued, and the consuming task waits for a slot with it
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert started == [1]
+    service._slots.release()  # a slot comes free; the consuming task has not run yet
+    arrive(3)  # must not overtake 2
+    for _ in range(5):
+        await asyncio.sleep(0)
+    service._slots.release()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert started == [1, 2, 3]
+    done.set()
+    await asyncio.sleep(0)
+    consuming.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consuming
+
+
+def _protocol_v5() -> Any:
+    import aiomqtt
+
+    return aiomqtt.ProtocolVersion.V5

@@ -701,10 +701,10 @@ class IngestService:
                     client.wake.clear()
                     await client.wake.wait()
                     continue
-                message = inbox.popleft()
                 if not self._slots.try_take():
+                    # the message stays first in the inbox meanwhile: the reader may not start a later one
                     await self._slots.take()
-                self._start(ep, message, session, loop)
+                self._start(ep, inbox.popleft(), session, loop)
         finally:
             if isinstance(client, _Client):
                 client.dispatch = None
