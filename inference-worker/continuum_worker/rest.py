@@ -23,6 +23,10 @@ from continuum_worker.shm import CUDA_UNSUPPORTED
 MAX_BODY = 256 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# A response body shorter than this is sent as it is even when the client accepts gzip/deflate (as
+# nginx's gzip_min_length): compressing a few hundred bytes of JSON costs CPU and saves next to nothing.
+COMPRESS_MIN_BYTES = 1024
+
 
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
@@ -117,7 +121,9 @@ class RestEndpoints:
         except NotFound as exc:
             return error(400, exc.message)
         response = web.Response(body=payload, headers=headers)
-        if any(e in request.headers.get("Accept-Encoding", "") for e in ("gzip", "deflate")):
+        if len(payload) >= COMPRESS_MIN_BYTES and any(
+            e in request.headers.get("Accept-Encoding", "") for e in ("gzip", "deflate")
+        ):
             response.enable_compression()
         return response
 

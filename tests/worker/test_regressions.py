@@ -48,6 +48,27 @@ def test_compressed_requests_are_decompressed_once(mlp_worker: WorkerProcess, al
     np.testing.assert_allclose(np.array(answer["outputs"][0]["data"]).reshape(2, 10), plain, rtol=1e-6)
 
 
+def test_responses_are_compressed_only_when_asked_and_large_enough(mlp_worker: WorkerProcess) -> None:
+    from continuum_worker.rest import COMPRESS_MIN_BYTES
+
+    def infer(rows: int, accept: str | None) -> tuple[str | None, bytes]:
+        x = np.random.default_rng(rows).random((rows, 64), dtype=np.float32)
+        body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [rows, 64], "data": x.tolist()}]})
+        headers = {"Content-Type": "application/json", **({"Accept-Encoding": accept} if accept else {})}
+        request = urllib.request.Request(
+            f"http://{mlp_worker.url}/v2/models/mlp/infer", data=body.encode(), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:  # urllib does not decompress
+            return r.headers.get("Content-Encoding"), r.read()
+
+    encoding, raw = infer(1, "gzip, deflate")  # one row of 10 floats: a few hundred bytes
+    assert encoding is None and len(raw) < COMPRESS_MIN_BYTES and json.loads(raw)["outputs"], raw
+    encoding, raw = infer(64, "gzip")  # 640 floats: compressed as asked
+    assert encoding == "gzip" and len(json.loads(gzip.decompress(raw))["outputs"][0]["data"]) == 640
+    encoding, raw = infer(64, None)  # not asked: never compressed
+    assert encoding is None and len(raw) >= COMPRESS_MIN_BYTES
+
+
 def test_a_malformed_compressed_body_is_a_400_not_an_inference_failure(mlp_worker: WorkerProcess) -> None:
     before = mlp_worker.metric("nv_inference_request_failure", model="mlp")
     status, answer = post(mlp_worker, "/v2/models/mlp/infer", b"this is not gzip", {"Content-Encoding": "gzip"})
