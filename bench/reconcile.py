@@ -368,6 +368,18 @@ def main() -> int:
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
         spy.wait(timeout=60)
+    # The burst's work does not end at the last status: Events queued during it are posted one at a
+    # time behind the API server. Count the operator's CPU until it is idle again (< 20 ms in 1 s).
+    idle_cpu = cpu_seconds(operator.pid)
+    for _ in range(120):
+        time.sleep(1.0)
+        now = cpu_seconds(operator.pid)
+        if now - idle_cpu < 0.02:
+            idle_cpu = now
+            break
+        idle_cpu = now
+    operator_cpu_all = idle_cpu - cpu_before[0]
+    late_calls = Counter(recorder.calls) - calls
     operator.terminate()
     operator.wait(timeout=30)
     bare = asyncio.run(bare_replay(cluster.url, args.workloads, calls))
@@ -400,8 +412,11 @@ def main() -> int:
         ],
         [
             "operator CPU per workload (goal ≤ 1.5 ms at 100 pools, #12)",
-            f"{operator_cpu / args.workloads * 1000:.2f} ms "
-            f"({'met' if operator_cpu / args.workloads <= 0.0015 else 'NOT met'}; process CPU time, less load-dependent than wall; "
+            f"{operator_cpu_all / args.workloads * 1000:.2f} ms "
+            f"({'met' if operator_cpu_all / args.workloads <= 0.0015 else 'NOT met'}; process CPU time from the burst until "
+            f"the operator is idle again, {operator_cpu / args.workloads * 1000:.2f} ms of it until settled, the rest "
+            f"posting what was queued ({', '.join(f'{a.lower()} {p}: {v}' for (a, p), v in sorted(late_calls.items()) if a != 'WATCH') or 'nothing'}); "
+            f"it moves with the machine's load (the same code measured 1.9–4.1 ms on one day); "
             f"the decision the controller makes, `fast.decide_placement` with 20 status rows: "
             f"{decide_ms:.2f} ms in isolation, vs {reference_ms:.2f} ms for the reference `engine.decide`)",
         ],
