@@ -740,8 +740,9 @@ class IngestService:
     def _hand_over(self, session: _Session) -> None:
         """Hand the processed prefix of the session's messages to the outbox, in arrival order and several
         per commit, without waiting for the previous commit; called right after the loop iteration in which
-        messages were processed (no task to wake; those processed together go in one write upstream). With ``--ingest-publish-after written`` the publisher sends them at once;
-        :meth:`_ack_in_order` acknowledges them once durable."""
+        messages were processed (no task to wake; those processed together go in one write upstream). With
+        ``--ingest-publish-after written`` the publisher sends them at once; :meth:`_ack_in_order`
+        acknowledges them once durable."""
         if session.waiting is not None:
             return  # waiting for room: that task goes on from where it stopped
         order = session.order
@@ -846,9 +847,8 @@ class IngestService:
     async def _process(self, ep: MqttEndpoint, work: _Work, session: _Session) -> None:
         await self._infer(ep, work)  # never raises but CancelledError (then nothing after it is acknowledged)
         work.ready = True
-        if (
-            not session.scheduled
-        ):  # the messages processed in this loop iteration: handed over (and sent) at once
+        # the messages processed in this loop iteration: handed over (and sent) at once
+        if not session.scheduled:
             session.scheduled = True
             asyncio.get_running_loop().call_soon(self._hand_over_scheduled, session)
 

@@ -89,7 +89,7 @@ class Verdicts:
     cost: npt.NDArray[np.float64]
     rank: npt.NDArray[np.int64]
     miss: npt.NDArray[np.float64]  # (P, len(SLOTS)): relative size of the change each broken rule asks
-    static: _Static | None = None  # what did not depend on the usage, shared by workloads of one shape
+    static: _Static  # what did not depend on the usage, shared by workloads of one shape
 
     @cached_property
     def feasible(self) -> npt.NDArray[np.bool_]:
@@ -431,58 +431,37 @@ class PoolTable:
         rejected: list[bool] = np.any(bad, axis=1).tolist()
         latency = v.latency[idx].tolist()
         cost = v.cost[idx].tolist()
-        names, tiers = self.names, self.tiers
-        rows = v.static.rows if v.static is not None else None  # feasible rows do not read the usage
+        rows = v.static.rows  # the feasible pools' rows do not read the usage: made once per shape
         out = []
         for j, p in enumerate(picked):
             p = int(p)
-            if rows is not None and not rejected[j]:
-                row = rows.get(p)
-                if row is None:
-                    est = latency[j]
-                    row = rows[p] = construct(
-                        Candidate,
-                        pool=names[p],
-                        tier=tiers[p],
-                        feasible=True,
-                        estimated_latency_ms=None if est != est else round(est, 3),  # NaN: no route
-                        hourly_cost=round(cost[j], 6),
-                        reasons=[],
-                    )
-                out.append(row)
+            if rejected[j]:
+                reasons = self.reasons(spec, v, p, usage_of(p), np.nonzero(bad[j])[0])
+                out.append(self._row(p, False, latency[j], cost[j], reasons))
                 continue
-            est = latency[j]
-            out.append(
-                construct(
-                    Candidate,
-                    pool=names[p],
-                    tier=tiers[p],
-                    feasible=not rejected[j],
-                    estimated_latency_ms=None if est != est else round(est, 3),  # NaN: no route
-                    hourly_cost=round(cost[j], 6),
-                    reasons=self.reasons(spec, v, p, usage_of(p), np.nonzero(bad[j])[0])
-                    if rejected[j]
-                    else [],
-                )
-            )
+            row = rows.get(p)
+            if row is None:
+                row = rows[p] = self._row(p, True, latency[j], cost[j], [])
+            out.append(row)
         return out
+
+    def _row(self, p: int, feasible: bool, est: float, cost: float, reasons: list[Reason]) -> Candidate:
+        return construct(
+            Candidate,
+            pool=self.names[p],
+            tier=self.tiers[p],
+            feasible=feasible,
+            estimated_latency_ms=None if est != est else round(est, 3),  # NaN: no route
+            hourly_cost=round(cost, 6),
+            reasons=reasons,
+        )
 
     def candidate(self, spec: EdgeWorkloadSpec, v: Verdicts, p: int, usage: PoolUsage) -> Candidate:
         """The candidate row for pool ``p``; reasons written by :func:`filters.evaluate` (the reference)."""
-        pool = self.pools[p]
         broken = np.nonzero(v.bad[p])[0]
         feasible = not len(broken)
         reasons = [] if feasible else self.reasons(spec, v, p, usage, broken)
-        est = v.latency[p]
-        return construct(
-            Candidate,
-            pool=pool.name,
-            tier=pool.tier,
-            feasible=feasible,
-            estimated_latency_ms=None if np.isnan(est) else round(float(est), 3),
-            hourly_cost=round(float(v.cost[p]), 6),
-            reasons=reasons,
-        )
+        return self._row(p, feasible, float(v.latency[p]), float(v.cost[p]), reasons)
 
     def reasons(
         self, spec: EdgeWorkloadSpec, v: Verdicts, p: int, usage: PoolUsage, broken: Any = None
@@ -654,11 +633,8 @@ def decide(
         usage_of = _row_lookup(used)
     v = table.evaluate(spec, used)
     feasible = v.feasible
-    if v.static is not None:  # every pool in choice order, made once per shape: keep the feasible ones
-        ranked = v.static.order
-        order = ranked[feasible[ranked]][:limit].tolist()
-    else:
-        order = [int(p) for p in table.choice_order(v, np.nonzero(feasible)[0], limit)]
+    ranked = v.static.order  # every pool in choice order, made once per shape: keep the feasible ones
+    order = ranked[feasible[ranked]][:limit].tolist()
     if len(order) < limit:
         idx = np.nonzero(~feasible)[0]
         near = idx[np.lexsort((table.name_rank[idx], v.rank[idx], v.n_broken[idx]))]
