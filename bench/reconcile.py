@@ -219,6 +219,46 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def reconciles(port: int) -> Counter[str]:
+    """The operator's reconciles so far by kind (its /metrics)."""
+    import urllib.request
+
+    out: Counter[str] = Counter()
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("continuum_reconcile_duration_seconds_count{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            out[kind] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def cpu_split(pid: int) -> tuple[float, float, int, int]:
+    """(user, system) CPU seconds of a process, its main thread's voluntary context switches (how often its
+    event loop went to sleep and was woken) and its minor page faults."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        switches = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("voluntary_ctxt_switches")
+        )
+    except (OSError, StopIteration):
+        return 0.0, 0.0, 0, 0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, switches, int(fields[7])
+
+
 def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> list[list[str]]:
     """The emulator's rows with a column for the real control plane (a dash where a row does not apply)."""
     to_deploy, to_running = real["to_deploy"], real["to_running"]
@@ -292,6 +332,7 @@ def main() -> int:
     recorder = Recorder(cluster)
     # The operator runs as its own process, as in a cluster (in one process it would share the GIL with the emulator).
     profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
+    metrics_port = free_port()
     operator = subprocess.Popen(
         [
             sys.executable,
@@ -302,7 +343,7 @@ def main() -> int:
             "--kubeconfig",
             str(cluster.kubeconfig),
             "--metrics-port",
-            "0",
+            str(metrics_port),
             "--liveness-port",
             "0",
             "--resync-seconds",
@@ -340,6 +381,8 @@ def main() -> int:
         time.sleep(1.0)  # attached
     emulator_tid = cluster._thread.native_id if cluster._thread is not None else None
     cpu_before = (cpu_seconds(operator.pid), cpu_seconds(os.getpid(), emulator_tid))
+    split_before = cpu_split(operator.pid)
+    reconciled_before = reconciles(metrics_port)
     started = time.perf_counter()
     done = threading.Event()
 
@@ -379,6 +422,9 @@ def main() -> int:
             break
         idle_cpu = now
     operator_cpu_all = idle_cpu - cpu_before[0]
+    split_after = cpu_split(operator.pid)
+    reconciled = reconciles(metrics_port) - reconciled_before
+    user, system, wakeups, faults = (after - before for after, before in zip(split_after, split_before, strict=True))
     late_calls = Counter(recorder.calls) - calls
     operator.terminate()
     operator.wait(timeout=30)
@@ -420,6 +466,13 @@ def main() -> int:
             f"the decision the controller makes, `fast.decide_placement` with 20 status rows: "
             f"{decide_ms:.2f} ms in isolation, vs {reference_ms:.2f} ms for the reference `engine.decide`)",
         ],
+        [
+            "operator user / system CPU, wake-ups, page faults per workload",
+            f"{user / args.workloads * 1000:.2f} / {system / args.workloads * 1000:.2f} ms, "
+            f"{wakeups / args.workloads:.1f} wake-ups (voluntary context switches of its event loop's thread), "
+            f"{faults / args.workloads:.1f} minor page faults",
+        ],
+        ["operator reconciles", ", ".join(f"{k}: {v:,}" for k, v in sorted(reconciled.items())) or "-"],
         ["load average (1, 5, 15 min) at the end", ", ".join(f"{x:.1f}" for x in load)],
     ]
     columns = ["measure", "emulator"]
