@@ -424,7 +424,9 @@ def main() -> int:
     operator_cpu_all = idle_cpu - cpu_before[0]
     split_after = cpu_split(operator.pid)
     reconciled = reconciles(metrics_port) - reconciled_before
-    user, system, wakeups, faults = (after - before for after, before in zip(split_after, split_before, strict=True))
+    user, system, wakeups, faults = (
+        after - before for after, before in zip(split_after, split_before, strict=True)
+    )
     late_calls = Counter(recorder.calls) - calls
     operator.terminate()
     operator.wait(timeout=30)
