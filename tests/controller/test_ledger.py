@@ -123,3 +123,22 @@ def test_usage_rows_follow_every_change_as_the_dict_does(example_snapshot, examp
         for other in keys:
             expected = fast.usage_array(table.names, ledger.usage_excluding(other))
             assert np.array_equal(ledger.used_excluding(other, table), expected)
+
+
+def test_the_same_inputs_again_change_nothing_and_new_ones_are_recomputed(
+    example_snapshot, example_workloads
+):
+    """set() returns at once for the inputs it last saw (the wanted pools, the same spec and snapshot
+    objects); another spec object, another snapshot or a drop recompute the claims."""
+    spec = example_workloads["line-defect-inspection"].spec
+    other = example_workloads["line-defect-inspection"].spec.model_copy(deep=True)
+    ledger = ClaimsLedger()
+    wanted = {CLAIM_PLACEMENT: "mec-frankfurt"}
+    assert ledger.set(A, wanted, spec, example_snapshot).changed
+    assert not ledger.set(A, dict(wanted), spec, example_snapshot).changed
+    bigger = other.model_copy(update={"replicas": spec.replicas + 1})
+    assert ledger.set(A, wanted, bigger, example_snapshot).changed  # another spec: recomputed
+    assert ledger.by_pool["mec-frankfurt"] == filters.usage_of(bigger, example_snapshot.pool("mec-frankfurt"))
+    assert ledger.drop(A).changed
+    assert ledger.set(A, wanted, bigger, example_snapshot).changed  # after a drop: held again
+    assert ledger.by_pool["mec-frankfurt"].workloads == 1

@@ -66,6 +66,10 @@ class ClaimsLedger:
         # sum moved since), so a decision does not rebuild it from the dict
         self._array: tuple[fast.PoolTable, npt.NDArray[np.float64]] | None = None
         self._moved: set[str] = set()
+        # per workload: what its claims were last computed from (the wanted pools, the spec object, the
+        # snapshot object); the same inputs again give the same claims, so set() returns at once (a
+        # workload's claims are refreshed on each of its watch events and twice per reconcile)
+        self._inputs: dict[WorkloadKey, tuple[tuple[tuple[str, str], ...], object, object]] = {}
 
     def reserve(self, key: WorkloadKey, claims: Claims) -> None:
         self._reserved[key] = dict(claims)
@@ -90,6 +94,11 @@ class ClaimsLedger:
         snapshot: ClusterSnapshot | None,
     ) -> ClaimChange:
         """Make ``key``'s claims ``wanted`` (pools unknown to the snapshot, or no valid spec: none)."""
+        inputs = (tuple(wanted.items()), spec, snapshot)
+        last = self._inputs.get(key)
+        if last is not None and last[0] == inputs[0] and last[1] is spec and last[2] is snapshot:
+            return UNCHANGED
+        self._inputs[key] = inputs
         old = self._claims.get(key, {})
         new: dict[str, Claim] = {}
         for entry, pool in wanted.items():
@@ -129,7 +138,9 @@ class ClaimsLedger:
 
     def drop(self, key: WorkloadKey) -> ClaimChange:
         self._reserved.pop(key, None)
-        return self.set(key, {}, None, None)
+        change = self.set(key, {}, None, None)
+        self._inputs.pop(key, None)
+        return change
 
     def rebuild(
         self,
@@ -141,6 +152,7 @@ class ClaimsLedger:
         returns whether any workload holds a claim."""
         self._claims.clear()
         self.by_pool.clear()
+        self._inputs.clear()
         self._array = None
         held = False
         for key in keys:
