@@ -475,33 +475,22 @@ class IngestSpec(ApiModel):
     """Streaming input: the worker consumes MQTT topics and publishes results (docs/streaming.md)."""
 
     broker: str = Field(pattern=r"^mqtt://[^/?#]+$", description="Source broker, mqtt://HOST[:PORT]")
-    topics: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, description="Source topics (+/# allowed)"
-    )
-    decoder: Literal["v2", "raw", "npy"] = Field(
-        default="v2", description="v2 infer request JSON, raw array, .npy"
-    )
+    topics: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="Source topics (+/# allowed)")
+    decoder: Literal["v2", "raw", "npy"] = Field(default="v2", description="v2 infer request JSON, raw array, .npy")
     dtype: str | None = Field(default=None, description="decoder raw: v2 datatype, e.g. FP32")
     shape: list[int] | None = Field(default=None, description="decoder raw: shape, -1 for one free dimension")
     input: str | None = Field(default=None, description="decoder raw/npy: the model input fed")
     publish_broker: str | None = Field(
         default=None, pattern=r"^mqtt://[^/?#]+$", description="Where results go; unset: the source broker"
     )
-    publish_topic: str = Field(
-        min_length=1, description="Results (or events) topic; also TOPIC/summary, TOPIC/dead-letter"
-    )
-    filter: Literal["all", "events"] = Field(
-        default="all", description="events: only rows above the threshold, plus summaries"
-    )
+    publish_topic: str = Field(min_length=1, description="Results (or events) topic; also TOPIC/summary, TOPIC/dead-letter")
+    filter: Literal["all", "events"] = Field(default="all", description="events: only rows above the threshold, plus summaries")
     event_threshold: float = Field(default=0.9, description="events filter: top score above it is an event")
     publish_after: Literal["written", "durable"] = Field(
-        default="written",
-        description="written: a result is published once handed to the outbox (the source is "
+        default="written", description="written: a result is published once handed to the outbox (the source is "
         "acknowledged after its commit either way); durable: once committed",
     )
-    messages_per_second: float = Field(
-        default=0.0, ge=0, description="Expected message rate (the WAN charge)"
-    )
+    messages_per_second: float = Field(default=0.0, ge=0, description="Expected message rate (the WAN charge)")
     message_bytes: int = Field(default=0, ge=0, description="Expected message size in bytes (the WAN charge)")
 
     @property
@@ -546,9 +535,7 @@ class EdgeWorkloadSpec(ApiModel):
                              "message is acknowledged")  # fmt: skip
         if self.ingest.mbps > self.requirements.bandwidth.ingest_mbps:  # placement charges the stream's rate
             bandwidth = self.requirements.bandwidth.model_copy(update={"ingest_mbps": self.ingest.mbps})
-            object.__setattr__(
-                self, "requirements", self.requirements.model_copy(update={"bandwidth": bandwidth})
-            )
+            object.__setattr__(self, "requirements", self.requirements.model_copy(update={"bandwidth": bandwidth}))
         return self
 
     @model_validator(mode="after")
@@ -614,12 +601,8 @@ class StateSyncStatus(StatusModel):
 
     observed_at: Timestamp = Field(description="When the operator last asked the worker")
     reachable: bool = Field(description="Whether the worker answered")
-    pending_updates: int = Field(
-        default=0, ge=0, description="Local updates the upstream has not acknowledged"
-    )
-    last_sync_time: Timestamp | None = Field(
-        default=None, description="Last successful sync with the upstream"
-    )
+    pending_updates: int = Field(default=0, ge=0, description="Local updates the upstream has not acknowledged")
+    last_sync_time: Timestamp | None = Field(default=None, description="Last successful sync with the upstream")
     sync_failures: int = Field(default=0, ge=0, description="Failed sync attempts since the worker started")
     peers: int = Field(default=0, ge=0, description="Peers and upstreams the worker syncs with")
     message: str | None = None
@@ -649,24 +632,16 @@ class IngestStatus(StatusModel):
     observed_at: Timestamp = Field(description="When the operator last asked the worker")
     reachable: bool = Field(description="Whether the worker answered")
     broker_connected: bool = Field(default=False, description="Every source and the results broker connected")
-    pending_records: int = Field(
-        default=0, ge=0, description="Results in the outbox not yet published upstream"
-    )
+    pending_records: int = Field(default=0, ge=0, description="Results in the outbox not yet published upstream")
     pending_bytes: int = Field(default=0, ge=0, description="Their payload bytes")
-    lag_seconds: float = Field(
-        default=0.0, ge=0, description="Age of the oldest result not yet published upstream"
-    )
+    lag_seconds: float = Field(default=0.0, ge=0, description="Age of the oldest result not yet published upstream")
     source_lag_seconds: float | None = Field(
-        default=None,
-        ge=0,
-        description="Receive time minus the publisher's timestamp of the last message (its clock)",
+        default=None, ge=0, description="Receive time minus the publisher's timestamp of the last message (its clock)"
     )
     source_lag_records: int | None = Field(
         default=None, ge=0, description="Kafka sources: records in the topics not yet consumed"
     )
-    dropped: int = Field(
-        default=0, ge=0, description="Results dropped unpublished (outbox full, drop-oldest)"
-    )
+    dropped: int = Field(default=0, ge=0, description="Results dropped unpublished (outbox full, drop-oldest)")
     message: str | None = None
 
 
@@ -693,9 +668,7 @@ class EdgeWorkloadStatus(StatusModel):
     )
     state: StateSyncStatus | None = Field(default=None, description="Present when spec.state.enabled")
     drift: DriftStatus | None = Field(default=None, description="Present once the worker was asked")
-    ingest: IngestStatus | None = Field(
-        default=None, description="Present with spec.ingest, once the worker was asked"
-    )
+    ingest: IngestStatus | None = Field(default=None, description="Present with spec.ingest, once the worker was asked")
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
 
