@@ -107,13 +107,21 @@ def run(
             super().__init__("http://in-memory")
 
         async def request(  # type: ignore[override]
-            self, method: str, path: str, body: Any = None, params: Any = None, content_type: str = ""
+            self,
+            method: str,
+            path: str,
+            body: Any = None,
+            params: Any = None,
+            content_type: str = "",
+            decode: bool = True,
         ) -> dict[str, Any]:
             payload = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS) if body is not None else None
             answer, line = server.handle(method, path, payload)
             if line is not None:
                 stream = streams[line[0]]
                 asyncio.get_running_loop().call_soon(lambda: stream.event(orjson.loads(line[1]), "0"))
+            if not decode:
+                return {}
             data = orjson.loads(answer)
             return data if isinstance(data, dict) else {}
 

@@ -290,7 +290,8 @@ def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> l
         ),
         "operator CPU per workload": f"{real['operator_cpu'] / n * 1000:.1f} ms",
     }
-    merged = [[*row, by_row.get(row[0], "-")] for row in rows]
+    # rows are matched by the start of their label ("operator CPU per workload (goal ...)")
+    merged = [[*row, next((v for k, v in by_row.items() if row[0].startswith(k)), "-")] for row in rows]
     merged.append(
         [
             "create → all replicas Running on the chosen pool p50 / p99 (real scheduler + kwok)",

@@ -69,7 +69,7 @@ class EventPoster:
         assert self.api is not None
         for attempt in range(self.retries):
             try:
-                await self.api.apply(event, create_only=True)
+                await self.api.apply(event, create_only=True, read=False)
                 return
             except asyncio.CancelledError:
                 raise

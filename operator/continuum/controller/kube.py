@@ -199,11 +199,16 @@ class KubeApi:
         body: Any = None,
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        decode: bool = True,
     ) -> dict[str, Any]:
+        """The answer's object; ``decode=False``: {} on success (the answer is not read: a create whose
+        result nobody uses), errors are still raised with the server's message."""
         payload = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS) if body is not None else None
         status, reason, raw = await self._http().request(method, path, payload, params, content_type)
         if status == 401 and self.reload_token():  # the kubelet rotated the token: once more with the new one
             status, reason, raw = await self._http().request(method, path, payload, params, content_type)
+        if not decode and status < 400:
+            return {}
         try:
             data = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
@@ -258,12 +263,14 @@ class KubeApi:
         namespace: str | None = None,
         subresource: str | None = None,
         content_type: str = MERGE,
+        read: bool = True,
     ) -> dict[str, Any]:
         return await self.request(
             "PATCH",
             path_for(api_version, kind, name, namespace, subresource),
             patch,
             content_type=content_type,
+            decode=read,
         )
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
@@ -275,16 +282,17 @@ class KubeApi:
             if exc.status != 404:
                 raise
 
-    async def apply(self, obj: dict[str, Any], create_only: bool = False) -> dict[str, Any]:
-        """Create the object, or merge-patch its metadata labels/annotations/ownerReferences and spec."""
+    async def apply(self, obj: dict[str, Any], create_only: bool = False, read: bool = True) -> dict[str, Any]:
+        """Create the object, or merge-patch its metadata labels/annotations/ownerReferences and spec;
+        returns the object as the server has it (``read=False``: {}, nothing decoded or fetched)."""
         meta = obj["metadata"]
         api_version, kind, ns = obj["apiVersion"], obj["kind"], meta.get("namespace")
         try:
-            return await self.request("POST", path_for(api_version, kind, None, ns), obj)
+            return await self.request("POST", path_for(api_version, kind, None, ns), obj, decode=read)
         except ApiError as exc:
             if exc.status != 409:
                 raise
         if create_only:
-            return await self.get(api_version, kind, meta["name"], ns) or {}
+            return (await self.get(api_version, kind, meta["name"], ns) or {}) if read else {}
         body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")}
-        return await self.patch(api_version, kind, meta["name"], body, ns)
+        return await self.patch(api_version, kind, meta["name"], body, ns, read=read)

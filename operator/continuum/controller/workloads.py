@@ -53,6 +53,7 @@ from continuum.placement.hysteresis import Action, Verdict, judge
 from continuum.placement.snapshot import ClusterSnapshot
 from continuum.render.worker import RenderSettings, render_worker_manifests, rendered_name, service_url
 
+RECONCILE_SECONDS = metrics.RECONCILE_SECONDS.labels("EdgeWorkload")
 FRESH_EVERY = 10  # every 10th resync makes every decision fresh (others reuse unchanged decisions)
 
 EventFn = Callable[[Mapping[str, Any], str, str, str], None]  # (body, type, reason, message)
@@ -206,7 +207,7 @@ class WorkloadReconciler:
             self.ledger.release(key)
             self.refresh_claims(key)
         self._record(body, old, status, verdict, decision)
-        metrics.RECONCILE_SECONDS.labels("EdgeWorkload").observe(time.perf_counter() - started)
+        RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return self._look_again(verdict.action, status, now)
 
     def _decide(
@@ -312,7 +313,8 @@ class WorkloadReconciler:
                     identity = digest(obj)
                     if self._applied.get(memo_key) == (identity, self.resync_epoch):
                         continue
-                result = await self.api.apply(obj, create_only=obj_kind == "Secret")
+                # only a Deployment/StatefulSet's answer is read (into the cache, before its watch event)
+                result = await self.api.apply(obj, create_only=obj_kind == "Secret", read=watched)
                 if watched and result:
                     self.observe_own(RENDERED, "MODIFIED", result)
                 elif not watched:
