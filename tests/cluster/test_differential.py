@@ -52,6 +52,19 @@ def settled(workloads: list[dict[str, Any]], total: int) -> bool:
     return True
 
 
+def pools_caught_up(workloads: list[dict[str, Any]], pools: list[dict[str, Any]]) -> bool:
+    """Every pool's status counts the workloads whose status holds it (the pool pass follows claim changes
+    about a second later, so a run read right after its workloads settled could catch it behind)."""
+    from collections import Counter
+
+    from continuum.controller.ledger import claims_in_status
+
+    held = Counter(pool for w in workloads for pool in claims_in_status(w.get("status")).values())
+    return all(
+        ((p.get("status") or {}).get("workloads") or 0) == held.get(p["metadata"]["name"], 0) for p in pools
+    )
+
+
 def workload_view(obj: dict[str, Any]) -> dict[str, Any]:
     status = obj.get("status") or {}
     placement = status.get("placement") or {}
@@ -119,9 +132,11 @@ def emulator_run(tmp: Path) -> dict[str, Any]:
         for doc in workloads_docs():
             harness.apply(doc)
         total = len(workloads_docs())
-        wait_until(lambda: settled(harness.cluster.list("continuum.dev/v1alpha1/edgeworkloads"), total),
-                   timeout=90, what="the emulator run settled")
         c = harness.cluster
+        wait_until(lambda: settled(c.list("continuum.dev/v1alpha1/edgeworkloads"), total)
+                   and pools_caught_up(c.list("continuum.dev/v1alpha1/edgeworkloads"),
+                                       c.list("continuum.dev/v1alpha1/edgenodepools")),
+                   timeout=90, what="the emulator run settled")
         return {
             "workloads": c.list("continuum.dev/v1alpha1/edgeworkloads"),
             "pools": c.list("continuum.dev/v1alpha1/edgenodepools"),
@@ -166,7 +181,9 @@ def real_run(tmp: Path) -> dict[str, Any]:
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in namespaces]}))
         k("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": workloads_docs()}))
         total = len(workloads_docs())
-        wait_until(lambda: settled(get("edgeworkloads"), total), timeout=120, what="the real run settled")
+        wait_until(lambda: settled(get("edgeworkloads"), total)
+                   and pools_caught_up(get("edgeworkloads"), get("edgenodepools")),
+                   timeout=120, what="the real run settled")
         return {
             "workloads": get("edgeworkloads"),
             "pools": get("edgenodepools"),

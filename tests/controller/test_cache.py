@@ -202,3 +202,44 @@ def test_a_list_of_one_namespace_touches_only_that_namespace():
     asyncio.run(stream.list(ListsWhileWriting({"Deployment": []}, None)))  # type: ignore[arg-type]
     assert seen == [(RENDERED, "DELETED", "a")]  # gone from "one"; "two" is another stream's
     assert list(cache.rendered) == [WorkloadKey("two", "b")]
+
+
+def test_only_updates_of_what_the_reconciler_reads_of_a_deployment_queue_its_workload():
+    """A rendered Deployment's status churns (conditions, availableReplicas) while a rollout runs; only a
+    change of what the reconciler reads (spec, labels, the readiness fields, generation) queues the workload."""
+    from continuum.controller.manager import Controller
+    from continuum.controller.settings import OperatorSettings
+
+    controller = Controller(OperatorSettings())
+    workload = {"apiVersion": "continuum.dev/v1alpha1", "kind": "EdgeWorkload",
+                "metadata": {"name": "w", "namespace": "ns", "uid": "u", "generation": 1, "resourceVersion": "1"},
+                "spec": {"model": {"name": "m", "uri": "http://m/m.onnx"}}}  # fmt: skip
+    controller.observe("EdgeWorkload", "ADDED", workload)
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "w-p", "namespace": "ns", "labels": {"continuum.dev/workload": "w"},
+                     "resourceVersion": "2", "generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1},
+    }  # fmt: skip
+    key = WorkloadKey("ns", "w")
+    added: list = []
+    controller.queue.add = lambda queued, urgent=False: added.append(queued)  # type: ignore[method-assign]
+
+    def seen(body: dict, event: str = "MODIFIED") -> bool:
+        added.clear()
+        controller.observe(RENDERED, event, body)
+        return key in added
+
+    assert seen(deployment)  # new
+    heartbeat = copy.deepcopy(with_rv(deployment, 3))
+    heartbeat["status"]["conditions"] = [{"type": "Progressing", "lastUpdateTime": "2026-12-03T12:00:00Z"}]
+    heartbeat["status"]["availableReplicas"] = 0
+    assert not seen(heartbeat)
+    ready = copy.deepcopy(with_rv(heartbeat, 4))
+    ready["status"]["readyReplicas"] = 1
+    assert seen(ready)
+    relabelled = copy.deepcopy(with_rv(ready, 5))
+    relabelled["metadata"]["labels"]["extra"] = "x"
+    assert seen(relabelled)
+    assert seen(with_rv(relabelled, 6), "DELETED")  # a delete always queues

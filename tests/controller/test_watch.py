@@ -132,3 +132,49 @@ def test_the_cache_is_primed_once_every_stream_has_listed():
     watches.streams[-1].synced = True
     watches._synced()
     assert cache.primed.is_set()
+
+
+async def test_the_pod_stream_leaves_continuums_own_worker_pods_on_the_server(tmp_path):
+    """Own worker pods hold no capacity in the snapshot (placement counts them per workload), so the Pod
+    stream asks the server for the others only (``!continuum.dev/workload``), in its list and its watch."""
+    from continuum.controller.kube import KubeApi
+    from continuum_demo.emulator import EmulatedCluster
+
+    def pod(name: str, ours: bool) -> dict:
+        labels = {"continuum.dev/workload": "w"} if ours else {"app": "x"}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns", "labels": labels},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}}  # fmt: skip
+
+    kind = next(k for k in KINDS if k.name == "Pod")
+    assert kind.label_selector == "!continuum.dev/workload" and kind.all_namespaces
+    async with EmulatedCluster(workdir=tmp_path) as cluster:
+        cluster.apply(pod("listed-ours", True))
+        cluster.apply(pod("listed-other", False))
+        cache = ClusterCache()
+        seen: list = []
+
+        def observe(kind_name, event_type, body):
+            seen.append(body["metadata"]["name"])
+            cache.observe_object(kind_name, event_type, body)
+
+        api = KubeApi(cluster.url)
+        stream = Stream(kind, None, cache, observe, lambda: None)
+        task = asyncio.create_task(stream.run(api))
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if stream.synced:
+                    break
+            cluster.apply(pod("watched-ours", True))
+            cluster.apply(pod("watched-other", False))
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if "watched-other" in seen:
+                    break
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await api.close()
+    assert seen == ["listed-other", "watched-other"]
+    assert sorted(name for _, name in cache.pods) == ["listed-other", "watched-other"]

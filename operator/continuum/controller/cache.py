@@ -219,6 +219,15 @@ class ClusterCache:
         self.workload_sets[key] = body if isinstance(body, dict) else plain(body)
         return key, True
 
+    def rendered_object(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The cached version of the rendered Deployment/StatefulSet ``body`` is a version of, if any."""
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(LABEL_WORKLOAD)
+        if not owner:
+            return None
+        objs = self.rendered.get(WorkloadKey(meta.get("namespace") or "default", owner)) or {}
+        return objs.get((str(body.get("kind") or ""), str(meta.get("name"))))
+
     def observe_rendered(self, event_type: str | None, body: Mapping[str, Any]) -> WorkloadKey | None:
         """A Deployment/StatefulSet the operator rendered; returns its workload (None: not ours, or stale)."""
         meta = body.get("metadata") or {}

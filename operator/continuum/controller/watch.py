@@ -13,7 +13,8 @@ Each stream feeds :meth:`Controller.observe` directly (no framework handler mach
 * watch lines are decoded with orjson, a whole received chunk at a time.
 
 Namespaced kinds are watched per namespace when the operator serves some namespaces only, except Pods:
-they are read cluster-wide (every pod holds capacity on its node; the chart grants exactly that).
+they are read cluster-wide (every pod holds capacity on its node; the chart grants exactly that), all but
+Continuum's own worker pods (``!continuum.dev/workload``: placement counts those per workload).
 The streams run on standby replicas too (warm caches); only the workers wait for the leadership.
 """
 
@@ -56,7 +57,9 @@ class Kind:
 KINDS: tuple[Kind, ...] = (
     Kind("Node", "v1", "Node", namespaced=False),
     Kind("EdgeNodePool", API_VERSION, "EdgeNodePool", namespaced=False),
-    Kind("Pod", "v1", "Pod", namespaced=True, all_namespaces=True),
+    # Continuum's own worker pods hold no capacity in the snapshot (placement accounts for them per
+    # workload, snapshot.pod_holds): the server leaves them out, so a burst's pods cost the operator nothing
+    Kind("Pod", "v1", "Pod", namespaced=True, label_selector=f"!{LABEL_WORKLOAD}", all_namespaces=True),
     Kind("Deployment", "apps/v1", "Deployment", namespaced=True, label_selector=LABEL_WORKLOAD),
     Kind("StatefulSet", "apps/v1", "StatefulSet", namespaced=True, label_selector=LABEL_WORKLOAD),
     Kind("EdgeWorkload", API_VERSION, "EdgeWorkload", namespaced=True),
