@@ -288,7 +288,9 @@ def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> l
             + ", ".join(f"{c}: {v}" for c, v in sorted(calls.items()))
             + ")"
         ),
-        "operator CPU per workload": f"{real['operator_cpu'] / n * 1000:.1f} ms",
+        "operator CPU per workload": f"{real['operator_cpu'] / n * 1000:.1f} ms (until every replica ran, "
+        "readiness updates included)",
+        "operator reconciles": ", ".join(f"{k}: {v:,}" for k, v in sorted(real["reconciles"].items())) or "-",
     }
     # rows are matched by the start of their label ("operator CPU per workload (goal ...)")
     merged = [[*row, next((v for k, v in by_row.items() if row[0].startswith(k)), "-")] for row in rows]

@@ -177,8 +177,11 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
             *objs, *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{i}"}} for i in range(10))]))
         console.print(f"cluster: {len(objs)} nodes and pools applied in {time.perf_counter() - t0:.1f} s")
         node_pool = {o["metadata"]["name"]: o["metadata"]["labels"]["bench/pool"] for o in objs if o["kind"] == "Node"}
+        from bench.reconcile import free_port, reconciles
+
+        metrics_port = free_port()
         operator = subprocess.Popen(
-            [sys.executable, "-m", "continuum", "run", "--metrics-port", "0", "--liveness-port", "0",
+            [sys.executable, "-m", "continuum", "run", "--metrics-port", str(metrics_port), "--liveness-port", "0",
              "--resync-seconds", "120"],
             env={**os.environ, "KUBECONFIG": str(op_kubeconfig), "POD_ID": "bench"},
             stdout=op_log.open("wb"), stderr=subprocess.STDOUT,
@@ -236,6 +239,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         audit = workdir / "logs" / "audit.log"
         audit_offset = audit.stat().st_size if audit.exists() else 0
         cpu0, comp0 = cpu_seconds(operator.pid), component_cpu(workdir)
+        reconciled0 = reconciles(metrics_port)
         started = time.perf_counter()
         accepted = asyncio.run(post_all(kubeconfig, [workload(i) for i in range(workloads)]))
         with lock:
@@ -250,6 +254,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
             time.sleep(0.2)
         settled = time.perf_counter() - started
         operator_cpu = cpu_seconds(operator.pid) - cpu0
+        reconciled = reconciles(metrics_port) - reconciled0
         comp1 = component_cpu(workdir)
         time.sleep(1)
         calls: Counter[str] = Counter()
@@ -277,6 +282,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
                 "to_running": to_running,
                 "wrong_pool": list(wrong_pool),
                 "operator_cpu": operator_cpu,
+                "reconciles": reconciled,
                 "components_cpu": {n: comp1.get(n, 0.0) - comp0.get(n, 0.0) for n in comp1},
                 "calls": calls,
                 "p50": statistics.median(to_deploy) if to_deploy else None,
