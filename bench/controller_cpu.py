@@ -27,22 +27,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
+from continuum_demo.emulator.store import merge_patch
 
 from bench.reconcile import cluster_objects, workload
 
 PLURALS = {"Node": "api/v1/nodes", "EdgeNodePool": "apis/continuum.dev/v1alpha1/edgenodepools"}
-
-
-def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = dict(target)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_patch(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 class Server:

@@ -28,7 +28,7 @@ from continuum_demo.emulator import EmulatedCluster
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import machine, markdown_table, percentile, write_section
+from bench.report import free_port, machine, markdown_table, percentile, write_section
 
 TIERS = ("device", "near-edge", "regional-mec", "cloud")
 EW_PATH = "/apis/continuum.dev/v1alpha1/namespaces/{ns}/edgeworkloads"
@@ -209,22 +209,18 @@ def decide_cost(n_pools: int, samples: int = 300) -> tuple[float, float]:
     return best_fast, best_ref
 
 
+def _stat(path: Path) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (None: the process is gone)."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """User + system CPU time of a process (or one of its threads), from /proc."""
-    path = Path(f"/proc/{pid}/task/{tid}/stat") if tid else Path(f"/proc/{pid}/stat")
-    try:
-        fields = path.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    fields = _stat(Path(f"/proc/{pid}/task/{tid}/stat") if tid else Path(f"/proc/{pid}/stat"))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def reconciles(port: int) -> Counter[str]:
@@ -259,14 +255,16 @@ def controller_work(n_pools: int, workloads: int, gap_ms: float) -> float:
 def cpu_split(pid: int) -> tuple[float, float, int, int]:
     """(user, system) CPU seconds of a process, its main thread's voluntary context switches (how often its
     event loop went to sleep and was woken) and its minor page faults."""
+    fields = _stat(Path(f"/proc/{pid}/stat"))
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         switches = next(
             int(line.split()[1])
             for line in Path(f"/proc/{pid}/status").read_text().splitlines()
             if line.startswith("voluntary_ctxt_switches")
         )
     except (OSError, StopIteration):
+        fields = None
+    if fields is None:
         return 0.0, 0.0, 0, 0
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick, switches, int(fields[7])

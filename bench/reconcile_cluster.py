@@ -177,7 +177,8 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
             *objs, *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{i}"}} for i in range(10))]))
         console.print(f"cluster: {len(objs)} nodes and pools applied in {time.perf_counter() - t0:.1f} s")
         node_pool = {o["metadata"]["name"]: o["metadata"]["labels"]["bench/pool"] for o in objs if o["kind"] == "Node"}
-        from bench.reconcile import free_port, reconciles
+        from bench.reconcile import reconciles
+        from bench.report import free_port
 
         metrics_port = free_port()
         operator = subprocess.Popen(

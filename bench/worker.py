@@ -40,17 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from continuum_worker.backends import auto_intra_op_threads  # noqa: E402
 
-from bench.report import machine, markdown_table, percentile, write_section  # noqa: E402
+from bench.report import free_port, machine, markdown_table, percentile, write_section  # noqa: E402
 
 BENCH_VENV = ROOT / ".venv-bench"
 ROUNDS = 5
 REPO_WIDTH, REPO_DEPTH = 1024, 2  # repository case: 64→1024→1024→10, 1.1 M weights (4.6 MB) per model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

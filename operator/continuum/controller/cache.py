@@ -88,6 +88,24 @@ def pod_fingerprint(pod: Mapping[str, Any]) -> Hashable:
         return None
 
 
+READINESS_FIELDS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas")
+
+
+def rendered_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the workload reconciler reads of a Deployment/StatefulSet it rendered (compared with ==): what
+    :func:`diff.unchanged` compares, the pool (:func:`diff.rendered_pool`), generation and the fields of
+    :func:`status.readiness` (not a condition's heartbeat, availableReplicas or managedFields)."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    return (
+        meta.get("generation"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("ownerReferences"),
+        obj.get("spec"),
+        tuple(status.get(name) for name in READINESS_FIELDS),
+    )
+
+
 def owning_set(body: Mapping[str, Any]) -> WorkloadSetKey | None:
     """The EdgeWorkloadSet that controls this EdgeWorkload (its controller owner reference), if any."""
     meta = body.get("metadata") or {}
@@ -219,17 +237,10 @@ class ClusterCache:
         self.workload_sets[key] = body if isinstance(body, dict) else plain(body)
         return key, True
 
-    def rendered_object(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """The cached version of the rendered Deployment/StatefulSet ``body`` is a version of, if any."""
-        meta = body.get("metadata") or {}
-        owner = (meta.get("labels") or {}).get(LABEL_WORKLOAD)
-        if not owner:
-            return None
-        objs = self.rendered.get(WorkloadKey(meta.get("namespace") or "default", owner)) or {}
-        return objs.get((str(body.get("kind") or ""), str(meta.get("name"))))
-
     def observe_rendered(self, event_type: str | None, body: Mapping[str, Any]) -> WorkloadKey | None:
-        """A Deployment/StatefulSet the operator rendered; returns its workload (None: not ours, or stale)."""
+        """A Deployment/StatefulSet the operator rendered; returns its workload when what the reconciler reads
+        of it changed (:func:`rendered_fingerprint`; always on a delete), None when it is not ours, stale, or
+        an update of nothing the reconciler reads (a rollout's condition heartbeats)."""
         meta = body.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(LABEL_WORKLOAD)
         if not owner:
@@ -247,6 +258,8 @@ class ClusterCache:
             if current is not None and resource_version(current) >= resource_version(body) > 0:
                 return None
             objs[obj_key] = body if isinstance(body, dict) else plain(body)
+            if current is not None and rendered_fingerprint(current) == rendered_fingerprint(body):
+                return None
         return key
 
     def index_model(self, key: WorkloadKey, raw: Mapping[str, Any] | None) -> set[str]:

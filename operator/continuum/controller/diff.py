@@ -46,22 +46,3 @@ def rendered_pool(obj: Mapping[str, Any]) -> str | None:
     template = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
     return (template.get("nodeSelector") or {}).get(LABEL_POOL)
 
-
-READINESS_FIELDS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas")
-
-
-def reconcile_view(obj: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
-    """What the workload reconciler reads of a rendered Deployment/StatefulSet: what :func:`unchanged`
-    compares, the pool (:func:`rendered_pool`) and the fields of ``status.readiness``. An update that leaves
-    it as it was (a condition's heartbeat, availableReplicas, managedFields) needs no reconcile."""
-    if obj is None:
-        return None
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-    return (
-        meta.get("generation"),
-        meta.get("labels"),
-        meta.get("annotations"),
-        meta.get("ownerReferences"),
-        obj.get("spec"),
-        tuple(status.get(name) for name in READINESS_FIELDS),
-    )

@@ -19,7 +19,6 @@ from typing import Any
 from continuum.api.models import DriftStatus, StateSyncStatus
 from continuum.api.workloadset import EdgeWorkloadSet
 from continuum.controller.cache import ClusterCache, WorkloadChange, owning_set
-from continuum.controller.diff import reconcile_view
 from continuum.controller.keys import RENDERED, Pass, QueueKey, WorkloadKey, WorkloadSetKey
 from continuum.controller.kube import KubeApi
 from continuum.controller.ledger import ClaimChange, ClaimsLedger
@@ -97,14 +96,8 @@ class Controller:
         """Take a watch event (or, with ``enqueue=False``, the result of our own write) into the cache
         and the ledger, and queue what it affects."""
         if kind == RENDERED:
-            before = self.cache.rendered_object(body) if enqueue and event_type != "DELETED" else None
             owner = self.cache.observe_rendered(event_type, body)
-            if (
-                enqueue
-                and owner is not None
-                and owner in self.cache.workloads
-                and (before is None or reconcile_view(before) != reconcile_view(body))
-            ):
+            if enqueue and owner is not None and owner in self.cache.workloads:
                 self.queue.add(owner)
             return
         if kind == "EdgeWorkload":
