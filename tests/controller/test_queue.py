@@ -29,6 +29,31 @@ async def test_a_key_added_while_processing_is_requeued_when_done_never_handed_o
     assert len(q) == 1 and await q.get() == "k"
 
 
+async def test_the_echo_of_a_passs_own_write_does_not_repeat_the_pass():
+    q = WorkQueue()
+    q.add("k")
+    key = await q.get()
+    q.add("k", version="7")  # the watch event of the pass's own write, before the write's answer
+    q.wrote("k", "7")  # the answer
+    q.done(key)
+    assert len(q) == 0  # nothing but its own write was seen: not reconciled again
+    q.add("k")
+    key = await q.get()
+    q.wrote("k", "9")
+    q.add("k", version="8")  # someone else's change while the pass ran
+    q.add("k", version="9", urgent=True)
+    q.done(key)
+    assert len(q) == 1 and await q.get() == "k"
+    q.add("k", version="10")  # another event while processing, nothing written
+    q.wrote("j", "10")  # another key's write (not processing) counts for nothing
+    q.done("k")
+    assert len(q) == 1 and await q.get() == "k"
+    q.done("k")
+    q.wrote("k", "11")  # after the pass: forgotten, does not hide a later event
+    q.add("k", version="11")
+    assert len(q) == 1
+
+
 async def test_add_after_keeps_the_earliest_deadline():
     q = WorkQueue()
     q.add_after("k", 0.05)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import kmock
 import pytest
 from continuum_demo.emulator import EmulatedCluster
 
@@ -341,3 +342,50 @@ def test_kubectl_get_shows_printer_columns(tmp_path: Path):
         assert row.split()[:7] == ["shop", "cam", "device", "store-1", "4", "Placed", "True"]
     finally:
         cluster.stop()
+
+
+async def test_resource_calls_answer_alike_through_kmocks_reactions_and_without_them(api):
+    """While no reaction was added, resource calls skip kmock's filters (most of the emulator's CPU per
+    call); they answer exactly as through them, and a reaction added while serving takes effect at once."""
+    cluster, s = api
+    emulator = cluster.emulator
+
+    async def calls(name: str) -> list[tuple[int, object]]:
+        out = []
+        for method, path, body, headers in [
+            ("POST", EW, workload(name), None),
+            ("POST", EW, workload(name), None),  # 409
+            ("GET", f"{EW}/{name}", None, None),
+            ("GET", f"{EW}/{name}-missing", None, None),  # 404
+            ("PATCH", f"{EW}/{name}/status", {"status": {"phase": "Placed"}}, MERGE),
+            ("GET", f"{EW}?labelSelector=app%3D{name}", None, None),
+            ("GET", "/apis/continuum.dev/v1alpha1/nope", None, None),  # unknown resource
+            ("DELETE", f"{EW}/{name}", None, None),
+        ]:
+            async with s.request(method, path, json=body, headers=headers) as resp:
+                data = await resp.json(content_type=None)
+                out.append((resp.status, _normalized(data, name)))
+        return out
+
+    direct = await calls("first-one")
+    assert not emulator._customized()
+    emulator["get /never-asked"] << 418  # any reaction: from now on every call goes through kmock's DSL
+    assert emulator._customized()
+    assert await calls("second-one") == direct
+    emulator["create apps/v1/deployments"][:1] << kmock.KubernetesError(500, "InternalError", "injected")
+    deployments = "/apis/apps/v1/namespaces/ns/deployments"
+    for name, status in (("d1", 500), ("d2", 200)):
+        body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {}}
+        assert (await s.post(deployments, json=body)).status == status
+
+
+def _normalized(data: object, name: str) -> object:
+    """``data`` with what differs between two objects (server-set metadata, the name) made equal."""
+    if isinstance(data, dict):
+        volatile = ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "traceback")
+        return {k: _normalized(v, name) for k, v in data.items() if k not in volatile}
+    if isinstance(data, list):
+        return [_normalized(v, name) for v in data]
+    if isinstance(data, str):
+        return data.replace(name, "NAME")
+    return data

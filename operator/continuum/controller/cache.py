@@ -106,6 +106,13 @@ def rendered_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def rendered_owner(body: Mapping[str, Any]) -> WorkloadKey | None:
+    """The workload a rendered Deployment/StatefulSet belongs to (its ``continuum.dev/workload`` label)."""
+    meta = body.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(LABEL_WORKLOAD)
+    return WorkloadKey(meta.get("namespace") or "default", owner) if owner else None
+
+
 def owning_set(body: Mapping[str, Any]) -> WorkloadSetKey | None:
     """The EdgeWorkloadSet that controls this EdgeWorkload (its controller owner reference), if any."""
     meta = body.get("metadata") or {}
@@ -241,11 +248,10 @@ class ClusterCache:
         """A Deployment/StatefulSet the operator rendered; returns its workload when what the reconciler reads
         of it changed (:func:`rendered_fingerprint`; always on a delete), None when it is not ours, stale, or
         an update of nothing the reconciler reads (a rollout's condition heartbeats)."""
-        meta = body.get("metadata") or {}
-        owner = (meta.get("labels") or {}).get(LABEL_WORKLOAD)
-        if not owner:
+        key = rendered_owner(body)
+        if key is None:
             return None
-        key = WorkloadKey(meta.get("namespace") or "default", owner)
+        meta = body.get("metadata") or {}
         objs = self.rendered.setdefault(key, {})
         obj_key = (str(body.get("kind") or ""), str(meta.get("name")))
         if event_type == "DELETED":

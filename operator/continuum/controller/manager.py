@@ -18,7 +18,7 @@ from typing import Any
 
 from continuum.api.models import DriftStatus, StateSyncStatus
 from continuum.api.workloadset import EdgeWorkloadSet
-from continuum.controller.cache import ClusterCache, WorkloadChange, owning_set
+from continuum.controller.cache import ClusterCache, WorkloadChange, owning_set, rendered_owner
 from continuum.controller.keys import RENDERED, Pass, QueueKey, WorkloadKey, WorkloadSetKey
 from continuum.controller.kube import KubeApi
 from continuum.controller.ledger import ClaimChange, ClaimsLedger
@@ -98,7 +98,9 @@ class Controller:
         if kind == RENDERED:
             owner = self.cache.observe_rendered(event_type, body)
             if enqueue and owner is not None and owner in self.cache.workloads:
-                self.queue.add(owner)
+                self.queue.add(owner, version=_version(body) if event_type != "DELETED" else None)
+            elif not enqueue and event_type != "DELETED":
+                self._wrote(rendered_owner(body), body)
             return
         if kind == "EdgeWorkload":
             self._observe_workload(event_type, body, enqueue)
@@ -122,8 +124,16 @@ class Controller:
     def observe_own(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         self.observe(kind, event_type, body, enqueue=False)
 
+    def _wrote(self, key: WorkloadKey | None, body: Mapping[str, Any]) -> None:
+        """Our write of ``key``'s objects answered: its watch event, if seen while ``key``'s pass still
+        ran, is an echo (:meth:`WorkQueue.wrote`)."""
+        if key is not None:
+            self.queue.wrote(key, _version(body))
+
     def _observe_workload(self, event_type: str | None, body: Mapping[str, Any], enqueue: bool) -> None:
         key, change = self.cache.observe_workload(event_type, body)
+        if not enqueue and event_type != "DELETED":
+            self._wrote(key, body)  # also when its watch event came first (then this answer is stale)
         if change is WorkloadChange.STALE:
             return
         if change is WorkloadChange.DELETED:
@@ -140,7 +150,7 @@ class Controller:
             urgent = (raw.get("status") or {}).get("observedGeneration") != (raw.get("metadata") or {}).get(
                 "generation"
             )
-            self.queue.add(key, urgent=urgent)
+            self.queue.add(key, urgent=urgent, version=_version(body))
 
     def _requeue_peers(self, key: WorkloadKey, peers: set[str]) -> None:
         """A copy of the same model changed tier: its peers' upstreams (offload, state sync) may change;
@@ -237,3 +247,7 @@ class Controller:
 
     def requeue(self, key: WorkloadKey) -> None:
         self.queue.add(key)
+
+
+def _version(body: Mapping[str, Any]) -> str | None:
+    return (body.get("metadata") or {}).get("resourceVersion")

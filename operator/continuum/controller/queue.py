@@ -2,7 +2,11 @@
 
 * A key is queued at most once; adding it while it is queued is a no-op (events coalesce).
 * A key is never processed by two workers at once: added while being processed, it is queued again
-  when that worker is done (so the newest state is always reconciled).
+  when that worker is done (so the newest state is always reconciled) — unless what was seen meanwhile
+  is only the echo of that pass's own writes: a watch event names its ``resourceVersion``
+  (``add(..., version=)``), the pass names the ones its writes produced (:meth:`wrote`), and a pass whose
+  events were all its own is not repeated. (Against a fast server the watch event of a write often
+  arrives before the write's answer, while the pass still runs.)
 * Two lanes: ``urgent`` keys (new objects, spec changes) are served before routine ones (readiness
   refreshes, resyncs), so a burst of status updates never delays the first Deployment of a new workload.
 * Delayed adds (deadlines such as the end of a grace period) and per-key exponential backoff for
@@ -27,6 +31,8 @@ class WorkQueue:
         self._queued: dict[Hashable, int] = {}  # key -> lane (0 urgent, 1 routine)
         self._processing: set[Hashable] = set()
         self._dirty: dict[Hashable, int] = {}  # added while processing -> lane to requeue into
+        self._seen: dict[Hashable, dict[str, int]] = {}  # processing: watch events' versions -> lane
+        self._written: dict[Hashable, set[str]] = {}  # processing: versions its own writes produced
         self._timers: dict[Hashable, tuple[float, asyncio.TimerHandle]] = {}
         self._failures: dict[Hashable, int] = {}
         self._wakeup = asyncio.Event()
@@ -40,12 +46,17 @@ class WorkQueue:
         """Queued plus delayed keys (for metrics and tests)."""
         return len(self._queued) + len(self._timers)
 
-    def add(self, key: Hashable, urgent: bool = False) -> None:
+    def add(self, key: Hashable, urgent: bool = False, version: str | None = None) -> None:
+        """Queue ``key``; ``version``: the resourceVersion of the watch event that asks for it."""
         lane = 0 if urgent else 1
         if self._closed:
             return
         if key in self._processing:
-            self._dirty[key] = min(lane, self._dirty.get(key, 1))
+            if version:  # decided when the pass is done: was it the echo of its own write?
+                seen = self._seen.setdefault(key, {})
+                seen[version] = min(lane, seen.get(version, 1))
+            else:
+                self._dirty[key] = min(lane, self._dirty.get(key, 1))
             return
         queued = self._queued.get(key)
         if queued is not None and queued <= lane:
@@ -104,8 +115,20 @@ class WorkQueue:
             self._wakeup.clear()
             await self._wakeup.wait()
 
+    def processing(self, key: Hashable) -> bool:
+        return key in self._processing
+
+    def wrote(self, key: Hashable, version: str | None) -> None:
+        """The pass processing ``key`` wrote an object; the server gave it ``version``."""
+        if version and key in self._processing:
+            self._written.setdefault(key, set()).add(version)
+
     def done(self, key: Hashable) -> None:
         self._processing.discard(key)
+        written = self._written.pop(key, set())
+        for version, seen_lane in self._seen.pop(key, {}).items():
+            if version not in written:  # someone else's change: reconcile again
+                self._dirty[key] = min(seen_lane, self._dirty.get(key, 1))
         lane = self._dirty.pop(key, None)
         if lane is not None:
             self.add(key, urgent=lane == 0)

