@@ -124,6 +124,8 @@ class WorkloadReconciler:
         spec = self.cache.spec(raw) if raw is not None else None
         if spec is None:
             return True
+        if not _upstream_tiers(spec):  # most workloads read none: no need to look at their peers
+            return read != {}
         return _read_upstreams(spec, self._upstreams(key.namespace, key.name, spec.model.name)) != read
 
     # ------------------------------------------------------------------ reconcile --
@@ -291,7 +293,11 @@ class WorkloadReconciler:
         kind = "StatefulSet" if workload.spec.state.enabled else "Deployment"
         name = rendered_name(workload, target.pool)
         if view is not None:
-            upstreams = self._upstreams(workload.namespace, workload.name, workload.spec.model.name)
+            upstreams = (
+                self._upstreams(workload.namespace, workload.name, workload.spec.model.name)
+                if _upstream_tiers(workload.spec)
+                else {}  # the render reads none
+            )
             # noted before the API calls: a peer changing tier meanwhile compares against what this render read
             self._rendered_upstreams[key] = _read_upstreams(workload.spec, upstreams)
             settings = RenderSettings(
@@ -398,18 +404,21 @@ class WorkloadReconciler:
             self.post_event(body, *event)
 
 
-def _read_upstreams(spec: EdgeWorkloadSpec, upstreams: Mapping[str, str]) -> dict[str, str | None]:
-    """The upstream URLs a render of ``spec`` reads (:func:`render_worker_manifests`: the offload tier's,
-    and with state the ``syncTo`` tier's); ``tests/controller/test_upstreams.py`` checks the renderer reads
-    no other."""
-    read: dict[str, str | None] = {}
+def _upstream_tiers(spec: EdgeWorkloadSpec) -> list[str]:
+    """The tiers whose upstream URL a render of ``spec`` reads (:func:`render_worker_manifests`: the
+    offload tier's, and with state the ``syncTo`` tier's); ``tests/controller/test_upstreams.py`` checks
+    the renderer reads no other."""
+    tiers = []
     if spec.offload is not None:
-        tier = spec.offload.tier.value
-        read[tier] = upstreams.get(tier)
+        tiers.append(spec.offload.tier.value)
     if spec.state.enabled and spec.state.sync_to is not None:
-        tier = spec.state.sync_to.value
-        read[tier] = upstreams.get(tier)
-    return read
+        tiers.append(spec.state.sync_to.value)
+    return tiers
+
+
+def _read_upstreams(spec: EdgeWorkloadSpec, upstreams: Mapping[str, str]) -> dict[str, str | None]:
+    """The upstream URLs a render of ``spec`` reads, by tier."""
+    return {tier: upstreams.get(tier) for tier in _upstream_tiers(spec)}
 
 
 def _lists(decision: engine.PlacementDecision, made_for: str | None, pool: str | None) -> bool:
