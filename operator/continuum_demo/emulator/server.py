@@ -280,11 +280,11 @@ class ApiEmulator(kmock.KubernetesEmulator):
                     if watch.name in (None, o["metadata"]["name"])
                 ]
             self.store.watches.add(watch)
-        try:
+        try:  # watch lines encoded here (orjson; kmock would use json.dumps per line and watcher)
             for event in backlog:
-                yield event
+                yield orjson.dumps(event) + b"\n"
             while True:
-                yield await watch.queue.get()
+                yield orjson.dumps(await watch.queue.get()) + b"\n"
         finally:
             self.store.watches.discard(watch)
 
