@@ -10,9 +10,10 @@ calls run outside it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -305,26 +306,29 @@ class WorkloadReconciler:
                 upstreams=upstreams,
                 state_token=secrets.token_hex(32) if workload.spec.state.enabled else None,
             )
+            first: list[Callable[[], Awaitable[None]]] = []  # Secrets: before the pods can mount them
+            then: list[Callable[[], Awaitable[None]]] = []
             for obj in render_worker_manifests(workload, target, view.pool, settings):
                 obj_kind, obj_name = obj["kind"], obj["metadata"]["name"]
-                watched = obj_kind in ("Deployment", "StatefulSet")
-                if watched:
+                if obj_kind in ("Deployment", "StatefulSet"):
                     existing = self.cache.rendered.get(key, {}).get((obj_kind, obj_name))
-                    if existing is not None and unchanged(existing, obj):
-                        continue
-                else:  # Services and Secrets are not watched: re-assert them once per resync epoch (every
-                    # FRESH_EVERY resyncs), not on every pass: on a real cluster each re-assertion is a create
-                    # (409) and a patch, 200 calls/s at 1,000 workloads and the default 10 s resync
-                    memo_key = (obj_kind, workload.namespace, obj_name)
-                    identity = digest(obj)
-                    if self._applied.get(memo_key) == (identity, self.resync_epoch):
-                        continue
-                # only a Deployment/StatefulSet's answer is read (into the cache, before its watch event)
-                result = await self.api.apply(obj, create_only=obj_kind == "Secret", read=watched)
-                if watched and result:
-                    self.observe_own(RENDERED, "MODIFIED", result)
-                elif not watched:
-                    self._applied[memo_key] = (identity, self.resync_epoch)
+                    if existing is None or not unchanged(existing, obj):
+                        then.append(functools.partial(self._write_rendered, obj))
+                    continue
+                # Services and Secrets are not watched: re-assert them once per resync epoch (every
+                # FRESH_EVERY resyncs), not on every pass: on a real cluster each re-assertion is a create
+                # (409) and a patch, 200 calls/s at 1,000 workloads and the default 10 s resync
+                memo_key = (obj_kind, workload.namespace, obj_name)
+                identity = digest(obj)
+                if self._applied.get(memo_key) != (identity, self.resync_epoch):
+                    write = functools.partial(self._write_unwatched, obj, memo_key, identity)
+                    (first if obj_kind == "Secret" else then).append(write)
+            for write in first:
+                await write()
+            # the rest at once (one round trip's wait, not one per object); the first error is raised
+            for outcome in await asyncio.gather(*(write() for write in then), return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         # else: the pool was deleted during the grace period: leave what runs alone
         objs = self.cache.rendered.get(key, {})
         current = objs.get((kind, name))
@@ -338,6 +342,21 @@ class WorkloadReconciler:
                 self.observe_own(RENDERED, "DELETED", objs.get((stale_kind, stale_name)) or {})
             stale = []
         return ready, rolled_out, not stale
+
+    async def _write_rendered(self, obj: dict[str, Any]) -> None:
+        """Create or patch a Deployment/StatefulSet; its answer goes into the cache before its watch event."""
+        assert self.api is not None
+        result = await self.api.apply(obj)
+        if result:
+            self.observe_own(RENDERED, "MODIFIED", result)
+
+    async def _write_unwatched(
+        self, obj: dict[str, Any], memo_key: tuple[str, str, str], identity: str
+    ) -> None:
+        """Create or patch a Service or Secret (a Secret is only created: its token must not change)."""
+        assert self.api is not None
+        await self.api.apply(obj, create_only=obj["kind"] == "Secret", read=False)
+        self._applied[memo_key] = (identity, self.resync_epoch)
 
     # ------------------------------------------------------------------ record --
     async def _write_status(self, body: Mapping[str, Any], status: EdgeWorkloadStatus) -> None:
