@@ -524,13 +524,13 @@ def main() -> int:
             f"the operator is idle again, {operator_cpu / args.workloads * 1000:.2f} ms of it until settled, the rest "
             f"posting what was queued ({', '.join(f'{a.lower()} {p}: {v}' for (a, p), v in sorted(late_calls.items()) if a != 'WATCH') or 'nothing'}); "
             "it moves with how long the operator waits between answers (its work then runs with cold caches: "
-            "2.0–3.1 ms on 2026-12-03 while the emulator spent 3.6 ms of CPU per call, 6× slower than now) and "
+            "2.0–3.1 ms on 2026-12-03 while the emulator still spent 3.6 ms of CPU per API call) and "
             "with the machine's load; "
             f"the decision the controller makes, `fast.decide_placement` with 20 status rows: "
             f"{decide_ms:.2f} ms in isolation, vs {reference_ms:.2f} ms for the reference `engine.decide`)",
         ],
         [
-            f"operator CPU per workload in each of the {len(runs)} bursts (the table shows the median one)",
+            f"each burst's operator CPU per workload ({len(runs)} bursts; the table shows the median one)",
             ", ".join(f"{r['operator_cpu_all'] / args.workloads * 1000:.2f}" for r in runs) + " ms",
         ],
         [

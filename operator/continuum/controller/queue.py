@@ -115,9 +115,6 @@ class WorkQueue:
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def processing(self, key: Hashable) -> bool:
-        return key in self._processing
-
     def wrote(self, key: Hashable, version: str | None) -> None:
         """The pass processing ``key`` wrote an object; the server gave it ``version``."""
         if version and key in self._processing:
