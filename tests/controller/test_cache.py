@@ -205,8 +205,9 @@ def test_a_list_of_one_namespace_touches_only_that_namespace():
 
 
 def test_only_updates_of_what_the_reconciler_reads_of_a_deployment_queue_its_workload():
-    """A rendered Deployment's status churns (conditions, availableReplicas) while a rollout runs; only a
-    change of what the reconciler reads (spec, labels, the readiness fields, generation) queues the workload."""
+    """A rendered Deployment's status churns (conditions, replica counts) while a rollout runs; only a
+    change of what the reconciler reads (spec, labels, generation, its readiness: ready replicas and rollout
+    complete) queues the workload."""
     from continuum.controller.manager import Controller
     from continuum.controller.settings import OperatorSettings
 
@@ -236,13 +237,16 @@ def test_only_updates_of_what_the_reconciler_reads_of_a_deployment_queue_its_wor
     heartbeat["status"]["conditions"] = [{"type": "Progressing", "lastUpdateTime": "2026-12-03T12:00:00Z"}]
     heartbeat["status"]["availableReplicas"] = 0
     assert not seen(heartbeat)
-    ready = copy.deepcopy(with_rv(heartbeat, 4))
-    ready["status"]["readyReplicas"] = 1
+    surge = copy.deepcopy(with_rv(heartbeat, 4))  # a rollout's step: neither ready nor complete changes
+    surge["status"].update(replicas=2, updatedReplicas=0, observedGeneration=1)
+    assert not seen(surge)
+    ready = copy.deepcopy(with_rv(surge, 5))
+    ready["status"].update(readyReplicas=1, updatedReplicas=1, replicas=1)
     assert seen(ready)
-    relabelled = copy.deepcopy(with_rv(ready, 5))
+    relabelled = copy.deepcopy(with_rv(ready, 6))
     relabelled["metadata"]["labels"]["extra"] = "x"
     assert seen(relabelled)
-    assert seen(with_rv(relabelled, 6), "DELETED")  # a delete always queues
+    assert seen(with_rv(relabelled, 7), "DELETED")  # a delete always queues
 
 
 async def test_the_watch_echo_of_a_reconciles_own_writes_does_not_queue_it_again():

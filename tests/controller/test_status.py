@@ -13,12 +13,12 @@ from continuum.controller.status import (
     invalid_pool_status,
     invalid_workload_status,
     pool_status,
-    readiness,
     workload_status,
 )
 from continuum.placement import engine
 from continuum.placement.hysteresis import Action, HysteresisPolicy, judge
 from continuum.placement.snapshot import PoolUsage
+from continuum.render.worker import readiness
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -35,6 +35,7 @@ from continuum.api.models import (
 from continuum.api.workloadset import EdgeWorkloadSet
 from continuum.controller.keys import RENDERED, WorkloadKey, WorkloadSetKey
 from continuum.placement.snapshot import ClusterSnapshot, Resources, build_snapshot, node_taints, pod_holds
+from continuum.render.worker import readiness
 
 RENDERED_KINDS = (("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
 OWN_NODE_LABELS = frozenset(
@@ -88,21 +89,21 @@ def pod_fingerprint(pod: Mapping[str, Any]) -> Hashable:
         return None
 
 
-READINESS_FIELDS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas")
-
-
 def rendered_fingerprint(obj: Mapping[str, Any]) -> tuple[Any, ...]:
     """What the workload reconciler reads of a Deployment/StatefulSet it rendered (compared with ==): what
-    :func:`diff.unchanged` compares, the pool (:func:`diff.rendered_pool`), generation and the fields of
-    :func:`status.readiness` (not a condition's heartbeat, availableReplicas or managedFields)."""
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    :func:`diff.unchanged` compares, the pool (:func:`diff.rendered_pool`), generation and what
+    :func:`render.worker.readiness` makes of its status (ready replicas, rollout complete), not the status
+    fields themselves: a rollout's intermediate steps (replicas counted, updated, conditions' heartbeats)
+    change neither."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec")
+    replicas = int(spec.get("replicas", 1)) if isinstance(spec, dict) else 1  # the workload's, as rendered
     return (
         meta.get("generation"),
         meta.get("labels"),
         meta.get("annotations"),
         meta.get("ownerReferences"),
-        obj.get("spec"),
-        tuple(status.get(name) for name in READINESS_FIELDS),
+        spec,
+        readiness(obj, replicas),
     )
 
 

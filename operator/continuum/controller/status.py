@@ -118,23 +118,6 @@ def condition(
     )
 
 
-def readiness(obj: Mapping[str, Any] | None, replicas: int) -> tuple[int, bool]:
-    """(ready replicas, rollout complete): every replica updated and ready, no old replica left."""
-    if not obj:
-        return 0, False
-    status = obj.get("status") or {}
-    ready = int(status.get("readyReplicas") or 0)
-    updated = int(status.get("updatedReplicas") or 0)
-    generation = int((obj.get("metadata") or {}).get("generation") or 0)
-    done = (
-        int(status.get("observedGeneration") or 0) >= generation
-        and updated >= replicas
-        and ready >= replicas
-        and int(status.get("replicas") or 0) <= updated
-    )
-    return ready, done
-
-
 def status_candidates(
     candidates: Iterable[Candidate], spec: EdgeWorkloadSpec, limit: int = STATUS_CANDIDATES
 ) -> tuple[list[Candidate], int]:

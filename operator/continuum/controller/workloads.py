@@ -45,14 +45,19 @@ from continuum.controller.status import (
     dump_workload_status,
     invalid_workload_status,
     now_utc,
-    readiness,
     status_patch,
     workload_status,
 )
 from continuum.placement import engine, fast
 from continuum.placement.hysteresis import Action, Verdict, judge
 from continuum.placement.snapshot import ClusterSnapshot
-from continuum.render.worker import RenderSettings, render_worker_manifests, rendered_name, service_url
+from continuum.render.worker import (
+    RenderSettings,
+    readiness,
+    render_worker_manifests,
+    rendered_name,
+    service_url,
+)
 
 RECONCILE_SECONDS = metrics.RECONCILE_SECONDS.labels("EdgeWorkload")
 FRESH_EVERY = 10  # every 10th resync makes every decision fresh (others reuse unchanged decisions)

@@ -115,6 +115,24 @@ def rendered_name(workload: EdgeWorkload, pool: str) -> str:
     return _shorten(f"{workload.name}-{pool}", STATEFULSET_NAME_LIMIT)
 
 
+def readiness(obj: Mapping[str, Any] | None, replicas: int) -> tuple[int, bool]:
+    """(ready replicas, rollout complete) of a rendered Deployment/StatefulSet as the server reports it: every
+    replica updated and ready, no old replica left."""
+    if not obj:
+        return 0, False
+    status = obj.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    done = (
+        int(status.get("observedGeneration") or 0) >= generation
+        and updated >= replicas
+        and ready >= replicas
+        and int(status.get("replicas") or 0) <= updated
+    )
+    return ready, done
+
+
 def secret_name_for(workload_name: str) -> str:
     return f"{workload_name}-state-token"
 
