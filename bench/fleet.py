@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.reconcile_cluster import Watch, cluster_script, cpu_seconds
+from bench.reconcile_cluster import Watch, cluster_script
+from bench.report import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "continuum-fleet-bench"

@@ -28,7 +28,15 @@ from continuum_demo.emulator import EmulatedCluster
 from rich.console import Console
 from rich.table import Table
 
-from bench.report import free_port, machine, markdown_table, percentile, write_section
+from bench.report import (
+    cpu_seconds,
+    free_port,
+    machine,
+    markdown_table,
+    percentile,
+    stat_fields,
+    write_section,
+)
 
 TIERS = ("device", "near-edge", "regional-mec", "cloud")
 EW_PATH = "/apis/continuum.dev/v1alpha1/namespaces/{ns}/edgeworkloads"
@@ -209,20 +217,6 @@ def decide_cost(n_pools: int, samples: int = 300) -> tuple[float, float]:
     return best_fast, best_ref
 
 
-def _stat(path: Path) -> list[str] | None:
-    """The fields of a /proc stat file after the command name (None: the process is gone)."""
-    try:
-        return path.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User + system CPU time of a process (or one of its threads), from /proc."""
-    fields = _stat(Path(f"/proc/{pid}/task/{tid}/stat") if tid else Path(f"/proc/{pid}/stat"))
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
-
-
 def reconciles(port: int) -> Counter[str]:
     """The operator's reconciles so far by kind (its /metrics)."""
     import urllib.request
@@ -255,7 +249,7 @@ def controller_work(n_pools: int, workloads: int, gap_ms: float) -> float:
 def cpu_split(pid: int) -> tuple[float, float, int, int]:
     """(user, system) CPU seconds of a process, its main thread's voluntary context switches (how often its
     event loop went to sleep and was woken) and its minor page faults."""
-    fields = _stat(Path(f"/proc/{pid}/stat"))
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
     try:
         switches = next(
             int(line.split()[1])

@@ -28,6 +28,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from bench.report import cpu_seconds, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 NAME = "continuum-bench"
@@ -78,14 +80,6 @@ class Watch:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def component_cpu(workdir: Path) -> dict[str, float]:
@@ -178,7 +172,6 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         console.print(f"cluster: {len(objs)} nodes and pools applied in {time.perf_counter() - t0:.1f} s")
         node_pool = {o["metadata"]["name"]: o["metadata"]["labels"]["bench/pool"] for o in objs if o["kind"] == "Node"}
         from bench.reconcile import reconciles
-        from bench.report import free_port
 
         metrics_port = free_port()
         operator = subprocess.Popen(

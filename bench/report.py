@@ -63,3 +63,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stat_fields(path: Path) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (None: the process is gone)."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (or one of its threads), from /proc."""
+    fields = stat_fields(Path(f"/proc/{pid}/task/{tid}/stat") if tid else Path(f"/proc/{pid}/stat"))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0

@@ -45,4 +45,3 @@ def rendered_pool(obj: Mapping[str, Any]) -> str | None:
     """The pool a rendered Deployment/StatefulSet's pods are pinned to (its nodeSelector)."""
     template = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
     return (template.get("nodeSelector") or {}).get(LABEL_POOL)
-
