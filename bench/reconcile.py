@@ -217,8 +217,8 @@ def decide_cost(n_pools: int, samples: int = 300) -> tuple[float, float]:
     return best_fast, best_ref
 
 
-def reconciles(port: int) -> Counter[str]:
-    """The operator's reconciles so far by kind (its /metrics)."""
+def counted(port: int, metric: str, label: str) -> Counter[str]:
+    """One of the operator's counters so far (its /metrics), summed by the value of ``label``."""
     import urllib.request
 
     out: Counter[str] = Counter()
@@ -227,10 +227,27 @@ def reconciles(port: int) -> Counter[str]:
     except OSError:
         return out
     for line in text.splitlines():
-        if line.startswith("continuum_reconcile_duration_seconds_count{"):
-            kind = line.split('kind="', 1)[1].split('"', 1)[0]
-            out[kind] = int(float(line.rsplit(" ", 1)[1]))
+        if line.startswith(metric + "{"):
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[value] += int(float(line.rsplit(" ", 1)[1]))
     return out
+
+
+def reconciles(port: int) -> Counter[str]:
+    """The operator's reconciles so far by kind."""
+    return counted(port, "continuum_reconcile_duration_seconds_count", "kind")
+
+
+def watch_events(port: int) -> Counter[str]:
+    """The watch events the operator read so far, by how it handled them (observed, own-echo)."""
+    return counted(port, "continuum_watch_events_total", "handled")
+
+
+def watched_text(watched: Counter[str]) -> str:
+    return (
+        f"{sum(watched.values()):,}, of them {watched['own-echo']:,} echoes of its own writes "
+        "(skipped undecoded: the write's answer is already cached)"
+    )
 
 
 def controller_work(n_pools: int, workloads: int, gap_ms: float) -> float:
@@ -283,6 +300,7 @@ def merge_cluster_rows(rows: list[list[str]], real: dict[str, Any], n: int) -> l
         "operator CPU per workload": f"{real['operator_cpu'] / n * 1000:.1f} ms (until every replica ran, "
         "readiness updates included)",
         "operator reconciles": ", ".join(f"{k}: {v:,}" for k, v in sorted(real["reconciles"].items())) or "-",
+        "watch events read by the operator": watched_text(real["watched"]),
     }
     # rows are matched by the start of their label ("operator CPU per workload (goal ...)")
     merged = [[*row, next((v for k, v in by_row.items() if row[0].startswith(k)), "-")] for row in rows]
@@ -360,6 +378,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
     cpu_before = (cpu_seconds(operator.pid), cpu_seconds(os.getpid(), emulator_tid))
     split_before = cpu_split(operator.pid)
     reconciled_before = reconciles(metrics_port)
+    watched_before = watch_events(metrics_port)
     started = time.perf_counter()
     done = threading.Event()
 
@@ -401,6 +420,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
     operator_cpu_all = idle_cpu - cpu_before[0]
     split_after = cpu_split(operator.pid)
     reconciled = reconciles(metrics_port) - reconciled_before
+    watched = watch_events(metrics_port) - watched_before
     user, system, wakeups, faults = (
         after - before for after, before in zip(split_after, split_before, strict=True)
     )
@@ -426,6 +446,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         "wakeups": wakeups,
         "faults": faults,
         "reconciled": reconciled,
+        "watched": watched,
     }
 
 
@@ -481,8 +502,8 @@ def main() -> int:
     operator_cpu, emulator_cpu, operator_cpu_all, late_calls = (
         run[k] for k in ("operator_cpu", "emulator_cpu", "operator_cpu_all", "late_calls")
     )
-    user, system, wakeups, faults, reconciled = (
-        run[k] for k in ("user", "system", "wakeups", "faults", "reconciled")
+    user, system, wakeups, faults, reconciled, watched = (
+        run[k] for k in ("user", "system", "wakeups", "faults", "reconciled", "watched")
     )
     decide_ms, reference_ms = decide_cost(args.pools)
     hot_ms = controller_work(args.pools, args.workloads, 0)
@@ -540,6 +561,7 @@ def main() -> int:
             "in the burst above the operator still waits for the emulator between most steps)",
         ],
         ["operator reconciles", ", ".join(f"{k}: {v:,}" for k, v in sorted(reconciled.items())) or "-"],
+        ["watch events read by the operator", watched_text(watched)],
         ["load average (1, 5, 15 min) at the end", ", ".join(f"{x:.1f}" for x in load)],
     ]
     columns = ["measure", "emulator"]

@@ -171,7 +171,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
             *objs, *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{i}"}} for i in range(10))]))
         console.print(f"cluster: {len(objs)} nodes and pools applied in {time.perf_counter() - t0:.1f} s")
         node_pool = {o["metadata"]["name"]: o["metadata"]["labels"]["bench/pool"] for o in objs if o["kind"] == "Node"}
-        from bench.reconcile import reconciles
+        from bench.reconcile import reconciles, watch_events
 
         metrics_port = free_port()
         operator = subprocess.Popen(
@@ -233,7 +233,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         audit = workdir / "logs" / "audit.log"
         audit_offset = audit.stat().st_size if audit.exists() else 0
         cpu0, comp0 = cpu_seconds(operator.pid), component_cpu(workdir)
-        reconciled0 = reconciles(metrics_port)
+        reconciled0, watched0 = reconciles(metrics_port), watch_events(metrics_port)
         started = time.perf_counter()
         accepted = asyncio.run(post_all(kubeconfig, [workload(i) for i in range(workloads)]))
         with lock:
@@ -249,6 +249,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
         settled = time.perf_counter() - started
         operator_cpu = cpu_seconds(operator.pid) - cpu0
         reconciled = reconciles(metrics_port) - reconciled0
+        watched = watch_events(metrics_port) - watched0
         comp1 = component_cpu(workdir)
         time.sleep(1)
         calls: Counter[str] = Counter()
@@ -277,6 +278,7 @@ def run(workloads: int, pools: int, nodes_per_pool: int, objects: Any, workload:
                 "wrong_pool": list(wrong_pool),
                 "operator_cpu": operator_cpu,
                 "reconciles": reconciled,
+                "watched": watched,
                 "components_cpu": {n: comp1.get(n, 0.0) - comp0.get(n, 0.0) for n in comp1},
                 "calls": calls,
                 "p50": statistics.median(to_deploy) if to_deploy else None,

@@ -16,7 +16,8 @@ from continuum.controller.watch import KINDS, Stream, Watches
 
 def pool(name: str, rv: int) -> dict:
     return {"apiVersion": "continuum.dev/v1alpha1", "kind": "EdgeNodePool",
-            "metadata": {"name": name, "resourceVersion": str(rv)}, "spec": {"tier": "near-edge"}}  # fmt: skip
+            "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": str(rv)},
+            "spec": {"tier": "near-edge"}}  # fmt: skip
 
 
 def line(event_type: str, obj: dict) -> bytes:
@@ -178,3 +179,70 @@ async def test_the_pod_stream_leaves_continuums_own_worker_pods_on_the_server(tm
             await api.close()
     assert seen == ["listed-other", "watched-other"]
     assert sorted(name for _, name in cache.pods) == ["listed-other", "watched-other"]
+
+
+def compact(event_type: str, obj: dict) -> bytes:
+    """A watch line as the apiserver and the emulator write it: compact JSON, ``type`` first."""
+    return json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def test_the_echo_of_our_own_write_is_skipped_undecoded_and_only_once():
+    """The answer to our own write is already in the cache (:meth:`ClusterCache.note_own_write`): the watch
+    event at that version is not decoded or observed, but the stream still resumes after it. Any other
+    version, a DELETED event, or a line in another shape is observed as before."""
+    cache = ClusterCache()
+    seen: list = []
+
+    def observe(kind, event_type, body):
+        seen.append((event_type, body["metadata"]["name"], body["metadata"]["resourceVersion"]))
+        cache.observe_object(kind, event_type, body)
+
+    for version, name in (("7", "a"), ("9", "b"), ("11", "b"), ("13", "b")):
+        cache.note_own_write("EdgeNodePool", written(version, name))
+    cache.note_own_write("Node", written("8"))  # another kind's write: not this stream's echo
+    script = Script(
+        lists=[([pool("a", 5)], "5")],
+        watches=[[
+            compact("MODIFIED", pool("a", 7)),  # our write's echo: skipped
+            compact("MODIFIED", pool("a", 8)),  # someone else's change
+            compact("ADDED", pool("b", 9)),  # our create's echo: skipped
+            line("MODIFIED", pool("b", 11)),  # not compact: decoded
+            compact("DELETED", pool("b", 13)),  # deletions are always observed
+        ]],
+    )
+    kind = next(k for k in KINDS if k.name == "EdgeNodePool")
+    stream = Stream(kind, None, cache, observe, lambda: None)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(stream.run(script))  # type: ignore[arg-type]
+    assert seen == [(None, "a", "5"), ("MODIFIED", "a", "8"), ("MODIFIED", "b", "11"), ("DELETED", "b", "13")]
+    assert [p["resourceVersion"] for p in script.params] == ["5", "13"]
+    # consumed once: the same version again (it cannot happen on a server) would be observed
+    assert not cache.own_echo("EdgeNodePool", "7", compact("MODIFIED", pool("a", 7)))
+    assert cache.own_echo("EdgeNodePool", "11", compact("MODIFIED", pool("b", 11)))  # left: its event had another shape
+    assert cache.own_echo("Node", "8", b'"uid":"uid-b"')
+
+
+def test_own_writes_whose_events_never_come_age_out():
+    from continuum.controller.cache import OWN_WRITES_KEPT
+
+    cache = ClusterCache()
+    for version in range(OWN_WRITES_KEPT + 10):
+        cache.note_own_write("EdgeWorkload", written(str(version)))
+    uid = b'"uid":"uid-b"'
+    assert not cache.own_echo("EdgeWorkload", "0", uid) and not cache.own_echo("EdgeWorkload", "9", uid)
+    assert cache.own_echo("EdgeWorkload", "10", uid)
+    assert cache.own_echo("EdgeWorkload", str(OWN_WRITES_KEPT + 9), uid)
+
+
+def test_an_echo_needs_the_written_objects_uid():
+    """The same version on another object (it cannot happen on one server, but a label or annotation named
+    resourceVersion could precede the real one in a line) is not taken for our write's echo."""
+    cache = ClusterCache()
+    cache.note_own_write("EdgeNodePool", written("7"))
+    assert not cache.own_echo("EdgeNodePool", "7", compact("MODIFIED", pool("a", 7)))
+    assert cache.own_echo("EdgeNodePool", "7", compact("MODIFIED", pool("b", 7)))
+
+
+def written(version: str, name: str = "b") -> dict:
+    """The answer to our write of pool ``name`` at ``version``."""
+    return pool(name, int(version))

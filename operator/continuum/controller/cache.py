@@ -123,6 +123,9 @@ def owning_set(body: Mapping[str, Any]) -> WorkloadSetKey | None:
     return None
 
 
+OWN_WRITES_KEPT = 4096  # per kind: our writes whose watch events are awaited (a few per busy worker)
+
+
 class WorkloadChange(enum.Enum):
     STALE = "stale"  # older than (or the echo of) what is cached: nothing changed
     DELETED = "deleted"
@@ -152,6 +155,9 @@ class ClusterCache:
         self.built = -1  # the version the snapshot was built from
         self._pool_models: dict[str, tuple[str, EdgeNodePool | None, str | None]] = {}
         self._specs: dict[tuple[Any, ...], EdgeWorkloadSpec | None] = {}
+        # by observed kind: the resourceVersions of our own writes whose answers are cached and whose watch
+        # events have not arrived yet (insertion-ordered; see note_own_write)
+        self._own_writes: dict[str, dict[str, bytes]] = {}  # kind -> version -> the object's "uid":"..."
         self._by_model: dict[tuple[str, str], set[str]] = {}  # (namespace, model) -> workload names
         self._model_of: dict[WorkloadKey, tuple[str, str | None]] = {}  # -> (model, placed tier)
 
@@ -268,6 +274,31 @@ class ClusterCache:
             if current is not None and rendered_fingerprint(current) == rendered_fingerprint(body):
                 return None
         return key
+
+    def note_own_write(self, kind: str, body: Mapping[str, Any]) -> None:
+        """The answer to our own write of a ``kind`` object (observed under that name) is in the cache: its
+        watch event will repeat it, and :meth:`own_echo` lets the stream skip that event undecoded. Writes
+        whose events never come (the event arrived first, or the watch restarted) age out."""
+        meta = body.get("metadata") or {}
+        version, uid = meta.get("resourceVersion"), meta.get("uid")
+        if not version or not uid:
+            return
+        pending = self._own_writes.setdefault(kind, {})
+        pending[version] = f'"uid":"{uid}"'.encode()
+        if len(pending) > OWN_WRITES_KEPT:
+            del pending[next(iter(pending))]
+
+    def own_echo(self, kind: str, version: str, line: bytes) -> bool:
+        """Whether the watch event ``line`` of ``kind`` at ``version`` repeats an answer already cached: the
+        version of one of our writes and that object's uid (each answer matches once)."""
+        pending = self._own_writes.get(kind)
+        if not pending:
+            return False
+        uid = pending.get(version)
+        if uid is None or uid not in line:
+            return False
+        del pending[version]
+        return True
 
     def index_model(self, key: WorkloadKey, raw: Mapping[str, Any] | None) -> set[str]:
         """Index workloads by (namespace, model); returns the peers (same namespace and model) whose

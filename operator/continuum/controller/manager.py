@@ -123,6 +123,8 @@ class Controller:
 
     def observe_own(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         self.observe(kind, event_type, body, enqueue=False)
+        if event_type != "DELETED":
+            self.cache.note_own_write(kind, body)
 
     def _wrote(self, key: WorkloadKey | None, body: Mapping[str, Any]) -> None:
         """Our write of ``key``'s objects answered: its watch event, if seen while ``key``'s pass still

@@ -27,6 +27,12 @@ ACTING = Gauge(
     "continuum_operator_acting",
     "1 while this replica reconciles, 0 while it stands by for a higher-priority peer (kopf peering)",
 )
+WATCH_EVENTS = Counter(
+    "continuum_watch_events_total",
+    "Watch events read, by kind and how: observed, or own-echo (repeats the answer to the operator's own "
+    "write, already cached: skipped undecoded)",
+    ["kind", "handled"],
+)
 QUEUE_DEPTH = Gauge("continuum_work_queue_depth", "Keys waiting to be reconciled (queued or delayed)")
 EVENTS_DROPPED = Counter("continuum_events_dropped_total", "Kubernetes Events given up on after retries")
 STATE_PROBES = Counter(

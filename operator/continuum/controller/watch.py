@@ -34,6 +34,7 @@ from continuum.api.models import API_VERSION, LABEL_WORKLOAD
 from continuum.api.workloadset import EdgeWorkloadSet
 from continuum.controller.cache import ClusterCache, Observe
 from continuum.controller.kube import ApiError, KubeApi, path_for
+from continuum.controller.metrics import WATCH_EVENTS
 
 log = logging.getLogger("continuum.operator")
 
@@ -67,6 +68,10 @@ KINDS: tuple[Kind, ...] = (
 )
 
 
+_ECHO_TYPES = (b'{"type":"MODIFIED",', b'{"type":"ADDED",')
+_RV_KEY = b'"resourceVersion":"'
+
+
 class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
@@ -91,6 +96,8 @@ class Stream:
         self.observed = "Rendered" if kind.name in ("Deployment", "StatefulSet") else kind.name
         self.synced = False
         self.lists = 0  # how many lists were read (the first, then one per 410 or error)
+        self._observed_events = WATCH_EVENTS.labels(kind.name, "observed")
+        self._echo_events = WATCH_EVENTS.labels(kind.name, "own-echo")
 
     def __repr__(self) -> str:
         return f"{self.kind.name} in {self.namespace}" if self.namespace else f"{self.kind.name} cluster-wide"
@@ -151,12 +158,36 @@ class Stream:
                     lines = (pending + chunk).split(b"\n")
                     pending = lines.pop()
                     for line in lines:
-                        if line.strip():
-                            version = self.event(orjson.loads(line), version)
+                        if not line.strip():
+                            continue
+                        echo = self._own_echo(line)
+                        if echo is not None:
+                            self._echo_events.inc()
+                            version = echo
+                            continue
+                        self._observed_events.inc()
+                        version = self.event(orjson.loads(line), version)
         except ApiError as exc:
             if exc.status == 410:
                 raise Gone from exc
             raise
+
+    def _own_echo(self, line: bytes) -> str | None:
+        """The resourceVersion of an ADDED/MODIFIED event that repeats the answer to one of our own writes
+        (already in the cache: :meth:`ClusterCache.note_own_write`), else None. Read from the raw line, so
+        the echo of each status and Deployment write is not decoded. Both the apiserver and the emulator
+        write compact JSON with ``type`` first and the object's metadata before its spec and status (inside
+        a string a key's quotes are escaped); the line must also carry the written object's uid. A line in
+        any other shape is simply decoded."""
+        if not line.startswith(_ECHO_TYPES):
+            return None
+        start = line.find(_RV_KEY)
+        if start < 0:
+            return None
+        start += len(_RV_KEY)
+        end = line.find(b'"', start)
+        version = line[start:end].decode("ascii", "replace")
+        return version if self.cache.own_echo(self.observed, version, line) else None
 
     def event(self, event: Any, version: str) -> str:
         """Take one watch event; returns the resourceVersion to resume from."""
