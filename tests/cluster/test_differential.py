@@ -192,6 +192,7 @@ def real_run(tmp: Path) -> dict[str, Any]:
         wait_until(lambda: settled(get("edgeworkloads"), total)
                    and pools_caught_up(get("edgeworkloads"), get("edgenodepools")),
                    timeout=120, what="the real run settled")
+        process = OperatorProcess(operator, tmp / "operator-real.log", settings.metrics_port, 0)
         return {
             "workloads": get("edgeworkloads"),
             "pools": get("edgenodepools"),
@@ -200,8 +201,7 @@ def real_run(tmp: Path) -> dict[str, Any]:
                          if (o["metadata"].get("labels") or {}).get("continuum.dev/workload")],
             "events": get("events"),
             "watch_events": {
-                (kind, handled): OperatorProcess(operator, tmp / "operator-real.log", settings.metrics_port, 0)
-                .metric("continuum_watch_events_total", kind=kind, handled=handled)
+                (kind, handled): process.metric("continuum_watch_events_total", kind=kind, handled=handled)
                 for kind in ("EdgeWorkload", "Deployment", "StatefulSet")
                 for handled in ("observed", "own-echo")
             },
