@@ -7,7 +7,7 @@ worker. A client sends requests to every store during the rollout.
 (a) a good version (the same weights under a new version) is promoted through every wave; (b) a bad one
 is rolled back in its first wave, with the cause in status and an Event: other weights (its top-1 answers
 disagree with the stable's) or another input width (it fails on every request) by the agreement gate in
-shadow; the same answers ~25 ms slower by the latency gate in the canary. No client request fails in any run.
+shadow; the same answers ~0.1 s slower by the latency gate in the canary. No client request fails in any run.
 The gate settings are the example's, with small sample sizes so that a run takes well under a minute.
 """
 
@@ -140,9 +140,12 @@ class Load:
             t.join(timeout=40)
 
 
-def slower(path: Path, v4: Path, width: int = 2048, depth: int = 8) -> Path:
+def slower(path: Path, v4: Path, width: int = 2048, depth: int = 160) -> Path:
     """The stable model's answers exactly, plus ``depth`` chained ``width``-wide layers whose result is
-    multiplied by zero and added to LOGITS: the same outputs, many milliseconds slower per request."""
+    multiplied by zero and added to LOGITS: the same outputs, ~0.1 s slower per request (0.6 ms per layer
+    here, one thread). That is far above the stable's tail on purpose: with p99s taken over 100 requests on
+    a shared 2-core machine, a stall of the machine lifts both versions' tails, and a candidate only ~5 ms
+    slower (depth 8; ~24 ms at p99 in the test) was once let through ring-0 by a stable p99 above 20 ms."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -188,7 +191,7 @@ def models(tmp_path: Path) -> dict[str, Path]:
     bad = modelgen.mlp(tmp_path / "footfall-5-bad.onnx", seed=2)  # other weights: top-1 answers differ
     # another input width: it fails on every request the stores send (an error on each shadowed copy)
     failing = modelgen.mlp(tmp_path / "footfall-5-failing.onnx", features=32, seed=0)
-    slow = slower(tmp_path / "footfall-5-slower.onnx", v4)  # the same answers, ~25 ms slower each
+    slow = slower(tmp_path / "footfall-5-slower.onnx", v4)  # the same answers, ~0.1 s slower each
     return {"4": v4, "good": good, "bad": bad, "failing": failing, "slower": slow}
 
 
