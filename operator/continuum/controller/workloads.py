@@ -130,9 +130,7 @@ class WorkloadReconciler:
         spec = self.cache.spec(raw) if raw is not None else None
         if spec is None:
             return True
-        if not _upstream_tiers(spec):  # most workloads read none: no need to look at their peers
-            return read != {}
-        return _read_upstreams(spec, self._upstreams(key.namespace, key.name, spec.model.name)) != read
+        return _read_upstreams(spec, self._upstreams(key.namespace, key.name, spec)) != read
 
     # ------------------------------------------------------------------ reconcile --
     async def reconcile(self, body: Mapping[str, Any]) -> float | None:
@@ -269,10 +267,13 @@ class WorkloadReconciler:
         return None
 
     # ------------------------------------------------------------------ apply --
-    def _upstreams(self, namespace: str, own: str, model: str) -> dict[str, str]:
-        """Service URL of the same model (same namespace) placed on each other tier."""
+    def _upstreams(self, namespace: str, own: str, spec: EdgeWorkloadSpec) -> dict[str, str]:
+        """Service URL of the same model (same namespace) placed on each other tier; none looked up for a
+        spec whose render reads none (most workloads: no offload, no state sync)."""
         out: dict[str, str] = {}
-        for name in self.cache.same_model(namespace, model):
+        if not _upstream_tiers(spec):
+            return out
+        for name in self.cache.same_model(namespace, spec.model.name):
             if name == own:
                 continue
             raw = self.cache.workloads.get(WorkloadKey(namespace, name)) or {}
@@ -299,11 +300,7 @@ class WorkloadReconciler:
         kind = "StatefulSet" if workload.spec.state.enabled else "Deployment"
         name = rendered_name(workload, target.pool)
         if view is not None:
-            upstreams = (
-                self._upstreams(workload.namespace, workload.name, workload.spec.model.name)
-                if _upstream_tiers(workload.spec)
-                else {}  # the render reads none
-            )
+            upstreams = self._upstreams(workload.namespace, workload.name, workload.spec)
             # noted before the API calls: a peer changing tier meanwhile compares against what this render read
             self._rendered_upstreams[key] = _read_upstreams(workload.spec, upstreams)
             settings = RenderSettings(
