@@ -35,6 +35,7 @@ from bench.report import (
     markdown_table,
     percentile,
     stat_fields,
+    steal_seconds,
     write_section,
 )
 
@@ -263,6 +264,83 @@ def controller_work(n_pools: int, workloads: int, gap_ms: float) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["cpu"]) * 1000
 
 
+ANSWER_AT_ONCE = r"""
+import asyncio
+
+ANSWER = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data):
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            self.transport.write(ANSWER)
+
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+asyncio.run(main())
+"""
+
+
+def wait_cost(requests: int = 4000) -> dict[str, tuple[float, float]]:
+    """What waiting for an answer costs on this machine: the operator's HTTP client (KubeApi on uvloop, as
+    ``continuum run``) posting Events to a server (its own process) that answers at once, one request at a
+    time (each answer is waited for: the loop sleeps and is woken) vs 16 in flight (it rarely sleeps).
+    By mode: (µs of CPU of the client's thread per request, its voluntary context switches per request)."""
+    import resource
+
+    import uvloop
+    from continuum.controller.events import build_event
+    from continuum.controller.kube import KubeApi
+
+    server = subprocess.Popen([sys.executable, "-c", ANSWER_AT_ONCE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        body = build_event(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default", "uid": "u"}},
+            "Normal",
+            "Placed",
+            "placed on pool pool-000",
+        )
+
+        async def measure(in_flight: int) -> tuple[float, float]:
+            api = KubeApi(f"http://127.0.0.1:{port}")
+
+            async def post(n: int) -> None:
+                for _ in range(n):
+                    await api.request("POST", "/api/v1/namespaces/default/events", body, decode=False)
+
+            await asyncio.gather(*(post(100) for _ in range(in_flight)))  # connections open, code warm
+            before = resource.getrusage(resource.RUSAGE_THREAD)
+            await asyncio.gather(*(post(requests // in_flight) for _ in range(in_flight)))
+            after = resource.getrusage(resource.RUSAGE_THREAD)
+            await api.close()
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            return cpu / requests * 1e6, (after.ru_nvcsw - before.ru_nvcsw) / requests
+
+        return {"one": uvloop.run(measure(1)), "16": uvloop.run(measure(16))}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def cpu_split(pid: int) -> tuple[float, float, int, int]:
     """(user, system) CPU seconds of a process, its main thread's voluntary context switches (how often its
     event loop went to sleep and was woken) and its minor page faults."""
@@ -375,10 +453,11 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         )
         time.sleep(1.0)  # attached
     emulator_tid = cluster._thread.native_id if cluster._thread is not None else None
+    reconciled_before = reconciles(metrics_port)  # read first: serving /metrics is not the burst's work
+    watched_before = watch_events(metrics_port)
     cpu_before = (cpu_seconds(operator.pid), cpu_seconds(os.getpid(), emulator_tid))
     split_before = cpu_split(operator.pid)
-    reconciled_before = reconciles(metrics_port)
-    watched_before = watch_events(metrics_port)
+    steal_before = steal_seconds()
     started = time.perf_counter()
     done = threading.Event()
 
@@ -418,6 +497,8 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
             break
         idle_cpu = now
     operator_cpu_all = idle_cpu - cpu_before[0]
+    window = time.perf_counter() - started
+    steal = (steal_seconds() - steal_before) / (window * (os.cpu_count() or 1))
     split_after = cpu_split(operator.pid)
     reconciled = reconciles(metrics_port) - reconciled_before
     watched = watch_events(metrics_port) - watched_before
@@ -447,6 +528,7 @@ def burst(args: argparse.Namespace) -> dict[str, Any]:
         "faults": faults,
         "reconciled": reconciled,
         "watched": watched,
+        "steal": steal,
     }
 
 
@@ -463,8 +545,8 @@ def main() -> int:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
-        help="bursts, each with a fresh emulator and operator (default 3): the table shows the one with the "
+        default=5,
+        help="bursts, each with a fresh emulator and operator (default 5): the table shows the one with the "
         "median operator CPU per workload and lists all (on a shared host the same code moves ±20 %% between runs)",
     )
     parser.add_argument("--profile", type=Path, help="run the operator under cProfile, write stats here")
@@ -508,6 +590,9 @@ def main() -> int:
     decide_ms, reference_ms = decide_cost(args.pools)
     hot_ms = controller_work(args.pools, args.workloads, 0)
     gapped_ms = controller_work(args.pools, min(args.workloads, 300), 15)
+    waits = wait_cost()
+    (one_us, one_wakes), (many_us, many_wakes) = waits["one"], waits["16"]
+    per_wake_us = (one_us - many_us) / max(one_wakes - many_wakes, 1e-9)
     load = os.getloadavg()
     total_calls = sum(v for (a, _), v in calls.items() if a in ("CREATE", "UPDATE", "FETCH"))
     rows = [
@@ -538,21 +623,34 @@ def main() -> int:
             f"({'met' if operator_cpu_all / args.workloads <= 0.0015 else 'NOT met'}; process CPU time from the burst until "
             f"the operator is idle again, {operator_cpu / args.workloads * 1000:.2f} ms of it until settled, the rest "
             f"posting what was queued ({', '.join(f'{a.lower()} {p}: {v}' for (a, p), v in sorted(late_calls.items()) if a != 'WATCH') or 'nothing'}); "
-            "it moves with how long the operator waits between answers (its work then runs with cold caches: "
-            "2.0–3.1 ms on 2026-12-03 while the emulator still spent 3.6 ms of CPU per API call) and "
-            "with the machine's load; "
+            "it moves with how often the operator waits for an answer (the rows below: wake-ups, and what "
+            "each costs on this machine) and with the host's load (steal); "
             f"the decision the controller makes, `fast.decide_placement` with 20 status rows: "
             f"{decide_ms:.2f} ms in isolation, vs {reference_ms:.2f} ms for the reference `engine.decide`)",
         ],
         [
             f"each burst's operator CPU per workload ({len(runs)} bursts; the table shows the median one)",
-            ", ".join(f"{r['operator_cpu_all'] / args.workloads * 1000:.2f}" for r in runs) + " ms",
+            ", ".join(
+                f"{r['operator_cpu_all'] / args.workloads * 1000:.2f} ms (steal {r['steal'] * 100:.0f} %)"
+                for r in runs
+            )
+            + "; steal: the share of the CPUs' time the hypervisor ran others while they wanted to run "
+            "(/proc/stat) from the burst until the operator was idle",
         ],
         [
             "operator user / system CPU, wake-ups, page faults per workload",
             f"{user / args.workloads * 1000:.2f} / {system / args.workloads * 1000:.2f} ms, "
             f"{wakeups / args.workloads:.1f} wake-ups (voluntary context switches of its event loop's thread), "
             f"{faults / args.workloads:.1f} minor page faults",
+        ],
+        [
+            "this machine's cost of waiting for an answer: the operator's HTTP client posting Events to a server "
+            "(its own process) that answers at once, one at a time / 16 in flight",
+            f"{one_us:.0f} / {many_us:.0f} µs of CPU per request ({one_wakes:.2f} / {many_wakes:.2f} wake-ups "
+            f"per request): a sleep and a wake-up of the event loop cost ≈ {per_wake_us:.0f} µs here, so the "
+            f"operator's {wakeups / args.workloads:.1f} wake-ups per workload are ≈ "
+            f"{wakeups / args.workloads * per_wake_us / 1000:.2f} ms of its figure (plus the colder caches "
+            "of the work that follows each)",
         ],
         [
             "the same controller work in-process, no network (bench/controller_cpu.py): back to back / "

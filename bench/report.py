@@ -77,3 +77,14 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """User + system CPU time of a process (or one of its threads), from /proc."""
     fields = stat_fields(Path(f"/proc/{pid}/task/{tid}/stat") if tid else Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to others while this machine's CPUs wanted to run, summed over its
+    CPUs (the ``steal`` column of /proc/stat; 0 outside a VM)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+

@@ -34,14 +34,14 @@ def errors(exc: ValidationError) -> list[str]:
 
 
 def test_default_taints_and_privacy_by_tier():
-    assert pool(tier="device").spec.effective_taints == [
-        Taint(key=LABEL_TIER, value="device", effect="NoSchedule")
-    ]
+    device = pool(tier="device").spec
+    assert device.effective_taints == (Taint(key=LABEL_TIER, value="device", effect="NoSchedule"),)
+    assert device.effective_taints is device.effective_taints  # made once per (frozen) spec
     assert pool(tier="near-edge").spec.effective_max_privacy is Privacy.RESTRICTED
-    assert pool(tier="regional-mec").spec.effective_taints == []
+    assert pool(tier="regional-mec").spec.effective_taints == ()
     assert pool(tier="regional-mec").spec.effective_max_privacy is Privacy.CONFIDENTIAL
     assert pool(tier="cloud").spec.effective_max_privacy is Privacy.INTERNAL
-    assert pool(tier="device", taints=[]).spec.effective_taints == []
+    assert pool(tier="device", taints=[]).spec.effective_taints == ()
 
 
 def test_rtt_lookup_with_default_and_without_route():

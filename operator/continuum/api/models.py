@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -286,13 +287,15 @@ class EdgeNodePoolSpec(ApiModel):
             )
         return value
 
-    @property
-    def effective_taints(self) -> list[Taint]:
+    @cached_property
+    def effective_taints(self) -> tuple[Taint, ...]:
+        """The taints the pool puts on its nodes (and its workers tolerate); made once per spec (frozen),
+        as every render and snapshot reads them."""
         if self.taints is not None:
-            return list(self.taints)
+            return tuple(self.taints)
         if self.tier in TAINTED_BY_DEFAULT:
-            return [Taint(key=LABEL_TIER, value=self.tier.value, effect="NoSchedule")]
-        return []
+            return (Taint(key=LABEL_TIER, value=self.tier.value, effect="NoSchedule"),)
+        return ()
 
     @property
     def effective_max_privacy(self) -> Privacy:

@@ -122,15 +122,16 @@ class WorkloadReconciler:
 
     def upstreams_changed(self, key: WorkloadKey) -> bool:
         """Whether re-rendering ``key`` would read other upstream URLs than its last render did (a copy of
-        the same model changed tier); True when it was not rendered yet or cannot be read."""
-        read = self._rendered_upstreams.get(key)
-        if read is None:
-            return True
+        the same model changed tier); never for a spec whose render reads none (most copies of a model);
+        otherwise True when it was not rendered yet or cannot be read."""
         raw = self.cache.workloads.get(key)
         spec = self.cache.spec(raw) if raw is not None else None
         if spec is None:
             return True
-        return _read_upstreams(spec, self._upstreams(key.namespace, key.name, spec)) != read
+        if not _upstream_tiers(spec):
+            return False
+        read = self._rendered_upstreams.get(key)
+        return read is None or _read_upstreams(spec, self._upstreams(key.namespace, key.name, spec)) != read
 
     # ------------------------------------------------------------------ reconcile --
     async def reconcile(self, body: Mapping[str, Any]) -> float | None:
