@@ -86,6 +86,12 @@ def test_a_first_placement(example_snapshot, example_workloads):
     assert dump_workload_status(status) == written == dump_workload_status(status)  # rows' dumps reused
     assert written["phase"] == "Placed" and "previousPlacement" not in written and "hint" not in written
     assert written["observedGeneration"] == 4 and written["conditions"][0]["observedGeneration"] == 4
+    # the next pass (e.g. on the Deployment's progress) with nothing changed gives the same status: no write
+    stays = judge(workload.spec, status.placement, decision, T1, HysteresisPolicy())
+    again = workload_status(
+        workload, status, decision, stays, target=stays.target, previous=None, ready=0, state=None, now=T1
+    )
+    assert stays.action is Action.STAY and dump_workload_status(again) == written
     # a later pass with the same outcome keeps the times; the replicas became ready
     later = workload_status(
         workload,

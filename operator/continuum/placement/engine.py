@@ -42,14 +42,19 @@ class PlacementDecision:
     @property
     def message(self) -> str:
         if self.placement is not None:
-            p = self.placement
-            return (
-                f"placed on pool {p.pool} ({p.tier.value} at {p.site}): "
-                f"{p.estimated_latency_ms:g} ms estimated, {p.hourly_cost:.4g}/h"
-            )
+            return placed_message(self.placement)
         rejected = sum(1 for c in self.candidates if not c.feasible) + self.candidates_omitted
         text = f"no pool can host it ({rejected} rejected)"
         return f"{text}; {self.hint}" if self.hint else text
+
+
+def placed_message(p: Placement) -> str:
+    """What a workload's status says about the pool it is placed on (the same text while it stays there
+    and the estimates hold: the status is not rewritten for a new wording)."""
+    return (
+        f"placed on pool {p.pool} ({p.tier.value} at {p.site}): "
+        f"{p.estimated_latency_ms:g} ms estimated, {p.hourly_cost:.4g}/h"
+    )
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from continuum.api.models import Candidate, EdgeWorkloadSpec, Placement
-from continuum.placement.engine import PlacementDecision
+from continuum.placement.engine import PlacementDecision, placed_message
 
 
 class Action(enum.StrEnum):
@@ -116,7 +116,9 @@ def judge(
         better = _better(spec, here, current, best, policy)
         if better is None or best is None:
             refreshed = best if best is not None and best.pool == current.pool else current
-            return Verdict(Action.STAY, refreshed, None, None, f"pool {current.pool} still hosts it")
+            # the placement's own message: a workload that just got placed keeps its status text, so its
+            # next pass (e.g. on the Deployment's progress) writes no status for a rewording
+            return Verdict(Action.STAY, refreshed, None, None, placed_message(refreshed))
         action, why = better
         since = better_since or now
         waited = (now - since).total_seconds()
