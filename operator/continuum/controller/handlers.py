@@ -37,6 +37,17 @@ def error_label(exc: BaseException) -> str:
     return str(exc.status) if isinstance(exc, ApiError) else "network"
 
 
+def errors_seen(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the retryable errors it superseded: a pass whose concurrent writes failed together
+    (a first placement's creates and its status) raises the last one, the others are its context."""
+    out: list[BaseException] = []
+    seen: BaseException | None = exc
+    while isinstance(seen, RETRYABLE) and seen not in out:
+        out.append(seen)
+        seen = seen.__context__
+    return out
+
+
 async def worker(controller: Controller, leadership: Leadership, number: int) -> None:
     """Pull keys and reconcile them; failures are retried per key with exponential backoff."""
     queue = controller.queue
@@ -50,7 +61,8 @@ async def worker(controller: Controller, leadership: Leadership, number: int) ->
         try:
             again = await controller.process(key)
         except RETRYABLE as exc:
-            metrics.API_ERRORS.labels(error_label(exc)).inc()
+            for error in errors_seen(exc):
+                metrics.API_ERRORS.labels(error_label(error)).inc()
             delay = queue.retry(key)
             log.info("API error on %s, retrying in %.2fs: %s", key, delay, exc)
         except asyncio.CancelledError:

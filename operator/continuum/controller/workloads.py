@@ -175,38 +175,54 @@ class WorkloadReconciler:
                 {entry: p.pool for entry, p in ((CLAIM_PLACEMENT, target), (CLAIM_PREVIOUS, previous)) if p},
             )
             self.refresh_claims(key)
+        status_of = functools.partial(
+            workload_status,
+            workload,
+            old,
+            decision,
+            verdict,
+            target=target,
+            state=self.state_health.get(key),
+            drift=self.drift_health.get(key),
+            ingest=self.ingest_health.get(key),
+            now=now,
+        )
+        # A first placement (nothing of the workload rendered yet, no refusal on record): what its status
+        # says once the objects are created is known now (0 replicas ready), so it is written alongside the
+        # creates, one round trip instead of two. Should the creates answer otherwise (refused, or an
+        # object that already existed), the status below differs and is written again.
+        early: EdgeWorkloadStatus | None = None
+        early_write = None
+        if target is not None and previous is None and not self.cache.rendered.get(key) and not _refused(old):
+            early = status_of(previous=None, ready=0)
+            early_write = asyncio.ensure_future(self._write_status(body, early))
+        written: Mapping[str, Any] | None = None  # the status on the server, when not the body's
         refused: ApiError | None = None
         try:
             try:
-                ready, rolled_out, drained = await self._apply(workload, target, previous)
-            except ApiError as exc:
-                if exc.status not in (403, 422):
-                    raise
-                # Not transient: RBAC forbids an object (e.g. the chart's state.enabled=false and a workload
-                # with state: no Secrets), or the apiserver rejects what we rendered. Say so where users look,
-                # then retry with backoff (an RBAC fix takes effect without a restart).
-                refused, ready, rolled_out, drained = exc, 0, False, False
+                try:
+                    ready, rolled_out, drained = await self._apply(workload, target, previous)
+                except ApiError as exc:
+                    if exc.status not in (403, 422):
+                        raise
+                    # Not transient: RBAC forbids an object (e.g. the chart's state.enabled=false and a
+                    # workload with state: no Secrets), or the apiserver rejects what we rendered. Say so
+                    # where users look, then retry with backoff (an RBAC fix takes effect without a restart).
+                    refused, ready, rolled_out, drained = exc, 0, False, False
+            finally:
+                if early_write is not None:
+                    written = await early_write  # its error, if any, once the creates have answered
             refused_text = (
                 apply_error_message(refused.status, refused.reason, refused.message) if refused else None
             )
             if previous is not None and rolled_out and drained:
                 self.post_event(body, "Normal", "Drained", f"old replicas on pool {previous.pool} are gone")
                 previous = None
-            status = workload_status(
-                workload,
-                old,
-                decision,
-                verdict,
-                target=target,
-                previous=previous,
-                ready=ready,
-                state=self.state_health.get(key),
-                drift=self.drift_health.get(key),
-                ingest=self.ingest_health.get(key),
-                now=now,
-                apply_error=refused_text,
-            )
-            await self._write_status(body, status)
+            if early is not None and (ready, previous, refused_text) == (0, None, None):
+                status = early  # as the creates answered: written already
+            else:
+                status = status_of(previous=previous, ready=ready, apply_error=refused_text)
+                await self._write_status(body, status, written)
             if refused is not None and refused_text is not None:
                 self.post_event(body, "Warning", "ApplyFailed", refused_text)
                 raise refused
@@ -362,13 +378,20 @@ class WorkloadReconciler:
         self._applied[memo_key] = (identity, self.resync_epoch)
 
     # ------------------------------------------------------------------ record --
-    async def _write_status(self, body: Mapping[str, Any], status: EdgeWorkloadStatus) -> None:
+    async def _write_status(
+        self,
+        body: Mapping[str, Any],
+        status: EdgeWorkloadStatus,
+        written: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write ``status`` unless the server has it already (``written``, else the body's); returns it
+        as written."""
         assert self.api is not None
         meta = body["metadata"]
         new = dump_workload_status(status)
-        old = body.get("status") or {}
+        old = (body.get("status") or {}) if written is None else written
         if old == new:
-            return
+            return new
         result = await self.api.patch(
             API_VERSION,
             "EdgeWorkload",
@@ -378,6 +401,7 @@ class WorkloadReconciler:
             subresource="status",
         )
         self.observe_own("EdgeWorkload", "MODIFIED", result)
+        return new
 
     async def write_invalid(self, body: Mapping[str, Any], exc: ValidationError) -> None:
         message = "invalid spec: " + "; ".join(format_validation_error(exc))
@@ -424,6 +448,11 @@ class WorkloadReconciler:
         event = drift_event(old, new)
         if event is not None:
             self.post_event(body, *event)
+
+
+def _refused(status: EdgeWorkloadStatus) -> bool:
+    """Whether ``status`` reports the API server's refusal of a rendered object (Ready: ApplyFailed)."""
+    return any(c.type == "Ready" and c.reason == "ApplyFailed" for c in status.conditions)
 
 
 def _upstream_tiers(spec: EdgeWorkloadSpec) -> list[str]:
