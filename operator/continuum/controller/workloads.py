@@ -197,18 +197,9 @@ class WorkloadReconciler:
             early = status_of(previous=None, ready=0)
             early_write = asyncio.ensure_future(self._write_status(body, early))
         written: Mapping[str, Any] | None = None  # the status on the server, when not the body's
-        refused: ApiError | None = None
         try:
             try:
-                try:
-                    ready, rolled_out, drained = await self._apply(workload, target, previous)
-                except ApiError as exc:
-                    if exc.status not in (403, 422):
-                        raise
-                    # Not transient: RBAC forbids an object (e.g. the chart's state.enabled=false and a
-                    # workload with state: no Secrets), or the apiserver rejects what we rendered. Say so
-                    # where users look, then retry with backoff (an RBAC fix takes effect without a restart).
-                    refused, ready, rolled_out, drained = exc, 0, False, False
+                ready, rolled_out, drained, refused = await self._apply_or_refusal(workload, target, previous)
             finally:
                 if early_write is not None:
                     written = await early_write  # its error, if any, once the creates have answered
@@ -299,6 +290,20 @@ class WorkloadReconciler:
                 port = int(((raw.get("spec") or {}).get("worker") or {}).get("port", 8000))
                 out.setdefault(placement["tier"], service_url(name, namespace, port))
         return out
+
+    async def _apply_or_refusal(
+        self, workload: EdgeWorkload, target: Placement | None, previous: Placement | None
+    ) -> tuple[int, bool, bool, ApiError | None]:
+        """:meth:`_apply`, or the API server's refusal of a rendered object (403, 422): not transient, RBAC
+        forbids an object (e.g. the chart's state.enabled=false and a workload with state: no Secrets) or the
+        apiserver rejects what we rendered. The reconcile says so where users look, then retries with
+        backoff (an RBAC fix takes effect without a restart)."""
+        try:
+            return *await self._apply(workload, target, previous), None
+        except ApiError as exc:
+            if exc.status not in (403, 422):
+                raise
+            return 0, False, False, exc
 
     async def _apply(
         self, workload: EdgeWorkload, target: Placement | None, previous: Placement | None
